@@ -1,0 +1,254 @@
+"""Experiment configuration: typed sections, presets, ``key=value`` overrides, validation.
+
+A config is plain data (``to_dict``/``from_dict`` round-trip through JSON), so the CLI,
+the app's export/import and the run folder all use the same format.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from typing import Any, get_type_hints
+
+
+class ConfigError(ValueError):
+    """A setting is unknown or out of range; the message names it and what is accepted."""
+
+
+@dataclass
+class DataConfig:
+    dataset: str = "cifar10"          # cifar10 | cifar100 | folder
+    data_dir: str | None = None       # folder/archive, or a folder holding torchvision's CIFAR files
+    cache_dir: str | None = None      # default: $INDISTILL_CACHE or ~/.cache/indistill
+    download: bool = True
+    train_per_class: int | None = None
+    test_per_class: int | None = None
+    val_per_class: int = 0            # held out of train, watched every epoch
+    input_size: int = 32
+
+
+@dataclass
+class OptimConfig:
+    batch_size: int = 128
+    lr: float = 0.05                  # SGD, cosine-annealed over each phase
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    augment: bool = True              # random crop (pad 4) + horizontal flip
+
+
+@dataclass
+class TeacherConfig:
+    arch: str = "resnet56"
+    checkpoint: str | None = None     # load instead of training
+    epochs: float = 240.0
+    lr: float = 0.1
+
+
+@dataclass
+class StudentConfig:
+    arch: str = "resnet20"
+    epochs: float = 240.0             # stage-2 (KD + CE) epochs
+
+
+@dataclass
+class KDConfig:
+    loss: str = "kd"
+    params: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class InDistillConfig:
+    enabled: bool = True
+    a: float = 2.0                    # S_l = a + b·l epochs for layer l (1-based)
+    b: float = 1.0
+    mode: str = "curriculum"          # curriculum | joint | off
+    embed: bool = True                # then the embedding layer with embed_loss
+    embed_loss: str = "pkt_indistill"
+    lr: float = 1e-3                  # Adam during warm-up (loss scales differ by layer)
+    aux: str = "auto"                 # auto | on | off
+    aux_width: float = 2.0
+    aux_epochs: float | None = None   # default: the student's stage-2 epochs
+    aux_loss: str = "kd"
+    ratio_threshold: float = 4.0      # teacher/student width ratio above which auto uses an aux
+
+
+@dataclass
+class PhasesConfig:
+    baseline: bool = True
+    kd: bool = True
+    indistill: bool = True
+
+
+@dataclass
+class EvalConfig:
+    retrieval: bool = True
+    info_flow: bool = True
+    info_batch: int = 256
+    latency_runs: int = 50
+    max_queries: int | None = None    # retrieval queries (test images); None = all
+
+
+@dataclass
+class ExperimentConfig:
+    name: str = "custom"
+    data: DataConfig = field(default_factory=DataConfig)
+    teacher: TeacherConfig = field(default_factory=TeacherConfig)
+    student: StudentConfig = field(default_factory=StudentConfig)
+    kd: KDConfig = field(default_factory=KDConfig)
+    indistill: InDistillConfig = field(default_factory=InDistillConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    phases: PhasesConfig = field(default_factory=PhasesConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    seeds: int = 1
+    equal_epochs: bool = True         # baseline/KD students get warm-up + KD epochs
+    device: str = "auto"              # auto | cpu | cuda
+    epochs_scale: float = 1.0
+
+    # ------------------------------------------------------------ (de)serialisation
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ExperimentConfig":
+        return _build(cls, d, "")
+
+    def copy(self) -> "ExperimentConfig":
+        return copy.deepcopy(self)
+
+    def with_overrides(self, items: list[str] | dict[str, Any]) -> "ExperimentConfig":
+        """A copy with ``section.key=value`` overrides applied (values parsed by type)."""
+        pairs = items.items() if isinstance(items, dict) else (_split_pair(s) for s in items)
+        d = self.to_dict()
+        for key, value in pairs:
+            _assign(d, key, value)
+        return ExperimentConfig.from_dict(d)
+
+    def scaled(self, epochs: float) -> float:
+        return epochs * self.epochs_scale
+
+
+def _split_pair(item: str) -> tuple[str, str]:
+    if "=" not in item:
+        raise ConfigError(f"override {item!r} is not key=value (e.g. indistill.a=3)")
+    key, value = item.split("=", 1)
+    return key.strip(), value.strip()
+
+
+def _assign(d: dict, key: str, value: Any) -> None:
+    parts = key.split(".")
+    node = d
+    for i, p in enumerate(parts[:-1]):
+        if not isinstance(node, dict) or p not in node:
+            raise ConfigError(f"unknown setting {key!r}: {'.'.join(parts[:i + 1])!r} does not exist; sections: "
+                              f"{', '.join(k for k, v in d.items() if isinstance(v, dict))}")
+        node = node[p]
+    if not isinstance(node, dict):
+        raise ConfigError(f"unknown setting {key!r}")
+    leaf = parts[-1]
+    if leaf not in node and not (len(parts) >= 2 and parts[-2] == "params"):
+        raise ConfigError(f"unknown setting {key!r}; {'.'.join(parts[:-1]) or 'top level'} accepts: {', '.join(node)}")
+    node[leaf] = value
+
+
+def _coerce(value: Any, typ: Any, where: str) -> Any:
+    text = isinstance(value, str)
+    opt = typ in (int | None, float | None, str | None)
+    if opt and (value is None or (text and value.lower() in ("none", "null", ""))):
+        return None
+    base = {int | None: int, float | None: float, str | None: str}.get(typ, typ)
+    try:
+        if base is bool:
+            if isinstance(value, bool):
+                return value
+            if text and value.lower() in ("true", "1", "yes", "on"):
+                return True
+            if text and value.lower() in ("false", "0", "no", "off"):
+                return False
+            raise ValueError
+        if base is int:
+            f = float(value)
+            if f != int(f):
+                raise ValueError
+            return int(f)
+        if base is float:
+            return float(value)
+        if base is str:
+            return str(value)
+    except (TypeError, ValueError):
+        pass
+    else:
+        return value
+    raise ConfigError(f"{where} must be {getattr(base, '__name__', base)}{' or none' if opt else ''}, got {value!r}")
+
+
+def _build(cls, d: dict, prefix: str):
+    if not isinstance(d, dict):
+        raise ConfigError(f"{prefix or 'config'} must be an object, got {type(d).__name__}")
+    hints = get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(d) - names)
+    if unknown:
+        raise ConfigError(f"unknown setting(s) {', '.join(prefix + u for u in unknown)}; accepted: {', '.join(sorted(names))}")
+    kwargs = {}
+    for f in dataclasses.fields(cls):
+        if f.name not in d:
+            continue
+        typ, value, where = hints[f.name], d[f.name], prefix + f.name
+        if dataclasses.is_dataclass(typ):
+            kwargs[f.name] = _build(typ, value, where + ".")
+        elif typ == dict[str, float]:
+            if not isinstance(value, dict):
+                raise ConfigError(f"{where} must be an object of name: number")
+            kwargs[f.name] = {k: _coerce(v, float, f"{where}.{k}") for k, v in value.items()}
+        else:
+            kwargs[f.name] = _coerce(value, typ, where)
+    return cls(**kwargs)
+
+
+# ---------------------------------------------------------------- presets
+
+PRESETS: dict[str, dict[str, Any]] = {
+    "quick-cpu": {
+        "summary": "CNN 16/32/64 → CNN 8/16/32 on 400 images/class; a few minutes on 2 CPU cores",
+        "teacher.arch": "cnn_16_32_64", "teacher.epochs": 15, "teacher.lr": 0.05,
+        "student.arch": "cnn_8_16_32", "student.epochs": 8,
+        "data.train_per_class": 400, "data.test_per_class": 100,
+        "indistill.a": 1.0, "indistill.b": 0.5, "optim.batch_size": 128,
+        "eval.latency_runs": 50,
+    },
+    "paper-cnn": {
+        "summary": "InDistill reference: ResNet-18 → auxiliary CNN 16/32/64 → CNN 8/16/32",
+        "teacher.arch": "resnet18", "teacher.epochs": 200, "teacher.lr": 0.1,
+        "student.arch": "cnn_8_16_32", "student.epochs": 50,
+        "indistill.aux": "on", "indistill.aux_width": 2.0, "indistill.a": 2.0, "indistill.b": 1.0,
+        "kd.loss": "pkt",
+    },
+    "resnet56-resnet20": {
+        "summary": "CIFAR ResNet-56 → ResNet-20 (same widths, no pruning needed beyond identity)",
+        "teacher.arch": "resnet56", "student.arch": "resnet20", "teacher.epochs": 240, "student.epochs": 240,
+    },
+    "wrn40_2-wrn16_2": {
+        "summary": "WRN-40-2 → WRN-16-2",
+        "teacher.arch": "wrn40_2", "student.arch": "wrn16_2", "teacher.epochs": 240, "student.epochs": 240,
+    },
+    "resnet32x4-resnet8x4": {
+        "summary": "ResNet-32x4 → ResNet-8x4",
+        "teacher.arch": "resnet32x4", "student.arch": "resnet8x4", "teacher.epochs": 240, "student.epochs": 240,
+    },
+    "seed-pair": {
+        "summary": "ResNet-18 → the 4-block CNN 16/32/64/128 (width ratio 4: direct pruning)",
+        "teacher.arch": "resnet18", "teacher.epochs": 200, "teacher.lr": 0.1,
+        "student.arch": "cnn4", "student.epochs": 60,
+    },
+}
+
+
+def preset(name: str) -> ExperimentConfig:
+    if name not in PRESETS:
+        raise ConfigError(f"unknown preset {name!r}; available: {', '.join(PRESETS)}")
+    items = {k: v for k, v in PRESETS[name].items() if k != "summary"}
+    return ExperimentConfig(name=name).with_overrides(items)
