@@ -1,0 +1,83 @@
+"""Batches straight from uint8 tensors: crop-with-padding and flip on whole batches on the
+device, then normalisation — no per-image PIL work and no DataLoader workers."""
+from __future__ import annotations
+
+import math
+from typing import Iterator
+
+import torch
+import torch.nn.functional as F
+
+from .data import Split
+
+
+def random_crop_flip(x: torch.Tensor, pad: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Random ``pad``-padded crop and horizontal flip of a uint8 batch ``[B, C, H, W]``.
+
+    One gather does both: each image reads rows ``oy…oy+H`` and columns ``ox…ox+W`` of
+    its zero-padded copy, the columns reversed when flipped. The result has
+    channels-last strides, which convolutions on the GPU prefer.
+    """
+    b, c, h, w = x.shape
+    dev = x.device
+    padded = F.pad(x, (pad, pad, pad, pad))
+    oy = torch.randint(0, 2 * pad + 1, (b, 1), device=dev, generator=generator)
+    ox = torch.randint(0, 2 * pad + 1, (b, 1), device=dev, generator=generator)
+    flip = torch.rand(b, 1, device=dev, generator=generator) < 0.5
+    rows = oy + torch.arange(h, device=dev)
+    cols = ox + torch.arange(w, device=dev)
+    cols = torch.where(flip, cols.flip(1), cols)
+    out = padded[torch.arange(b, device=dev)[:, None, None], :, rows[:, :, None], cols[:, None, :]]  # [B, H, W, C]
+    return out.permute(0, 3, 1, 2)
+
+
+class Normalizer:
+    """uint8 → float, scaled to [0, 1] and standardised per channel."""
+
+    def __init__(self, mean, std, device: torch.device) -> None:
+        self.scale = (1.0 / (255.0 * torch.tensor(std, device=device))).view(1, -1, 1, 1)
+        self.shift = (torch.tensor(mean, device=device) / torch.tensor(std, device=device)).view(1, -1, 1, 1)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return x.float() * self.scale - self.shift
+
+
+class BatchStream:
+    """Shuffled, augmented training batches from a :class:`Split` held on ``device``."""
+
+    def __init__(self, split: Split, batch_size: int, device: torch.device, mean, std, *,
+                 augment: bool = True, pad: int = 4, seed: int = 0, channels_last: bool = False) -> None:
+        self.images = split.images.to(device)
+        self.labels = split.labels.to(device)
+        self.batch_size = min(batch_size, len(self.labels))
+        self.device = device
+        self.normalize = Normalizer(mean, std, device)
+        self.augment, self.pad, self.channels_last = augment, pad, channels_last
+        self.generator = torch.Generator(device=device).manual_seed(seed)
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return max(1, len(self.labels) // self.batch_size)  # drop the ragged last batch
+
+    def epoch(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        order = torch.randperm(len(self.labels), device=self.device, generator=self.generator)
+        for i in range(self.steps_per_epoch):
+            idx = order[i * self.batch_size:(i + 1) * self.batch_size]
+            x = self.images[idx]
+            if self.augment:
+                x = random_crop_flip(x, self.pad, self.generator)
+            x = self.normalize(x)
+            if self.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            yield x, self.labels[idx]
+
+
+def eval_batches(split: Split, device: torch.device, mean, std, batch_size: int = 512,
+                 channels_last: bool = False) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Unaugmented batches in order (for accuracy, embeddings and retrieval)."""
+    norm = Normalizer(mean, std, device)
+    for i in range(math.ceil(len(split) / batch_size)):
+        x = norm(split.images[i * batch_size:(i + 1) * batch_size].to(device, non_blocking=True))
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        yield x, split.labels[i * batch_size:(i + 1) * batch_size].to(device, non_blocking=True)

@@ -1,0 +1,122 @@
+"""Check a configuration and work out what it will do, without data or training.
+
+``make_plan`` validates every setting (collecting all problems, each naming the setting
+and what is accepted), assesses the teacher/student pair and builds the schedules. The
+app calls it on every change to show the verdict and the timeline; the experiment calls
+it before doing anything.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from models import MODELS, ModelSpec
+
+from .config import ConfigError, ExperimentConfig
+from .losses import LOSSES, ParamError, resolve_params
+from .pairing import PairVerdict, assess_pair, spec_of
+from .schedule import WARMUP_MODES, Phase, check_curriculum, student_schedules
+
+
+@dataclass
+class Plan:
+    cfg: ExperimentConfig
+    problems: list[str] = field(default_factory=list)
+    teacher: ModelSpec | None = None
+    student: ModelSpec | None = None
+    verdict: PairVerdict | None = None
+    schedules: dict[str, list[Phase]] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    @property
+    def use_aux(self) -> bool:
+        return bool(self.cfg.phases.indistill and self.verdict and self.verdict.use_aux)
+
+    def raise_if_invalid(self) -> None:
+        if self.problems:
+            raise ConfigError("invalid configuration:\n  - " + "\n  - ".join(self.problems))
+
+    def schedule_dicts(self) -> dict[str, list[dict]]:
+        return {k: [p.to_dict() for p in v] for k, v in self.schedules.items()}
+
+
+def _range(problems: list[str], name: str, value, low, high, note: str = "") -> None:
+    if value is None or not (low <= value <= high):
+        problems.append(f"{name} must be in [{low:g}, {high:g}]{note}, got {value}")
+
+
+def make_plan(cfg: ExperimentConfig) -> Plan:
+    plan = Plan(cfg)
+    p = plan.problems
+    for role, arch in (("teacher.arch", cfg.teacher.arch), ("student.arch", cfg.student.arch)):
+        if arch not in MODELS:
+            p.append(f"{role}: unknown architecture {arch!r}; available: {', '.join(MODELS)}")
+    if cfg.kd.loss not in LOSSES:
+        p.append(f"kd.loss: unknown loss {cfg.kd.loss!r}; available: {', '.join(LOSSES)}")
+    else:
+        try:
+            resolve_params(cfg.kd.loss, LOSSES[cfg.kd.loss].params, cfg.kd.params)
+        except ParamError as exc:
+            p.append(f"kd.params: {exc}")
+    ind = cfg.indistill
+    if ind.mode not in WARMUP_MODES:
+        p.append(f"indistill.mode must be one of {', '.join(WARMUP_MODES)}, got {ind.mode!r}")
+    if ind.aux not in ("auto", "on", "off"):
+        p.append(f"indistill.aux must be auto, on or off, got {ind.aux!r}")
+    if ind.embed_loss not in ("pkt", "pkt_indistill"):
+        p.append(f"indistill.embed_loss must be pkt or pkt_indistill, got {ind.embed_loss!r}")
+    if ind.aux_loss not in LOSSES:
+        p.append(f"indistill.aux_loss: unknown loss {ind.aux_loss!r}; available: {', '.join(LOSSES)}")
+    _range(p, "indistill.aux_width", ind.aux_width, 1, 8)
+    _range(p, "indistill.ratio_threshold", ind.ratio_threshold, 1, 1000)
+    _range(p, "indistill.lr", ind.lr, 1e-6, 1)
+    if ind.aux_epochs is not None:
+        _range(p, "indistill.aux_epochs", ind.aux_epochs, 0.01, 10000)
+    _range(p, "teacher.epochs", cfg.teacher.epochs, 0 if cfg.teacher.checkpoint else 0.01, 10000,
+           "" if cfg.teacher.checkpoint else " (or give teacher.checkpoint)")
+    _range(p, "teacher.lr", cfg.teacher.lr, 1e-6, 10)
+    _range(p, "student.epochs", cfg.student.epochs, 0.01, 10000)
+    _range(p, "optim.batch_size", cfg.optim.batch_size, 2, 8192)
+    _range(p, "optim.lr", cfg.optim.lr, 1e-6, 10)
+    _range(p, "optim.momentum", cfg.optim.momentum, 0, 0.999)
+    _range(p, "optim.weight_decay", cfg.optim.weight_decay, 0, 0.1)
+    _range(p, "seeds", cfg.seeds, 1, 20)
+    _range(p, "epochs_scale", cfg.epochs_scale, 0.0001, 100)
+    _range(p, "data.input_size", cfg.data.input_size, 16, 256)
+    _range(p, "eval.info_batch", cfg.eval.info_batch, 16, 4096)
+    _range(p, "eval.latency_runs", cfg.eval.latency_runs, 1, 100000)
+    for key in ("train_per_class", "test_per_class"):
+        v = getattr(cfg.data, key)
+        if v is not None:
+            _range(p, f"data.{key}", v, 1, 10 ** 7)
+    _range(p, "data.val_per_class", cfg.data.val_per_class, 0, 10 ** 6)
+    if cfg.data.dataset not in ("cifar10", "cifar100", "folder"):
+        p.append(f"data.dataset must be cifar10, cifar100 or folder, got {cfg.data.dataset!r}")
+    if cfg.device not in ("auto", "cpu", "cuda"):
+        p.append(f"device must be auto, cpu or cuda, got {cfg.device!r}")
+    if not (cfg.phases.baseline or cfg.phases.kd or cfg.phases.indistill):
+        p.append("phases: turn on at least one of baseline, kd, indistill")
+    if p:
+        return plan
+
+    size = cfg.data.input_size
+    plan.teacher = spec_of(cfg.teacher.arch, 10, 1.0, size)
+    plan.student = spec_of(cfg.student.arch, 10, 1.0, size)
+    n_layers = len(plan.student.stages)
+    if cfg.phases.indistill and ind.mode != "off":
+        p.extend(f"indistill: {msg}" for msg in check_curriculum(ind.a, ind.b, n_layers, ind.embed))
+    if cfg.phases.indistill:
+        plan.verdict = assess_pair(cfg.teacher.arch, cfg.student.arch, ind.aux, ind.aux_width, ind.ratio_threshold,
+                                   10, size)
+        if not plan.verdict.ok:
+            p.append(plan.verdict.summary + (" — " + "; ".join(plan.verdict.suggestions) if plan.verdict.suggestions else ""))
+    if p:
+        return plan
+    mode = ind.mode if cfg.phases.indistill else "off"
+    plan.schedules = student_schedules(n_layers, cfg.student.epochs, cfg.kd.loss, a=ind.a, b=ind.b, mode=mode,
+                                       embed=ind.embed, embed_loss=ind.embed_loss, equal_epochs=cfg.equal_epochs,
+                                       scale=cfg.epochs_scale)
+    plan.schedules = {k: v for k, v in plan.schedules.items() if getattr(cfg.phases, k)}
+    return plan

@@ -1,0 +1,76 @@
+"""Training schedules as data: a list of phases (what is learned, with which loss, how long).
+
+The InDistill warm-up learns layer l (1-based) for S_l = a + b·l epochs, shallow to deep,
+with MSE to the pruned teacher feature, then (optionally) the embedding with PKT; then
+stage 2 is the KD loss plus CE. ``joint`` learns all layers together for the same total
+(the paper's "without curriculum" ablation); ``off`` skips the warm-up.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+WARMUP_MODES = ("curriculum", "joint", "off")
+
+
+@dataclass(frozen=True)
+class Phase:
+    name: str                    # "layer 2", "embedding", "all layers", "KD", "CE"
+    kind: str                    # layer | embed | joint | kd | ce
+    layers: tuple[int, ...]      # 1-based stages trained against pruned features
+    loss: str                    # mse | pkt_indistill | <kd loss> | ce
+    epochs: float
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def curriculum_epochs(a: float, b: float, n_layers: int) -> list[float]:
+    """S_l = a + b·l for l = 1…n_layers."""
+    return [a + b * l for l in range(1, n_layers + 1)]
+
+
+def check_curriculum(a: float, b: float, n_layers: int, embed: bool) -> list[str]:
+    """Problems with (a, b): every S_l must be ≥ 0 and at least one > 0."""
+    n = n_layers + (1 if embed else 0)
+    s = curriculum_epochs(a, b, n)
+    problems = []
+    if not (0 <= a <= 100):
+        problems.append(f"a must be in [0, 100], got {a:g}")
+    if not (-20 <= b <= 20):
+        problems.append(f"b must be in [-20, 20], got {b:g}")
+    negative = [i + 1 for i, v in enumerate(s) if v < 0]
+    if negative:
+        problems.append(f"S_l = a + b·l is negative for layer(s) {negative} (a={a:g}, b={b:g}); raise a or b")
+    elif sum(s) <= 0:
+        problems.append("the warm-up has no epochs (every S_l is 0); raise a or b, or set the mode to off")
+    return problems
+
+
+def warmup_phases(n_layers: int, a: float, b: float, mode: str, embed: bool, embed_loss: str,
+                  scale: float = 1.0) -> list[Phase]:
+    """The warm-up part of the InDistill schedule (empty when mode is ``off``)."""
+    if mode not in WARMUP_MODES:
+        raise ValueError(f"warm-up mode must be one of {', '.join(WARMUP_MODES)}, got {mode!r}")
+    if mode == "off":
+        return []
+    epochs = [e * scale for e in curriculum_epochs(a, b, n_layers + (1 if embed else 0))]
+    if mode == "joint":
+        return [Phase("all layers", "joint", tuple(range(1, n_layers + 1)), "mse" + ("+" + embed_loss if embed else ""),
+                      sum(epochs))]
+    phases = [Phase(f"layer {l}", "layer", (l,), "mse", epochs[l - 1]) for l in range(1, n_layers + 1) if epochs[l - 1] > 0]
+    if embed and epochs[-1] > 0:
+        phases.append(Phase("embedding", "embed", (), embed_loss, epochs[-1]))
+    return phases
+
+
+def student_schedules(n_layers: int, kd_epochs: float, kd_loss: str, *, a: float, b: float, mode: str,
+                      embed: bool, embed_loss: str, equal_epochs: bool, scale: float = 1.0) -> dict[str, list[Phase]]:
+    """Schedules of the three student phases: ``baseline`` (CE), ``kd``, ``indistill``."""
+    warm = warmup_phases(n_layers, a, b, mode, embed, embed_loss, scale)
+    kd = kd_epochs * scale
+    total = kd + (sum(p.epochs for p in warm) if equal_epochs else 0.0)
+    return {
+        "baseline": [Phase("CE", "ce", (), "ce", total)],
+        "kd": [Phase("KD", "kd", (), kd_loss, total)],
+        "indistill": warm + [Phase("KD", "kd", (), kd_loss, kd)],
+    }

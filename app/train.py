@@ -1,0 +1,168 @@
+"""One training loop for every phase.
+
+A phase is a list of :class:`Segment` s (e.g. "layer 1", "layer 2", "embedding", "KD"),
+each with its own objective, trainable parameters and optimizer, run back to back over
+one shuffled batch stream. Objectives return named loss components; the loop sums
+them, steps the optimizer, publishes losses, checks for cancellation every step and
+reports epoch ends to a callback (which evaluates and publishes metrics).
+"""
+from __future__ import annotations
+
+import math
+import threading
+import time
+from dataclasses import dataclass
+from typing import Callable, Iterator
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from . import events as ev
+from .augment import BatchStream
+from .device import Runtime
+from .features import FeatureTap
+from .losses import KDLoss, match_spatial
+from .pruning import PrunedFeatures
+
+Objective = Callable[[torch.Tensor, torch.Tensor, float], dict[str, torch.Tensor]]
+
+
+class CancelledError(Exception):
+    """The user cancelled; raised inside the loop within one step."""
+
+
+class TrainingError(RuntimeError):
+    pass
+
+
+@dataclass
+class Segment:
+    name: str
+    steps: int
+    objective: Objective
+    params: list[nn.Parameter]
+    optimizer: str = "sgd"       # sgd | adam
+    lr: float = 0.05
+
+
+@dataclass
+class LoopContext:
+    runtime: Runtime
+    emit: Callable[[ev.Event], None]
+    cancel: threading.Event
+    phase: str
+    seed: int
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    on_step: Callable[[], None] = lambda: None  # global progress tick
+
+
+def steps_for(epochs: float, steps_per_epoch: int) -> int:
+    """Steps for a (possibly fractional) number of epochs; at least one when epochs > 0."""
+    return 0 if epochs <= 0 else max(1, round(epochs * steps_per_epoch))
+
+
+def make_optimizer(seg: Segment, ctx: LoopContext) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
+    if seg.optimizer == "adam":
+        opt: torch.optim.Optimizer = torch.optim.Adam(seg.params, lr=seg.lr)
+    else:
+        opt = torch.optim.SGD(seg.params, lr=seg.lr, momentum=ctx.momentum, weight_decay=ctx.weight_decay, nesterov=True)
+    total = max(seg.steps, 1)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total) / total)))
+    return opt, sched
+
+
+def _forever(stream: BatchStream) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    while True:
+        yield from stream.epoch()
+
+
+def run_segments(model: nn.Module, stream: BatchStream, segments: list[Segment], ctx: LoopContext,
+                 on_epoch: Callable[[int], dict] | None = None) -> float:
+    """Train ``model`` through ``segments``; returns the wall time in seconds."""
+    spe = stream.steps_per_epoch
+    total = sum(s.steps for s in segments)
+    log_every = max(1, total // 400, spe // 25)
+    batches = _forever(stream)
+    step, start = 0, time.perf_counter()
+    model.train()
+    for index, seg in enumerate(segments):
+        if seg.steps <= 0:
+            continue
+        ctx.emit(ev.LayerSwitch(ctx.phase, ctx.seed, index, seg.name, step))
+        opt, sched = make_optimizer(seg, ctx)
+        for i in range(seg.steps):
+            if ctx.cancel.is_set():
+                raise CancelledError
+            x, y = next(batches)
+            with ctx.runtime.autocast():
+                parts = seg.objective(x, y, step / spe)
+            loss = sum(parts.values())
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            step += 1
+            ctx.on_step()
+            if step % log_every == 0 or i == seg.steps - 1:
+                values = {k: float(v.detach()) for k, v in parts.items()}
+                values["total"] = sum(values.values())
+                if not math.isfinite(values["total"]):
+                    raise TrainingError(f"{ctx.phase} ({seg.name}): loss became {values['total']} at step {step}; "
+                                        "lower the learning rate or the loss weights")
+                ctx.emit(ev.StepLoss(ctx.phase, ctx.seed, step, round(step / spe, 4), seg.name, values))
+            if on_epoch is not None and (step % spe == 0 or step == total):
+                metrics = on_epoch(math.ceil(step / spe))
+                model.train()
+                ctx.emit(ev.EpochMetrics(ctx.phase, ctx.seed, math.ceil(step / spe), metrics))
+    return time.perf_counter() - start
+
+
+# ---------------------------------------------------------------- objectives
+
+def ce_objective(student: FeatureTap) -> Objective:
+    def objective(x, y, epoch):
+        return {"ce": F.cross_entropy(student(x, features=False).logits.float(), y)}
+    return objective
+
+
+def kd_objective(student: FeatureTap, teacher: FeatureTap, loss: KDLoss) -> Objective:
+    """The chosen KD loss plus ``loss.ce_weight`` · CE; the teacher runs without gradients."""
+    feats = loss.needs_features
+
+    def objective(x, y, epoch):
+        with torch.no_grad():
+            t = teacher(x, features=feats)
+        s = student(x, features=feats)
+        parts = loss(s, t, y, epoch)
+        if loss.ce_weight > 0:
+            parts = {"ce": loss.ce_weight * F.cross_entropy(s.logits.float(), y)} | parts
+        return parts
+    return objective
+
+
+def warmup_objective(student: FeatureTap, pruned: FeatureTap, select: PrunedFeatures, layers: tuple[int, ...],
+                     embed_loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None) -> Objective:
+    """MSE between student stages ``layers`` (1-based) and the pruned teacher features,
+    plus ``embed_loss`` on the embeddings when given. Forward passes stop at the deepest
+    needed stage unless the embedding is needed."""
+    upto = None if embed_loss is not None or not layers else max(layers) - 1
+
+    def objective(x, y, epoch):
+        with torch.no_grad():
+            t_out = pruned(x, upto=upto, features=bool(layers))
+            t_feats = select(t_out.features) if layers else []
+        s_out = student(x, upto=upto, features=bool(layers))
+        parts = {}
+        for l in layers:
+            fs, ft = match_spatial(s_out.features[l - 1], t_feats[l - 1])
+            parts[f"mse_l{l}"] = F.mse_loss(fs.float(), ft.float())
+        if embed_loss is not None:
+            parts["pkt"] = embed_loss(s_out.embedding, t_out.embedding)
+        return parts
+    return objective
+
+
+def trainable(*modules: nn.Module) -> list[nn.Parameter]:
+    return [p for m in modules for p in m.parameters() if p.requires_grad]
