@@ -254,9 +254,8 @@ class Experiment:
         steps = steps_for(epochs, stream.steps_per_epoch)
         schedule = [Phase("CE", "ce", (), "ce", epochs).to_dict()]
         self.emit(ev.PhaseStarted(phase, seed or 0, schedule, steps))
-        with FeatureTap(model) as tap:
-            seg = Segment("CE", steps, ce_objective(tap), trainable(model), "sgd", lr)
-            return run_segments(model, stream, [seg], self.loop(phase, seed or 0), self._epoch_callback(model, history))
+        seg = Segment("CE", steps, ce_objective(model), trainable(model), "sgd", lr)
+        return run_segments(model, stream, [seg], self.loop(phase, seed or 0), self._epoch_callback(model, history))
 
     def aux_phase(self, teacher):
         arch, width = self.cfg.student.arch, self.cfg.indistill.aux_width
@@ -295,7 +294,7 @@ class Experiment:
             segments = []
             for p, n in zip(schedule, steps):
                 if p.kind == "ce":
-                    segments.append(Segment(p.name, n, ce_objective(s_tap), trainable(student), "sgd", cfg.optim.lr))
+                    segments.append(Segment(p.name, n, ce_objective(student), trainable(student), "sgd", cfg.optim.lr))
                 elif p.kind == "kd":
                     segments.append(Segment(p.name, n, kd_objective(s_tap, t_tap, kd_loss), trainable(student, kd_loss),
                                             "sgd", cfg.optim.lr))

@@ -98,15 +98,15 @@ def make_plan(cfg: ExperimentConfig) -> Plan:
         p.append(f"device must be auto, cpu or cuda, got {cfg.device!r}")
     if not (cfg.phases.baseline or cfg.phases.kd or cfg.phases.indistill):
         p.append("phases: turn on at least one of baseline, kd, indistill")
+    size = cfg.data.input_size
+    if cfg.student.arch in MODELS and 16 <= size <= 256:
+        plan.student = spec_of(cfg.student.arch, 10, 1.0, size)
+        if cfg.phases.indistill and ind.mode != "off":
+            p.extend(f"indistill: {msg}" for msg in check_curriculum(ind.a, ind.b, len(plan.student.stages), ind.embed))
     if p:
         return plan
-
-    size = cfg.data.input_size
     plan.teacher = spec_of(cfg.teacher.arch, 10, 1.0, size)
-    plan.student = spec_of(cfg.student.arch, 10, 1.0, size)
     n_layers = len(plan.student.stages)
-    if cfg.phases.indistill and ind.mode != "off":
-        p.extend(f"indistill: {msg}" for msg in check_curriculum(ind.a, ind.b, n_layers, ind.embed))
     if cfg.phases.indistill:
         plan.verdict = assess_pair(cfg.teacher.arch, cfg.student.arch, ind.aux, ind.aux_width, ind.ratio_threshold,
                                    10, size)

@@ -1,0 +1,227 @@
+"""Headless command line over the same engine the app uses.
+
+    python -m app.cli list [--json]
+    python -m app.cli run --preset quick-cpu --data-dir ../shared/data/cifar10-jpeg.tar.gz
+    python -m app.cli run --resume runs/quick-cpu-20261122-101500
+    python -m app.cli train-teacher --arch resnet56 --epochs 240 --out teacher.pt
+    python -m app.cli plan --preset paper-cnn --set indistill.aux=off
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+from .config import PRESETS, ConfigError, ExperimentConfig, preset
+from .data import DataError
+from .checkpoint import CheckpointError
+from .losses import LOSSES
+
+
+def _catalogue() -> dict:
+    from models import MODELS
+    return {"teachers": [n for n, e in MODELS.items() if e.role == "teacher"],
+            "students": [n for n, e in MODELS.items() if e.role == "student"],
+            "losses": list(LOSSES), "presets": list(PRESETS)}
+
+
+def cmd_list(args) -> int:
+    cat = _catalogue()
+    if args.json:
+        print(json.dumps(cat))
+        return 0
+    from models import MODELS
+    for role in ("teachers", "students"):
+        print(f"{role}:")
+        for n in cat[role]:
+            print(f"  {n:14s} {MODELS[n].summary}")
+    print("losses:")
+    for n, cls in LOSSES.items():
+        print(f"  {n:14s} {cls.summary}")
+    print("presets:")
+    for n, p in PRESETS.items():
+        print(f"  {n:22s} {p['summary']}")
+    return 0
+
+
+def _config(args) -> ExperimentConfig:
+    if args.config:
+        cfg = ExperimentConfig.from_dict(json.loads(Path(args.config).read_text()))
+    else:
+        cfg = preset(args.preset)
+    overrides: dict = {}
+    if args.data_dir is None and os.environ.get("INDISTILL_DATA_DIR") and not args.config:
+        args.data_dir = os.environ["INDISTILL_DATA_DIR"]
+    for key, attr in (("data.data_dir", "data_dir"), ("data.dataset", "dataset"), ("data.cache_dir", "cache_dir"),
+                      ("data.train_per_class", "train_per_class"), ("data.test_per_class", "test_per_class"),
+                      ("epochs_scale", "epochs_scale"), ("seeds", "seeds"), ("device", "device")):
+        value = getattr(args, attr, None)
+        if value is not None:
+            overrides[key] = value
+    cfg = cfg.with_overrides(overrides)
+    return cfg.with_overrides(args.set or [])
+
+
+class Progress:
+    """A one-line progress bar on stderr, fed by engine events."""
+
+    def __init__(self, quiet: bool = False) -> None:
+        self.quiet, self.total, self.done, self.start = quiet, 0, 0, time.time()
+        self.label, self.last = "", ""
+
+    def __call__(self, e) -> None:
+        if e.kind == "log":
+            self._line(e.message)
+        elif e.kind == "phase_started":
+            self.label = f"{e.phase}" + (f" seed {e.seed}" if e.phase not in ("teacher", "aux") else "")
+        elif e.kind == "layer_switch":
+            self.segment = e.name
+        elif e.kind == "step":
+            self.last = f"{e.segment} ep {e.epoch:.2f} loss {e.losses['total']:.4f}"
+            self._bar()
+        elif e.kind == "epoch":
+            self.last = f"epoch {e.epoch} {e.metrics['eval_split']} acc {e.metrics['eval_acc']:.4f}"
+            self._bar()
+        elif e.kind == "phase_result":
+            self._line(f"{e.phase}" + (f" seed {e.seed}" if e.seed is not None else "") +
+                       f": test acc {e.result['test_acc']:.4f}, {e.result['train_seconds']:.1f} s")
+        elif e.kind == "channel_maps":
+            kept = ", ".join(f"{len(s['kept'])}/{s['teacher_channels']}" for s in e.stages)
+            self._line(f"pruning {e.pruned_arch}: kept channels per stage {kept}")
+        elif e.kind in ("failed", "cancelled"):
+            self._line(f"{e.kind}: {getattr(e, 'message', '')}")
+
+    def _bar(self) -> None:
+        if self.quiet:
+            return
+        frac = self.experiment.done_steps / max(self.experiment.total_steps, 1)
+        elapsed = time.time() - self.start
+        eta = elapsed / frac - elapsed if frac > 0 else 0
+        bar = "#" * int(frac * 24)
+        sys.stderr.write(f"\r[{bar:24s}] {frac * 100:5.1f}% {self.label}: {self.last}  ETA {eta:5.0f}s ")
+        sys.stderr.flush()
+
+    def _line(self, text: str) -> None:
+        if not self.quiet:
+            sys.stderr.write("\r" + " " * 110 + "\r")
+        print(text, file=sys.stderr, flush=True)
+
+
+def results_table(results: dict) -> str:
+    rows = [("phase", "test acc", "± sd", "mAP cos", "params", "MFLOPs", "CPU ms b1", "train s")]
+    for phase in ("teacher", "aux", "baseline", "kd", "indistill"):
+        r = results.get("phases", {}).get(phase)
+        if not r or "test_acc" not in r:
+            continue
+        m = r.get("retrieval", {}).get("cosine", {}).get("map")
+        rows.append((phase, f"{r['test_acc'] * 100:.2f}", f"{r.get('test_acc_std', 0) * 100:.2f}",
+                     "-" if m is None else f"{m * 100:.2f}", f"{r['params']:,}", f"{r['flops'] / 1e6:.2f}",
+                     f"{r['latency_ms_cpu_b1']:.3f}", f"{r['train_seconds']:.1f}"))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths))) for row in rows)
+
+
+def cmd_run(args) -> int:
+    from .experiment import Experiment
+    progress = Progress(args.quiet)
+    if args.resume:
+        exp = Experiment(run_dir=args.resume, resume=True, emit=progress)
+    else:
+        exp = Experiment(_config(args), run_dir=args.run_dir, runs_root=args.out, emit=progress)
+    progress.experiment = exp
+    results = exp.run()
+    print(results_table(results))
+    print(f"run folder: {exp.run_dir}  (results.json, config.json, checkpoints/)")
+    return 0 if results["status"] == "finished" else 1
+
+
+def cmd_plan(args) -> int:
+    from .plan import make_plan
+    plan = make_plan(_config(args))
+    out = {"ok": plan.ok, "problems": plan.problems, "verdict": plan.verdict.to_dict() if plan.verdict else None,
+           "schedule": plan.schedule_dicts()}
+    print(json.dumps(out, indent=2))
+    return 0 if plan.ok else 2
+
+
+def cmd_train_teacher(args) -> int:
+    from .experiment import Experiment
+    cfg = ExperimentConfig(name=f"teacher-{args.arch}").with_overrides({
+        "teacher.arch": args.arch, "teacher.epochs": args.epochs, "teacher.lr": args.lr, "student.arch": args.arch,
+        "phases.baseline": True, "phases.kd": False, "phases.indistill": False,
+        "eval.retrieval": False, "eval.info_flow": False})
+    data_dir = args.data_dir or os.environ.get("INDISTILL_DATA_DIR")
+    cfg = cfg.with_overrides({k: v for k, v in {"data.data_dir": data_dir, "data.dataset": args.dataset,
+                                                 "data.train_per_class": args.train_per_class,
+                                                 "data.test_per_class": args.test_per_class,
+                                                 "device": args.device, "optim.batch_size": args.batch_size}.items()
+                              if v is not None})
+    cfg = cfg.with_overrides(args.set or [])
+    progress = Progress(args.quiet)
+    exp = Experiment(cfg, runs_root=args.runs, emit=progress)
+    progress.experiment = exp
+    exp.plan.schedules = {}  # only the teacher phase
+    results = exp.run()
+    if results["status"] != "finished":
+        return 1
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_bytes(exp.ckpt("teacher").read_bytes())
+    acc = results["phases"]["teacher"]["test_acc"]
+    print(json.dumps({"checkpoint": str(out), "arch": args.arch, "test_acc": acc,
+                      "data": results["data"]["description"], "train_seconds": results["phases"]["teacher"]["train_seconds"]}))
+    return 0
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data-dir", help="ImageFolder tree/archive, or a folder holding torchvision's CIFAR files")
+    p.add_argument("--dataset", choices=["cifar10", "cifar100", "folder"])
+    p.add_argument("--cache-dir", help="where decoded tensors are cached (default ~/.cache/indistill)")
+    p.add_argument("--train-per-class", type=int)
+    p.add_argument("--test-per-class", type=int)
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override any setting, e.g. indistill.a=3")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m app.cli", description="InDistill Studio, headless")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("list", help="architectures, losses and presets")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_list)
+    for name, func, help_ in (("run", cmd_run, "run an experiment"), ("plan", cmd_plan, "check a config, show the schedule")):
+        p = sub.add_parser(name, help=help_)
+        src = p.add_mutually_exclusive_group()
+        src.add_argument("--preset", default="quick-cpu", choices=list(PRESETS))
+        src.add_argument("--config", help="a config JSON (as written to a run folder or exported by the app)")
+        if name == "run":
+            src.add_argument("--resume", metavar="RUN_DIR", help="continue a cancelled or crashed run")
+            p.add_argument("--out", default="runs", help="folder for run folders (default runs/)")
+            p.add_argument("--run-dir", help="exact run folder to write")
+        p.add_argument("--epochs-scale", type=float, help="multiply every epoch count")
+        p.add_argument("--seeds", type=int, help="seeds for the student phases")
+        _common(p)
+        p.set_defaults(func=func)
+    p = sub.add_parser("train-teacher", help="train a teacher with CE and save its checkpoint")
+    p.add_argument("--arch", required=True)
+    p.add_argument("--epochs", type=float, default=30)
+    p.add_argument("--lr", type=float, default=0.1)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--out", required=True, help="checkpoint path to write")
+    p.add_argument("--runs", default="runs", help="folder for the run folder")
+    _common(p)
+    p.set_defaults(func=cmd_train_teacher)
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except (ConfigError, DataError, CheckpointError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

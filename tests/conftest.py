@@ -1,0 +1,55 @@
+"""Shared fixtures: tiny synthetic ImageFolder trees, and the shared CIFAR-10 JPEG copy.
+
+The shared copy is found through $INDISTILL_DATA_DIR, else ../shared/data/cifar10-jpeg.tar.gz
+beside the checkout (where CI puts it)."""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+
+def shared_data_path() -> Path:
+    return Path(os.environ.get("INDISTILL_DATA_DIR", ROOT.parent / "shared" / "data" / "cifar10-jpeg.tar.gz"))
+
+
+@pytest.fixture(scope="session")
+def cifar_jpeg() -> Path:
+    path = shared_data_path()
+    if not path.exists():
+        pytest.fail(f"shared CIFAR-10 JPEG copy not found at {path}; set INDISTILL_DATA_DIR")
+    return path
+
+
+@pytest.fixture(scope="session")
+def cache_dir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("cache")
+
+
+def make_image_folder(root: Path, classes=("cat", "dog", "frog"), per_class: int = 6, size: int = 32,
+                      splits=("train", "test"), seed: int = 0) -> Path:
+    """Write a small ImageFolder tree of random PNGs whose colour depends on the class."""
+    rng = np.random.default_rng(seed)
+    for split in splits:
+        for c, cls in enumerate(classes):
+            d = root / split / cls
+            d.mkdir(parents=True, exist_ok=True)
+            for i in range(per_class):
+                img = rng.integers(0, 60, (size, size, 3), dtype=np.uint8)
+                img[..., c % 3] += 150
+                Image.fromarray(img).save(d / f"{i:03d}.png")
+    return root
+
+
+@pytest.fixture
+def image_folder(tmp_path) -> Path:
+    return make_image_folder(tmp_path / "folder")

@@ -1,0 +1,113 @@
+"""Whole experiments on a small subset of the shared CIFAR-10 JPEG copy, on the CPU."""
+import json
+import threading
+
+import pytest
+
+from app import events as ev
+from app.cli import main as cli
+from app.config import preset
+from app.experiment import Experiment
+from app.runner import JobManager
+
+
+def tiny(cifar_jpeg, cache_dir, **extra):
+    items = {"data.data_dir": str(cifar_jpeg), "data.cache_dir": str(cache_dir), "data.train_per_class": 12,
+             "data.test_per_class": 4, "teacher.epochs": 1, "student.epochs": 1, "indistill.a": 0.5,
+             "indistill.b": 0.25, "optim.batch_size": 24, "eval.latency_runs": 2, "eval.info_batch": 32,
+             "device": "cpu"}
+    items.update(extra)
+    return preset("quick-cpu").with_overrides(items)
+
+
+def test_whole_experiment_writes_results(cifar_jpeg, cache_dir, tmp_path):
+    seen = []
+    cfg = tiny(cifar_jpeg, cache_dir, seeds=2)
+    results = Experiment(cfg, runs_root=tmp_path, emit=seen.append).run()
+    assert results["status"] == "finished"
+    on_disk = json.loads((tmp_path / next(p.name for p in tmp_path.iterdir()) / "results.json").read_text())
+    assert on_disk["status"] == "finished"
+    assert set(on_disk["phases"]) == {"teacher", "baseline", "kd", "indistill"}
+    ind = on_disk["phases"]["indistill"]
+    for key in ("test_acc", "test_acc_seeds", "retrieval", "params", "flops", "latency_ms_cpu_b1", "train_seconds"):
+        assert key in ind
+    assert len(ind["test_acc_seeds"]) == 2 and 0 <= ind["test_acc"] <= 1
+    assert ind["retrieval"]["cosine"]["map"] > 0 and len(ind["retrieval"]["euclidean"]["pr_curve"]["precision"]) == 11
+    assert [p["name"] for p in on_disk["schedule"]["indistill"]] == ["layer 1", "layer 2", "layer 3", "embedding", "KD"]
+    assert [len(s["kept"]) for s in on_disk["channel_maps"]["stages"]] == [8, 16, 32]
+    kinds = [e.kind for e in seen]
+    switches = [e.name for e in seen if e.kind == "layer_switch" and e.phase == "indistill" and e.seed == 0]
+    assert switches == ["layer 1", "layer 2", "layer 3", "embedding", "KD"]
+    assert kinds[-1] == "finished" and "channel_maps" in kinds and "epoch" in kinds
+    # equal-epoch control: baseline and KD students trained as long as warm-up + KD
+    assert on_disk["phases"]["baseline"]["epochs"] == pytest.approx(ind["epochs"])
+    assert (tmp_path / on_disk["run_dir"].split("/")[-1] / "checkpoints" / "indistill-s1.pt").is_file()
+
+
+def test_cancel_stops_within_one_step_and_resume_finishes(cifar_jpeg, cache_dir, tmp_path):
+    cancel = threading.Event()
+    steps_at_cancel = {}
+
+    def emit(e):
+        if e.kind == "step" and e.phase == "kd" and not cancel.is_set():
+            cancel.set()
+            steps_at_cancel["n"] = exp.done_steps
+    exp = Experiment(tiny(cifar_jpeg, cache_dir), runs_root=tmp_path, emit=emit, cancel=cancel)
+    results = exp.run()
+    assert results["status"] == "cancelled"
+    assert exp.done_steps == steps_at_cancel["n"]  # not one more step after the cancel
+    assert set(results["phases"]) == {"teacher", "baseline"}
+    teacher_seconds = results["phases"]["teacher"]["train_seconds"]
+
+    logs = []
+    resumed = Experiment(run_dir=exp.run_dir, resume=True, emit=lambda e: logs.append(e))
+    out = resumed.run()
+    assert out["status"] == "finished" and set(out["phases"]) == {"teacher", "baseline", "kd", "indistill"}
+    assert out["phases"]["teacher"]["train_seconds"] == teacher_seconds  # not retrained
+    started = [(e.phase, e.seed) for e in logs if e.kind == "phase_started"]
+    assert ("teacher", 0) not in started and ("baseline", 0) not in started and ("kd", 0) in started
+
+
+def test_failure_is_an_event_not_a_dead_thread(tmp_path):
+    manager = JobManager(1, tmp_path)
+    cfg = preset("quick-cpu").with_overrides({"data.data_dir": str(tmp_path / "missing"), "device": "cpu"})
+    job = manager.submit(cfg)
+    job.thread.join(30)
+    snap = job.snapshot()
+    assert snap["state"] == "failed" and "does not exist" in snap["error"]
+
+
+def test_job_manager_queues_beyond_the_cap_and_cancels(cifar_jpeg, cache_dir, tmp_path):
+    manager = JobManager(1, tmp_path)
+    first = manager.submit(tiny(cifar_jpeg, cache_dir))
+    second = manager.submit(tiny(cifar_jpeg, cache_dir))
+    assert manager.queue_position(second) == 1 or first.state != "running"
+    second.cancel()
+    first.thread.join(300)
+    second.thread.join(10)
+    assert first.snapshot()["state"] == "finished" and second.snapshot()["state"] == "cancelled"
+    snap = first.snapshot()
+    assert snap["progress"] == 1.0 and snap["steps_done"] == snap["steps_total"] > 0
+    series = snap["series"]["indistill/0"]
+    assert len(series["step"]) > 0 and "mse_l1" in series["losses"] and "total" in series["losses"]
+    assert [s["name"] for s in snap["segments"]["indistill/0"]][0] == "layer 1"
+    assert manager.load_results(first.run_dir.name)["status"] == "finished"
+
+
+def test_cli_list_and_run(cifar_jpeg, cache_dir, tmp_path, capsys):
+    assert cli(["list", "--json"]) == 0
+    listing = json.loads(capsys.readouterr().out)
+    assert len(listing["teachers"]) >= 6 and len(listing["students"]) >= 8
+    assert {"quick-cpu", "paper-cnn", "resnet56-resnet20", "wrn40_2-wrn16_2", "resnet32x4-resnet8x4",
+            "seed-pair"} <= set(listing["presets"])
+    code = cli(["run", "--preset", "quick-cpu", "--data-dir", str(cifar_jpeg), "--cache-dir", str(cache_dir),
+                "--out", str(tmp_path), "--train-per-class", "8", "--test-per-class", "3", "--epochs-scale", "0.05",
+                "--quiet", "--set", "phases.indistill=false", "--set", "eval.latency_runs=2"])
+    out = capsys.readouterr().out
+    assert code == 0 and "baseline" in out and "indistill" not in out.split("run folder")[0]
+
+
+def test_cli_reports_bad_settings_without_a_traceback(capsys):
+    assert cli(["run", "--preset", "quick-cpu", "--set", "indistill.a=-5"]) == 2
+    err = capsys.readouterr().err
+    assert "negative" in err and "Traceback" not in err
