@@ -1,8 +1,10 @@
-"""InDistill Studio launcher. Until the web UI lands this runs the CLI quick preset:
-``python app.py`` == ``python -m app.cli run --preset quick-cpu``."""
-import sys
+"""InDistill Studio: ``python app.py`` serves the Gradio app (nothing trains at import).
 
-from app.cli import main
+Respects GRADIO_SERVER_NAME / GRADIO_SERVER_PORT (Hugging Face Spaces sets them);
+INDISTILL_RUNS (run folders, default runs/) and INDISTILL_MAX_JOBS (concurrent
+trainings, default 1).
+"""
+from app.ui.main import launch
 
 if __name__ == "__main__":
-    sys.exit(main(["run", "--preset", "quick-cpu", *sys.argv[1:]]))
+    launch()

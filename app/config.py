@@ -9,7 +9,11 @@ import copy
 import dataclasses
 import json
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, get_type_hints
+
+ASSETS = Path(__file__).resolve().parents[1] / "assets"
+SAMPLE_DATA = ASSETS / "sample" / "cifar10-sample.tar.gz"
 
 
 class ConfigError(ValueError):
@@ -212,6 +216,13 @@ def _build(cls, d: dict, prefix: str):
 # ---------------------------------------------------------------- presets
 
 PRESETS: dict[str, dict[str, Any]] = {
+    "workshop": {
+        "summary": "Shipped CNN 16/32/64 teacher → CNN 8/16/32 on the embedded CIFAR-10 sample; ~2 min on 2 CPU cores",
+        "data.dataset": "folder", "data.data_dir": str(SAMPLE_DATA),
+        "teacher.arch": "cnn_16_32_64", "teacher.checkpoint": str(ASSETS / "teachers" / "cnn_16_32_64.pt"),
+        "teacher.epochs": 0, "student.arch": "cnn_8_16_32", "student.epochs": 14,
+        "indistill.a": 1.0, "indistill.b": 0.5, "eval.latency_runs": 50,
+    },
     "quick-cpu": {
         "summary": "CNN 16/32/64 → CNN 8/16/32 on 400 images/class; a few minutes on 2 CPU cores",
         "teacher.arch": "cnn_16_32_64", "teacher.epochs": 15, "teacher.lr": 0.05,

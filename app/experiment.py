@@ -303,7 +303,14 @@ class Experiment:
                         p.kind == "joint" and cfg.indistill.embed) else None
                     segments.append(Segment(p.name, n, warmup_objective(s_tap, p_tap, select, p.layers, embed),
                                             trainable(student), "adam", cfg.indistill.lr))
-            seconds = run_segments(student, stream, segments, self.loop(phase, seed), self._epoch_callback(student, history))
+            last_warm = max((i for i, p in enumerate(schedule) if p.kind in ("layer", "embed", "joint")), default=None)
+
+            def after_segment(index: int, _seg) -> None:  # keep the student as the warm-up left it
+                if index == last_warm:
+                    save_model(student, self.ckpt(f"{phase}-s{seed}-warmup"),
+                               self.meta(cfg.student.arch, 1.0, f"{phase}-warmup", seed, None))
+            seconds = run_segments(student, stream, segments, self.loop(phase, seed), self._epoch_callback(student, history),
+                                   after_segment)
         result = self._evaluate(student, seconds, sum(p.epochs for p in schedule), history) | {"arch": cfg.student.arch}
         save_model(student, self.ckpt(f"{phase}-s{seed}"), self.meta(cfg.student.arch, 1.0, phase, seed, result["test_acc"]))
         self._record(phase, seed, result)

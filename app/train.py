@@ -79,7 +79,8 @@ def _forever(stream: BatchStream) -> Iterator[tuple[torch.Tensor, torch.Tensor]]
 
 
 def run_segments(model: nn.Module, stream: BatchStream, segments: list[Segment], ctx: LoopContext,
-                 on_epoch: Callable[[int], dict] | None = None) -> float:
+                 on_epoch: Callable[[int], dict] | None = None,
+                 on_segment_end: Callable[[int, Segment], None] | None = None) -> float:
     """Train ``model`` through ``segments``; returns the wall time in seconds."""
     spe = stream.steps_per_epoch
     total = sum(s.steps for s in segments)
@@ -116,6 +117,8 @@ def run_segments(model: nn.Module, stream: BatchStream, segments: list[Segment],
                 metrics = on_epoch(math.ceil(step / spe))
                 model.train()
                 ctx.emit(ev.EpochMetrics(ctx.phase, ctx.seed, math.ceil(step / spe), metrics))
+        if on_segment_end is not None:
+            on_segment_end(index, seg)
     return time.perf_counter() - start
 
 

@@ -1,0 +1,126 @@
+"""Models of a finished (or shipped) run, loaded for the Retrieval and Pruning views:
+predictions for an uploaded picture, nearest database images, feature-map thumbnails."""
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from app.augment import Normalizer
+from app.checkpoint import load_checkpoint, load_into
+from app.config import DataConfig
+from app.data import Dataset, load_dataset
+from app.device import resolve
+from app.evaluate import predict
+from app.features import FeatureTap
+from models import build_model
+
+from .views import LABELS, PHASES
+
+
+@dataclass
+class LoadedModel:
+    key: str            # teacher | aux | baseline | kd | indistill
+    label: str
+    model: torch.nn.Module
+    meta: dict
+
+
+def load_model(path: Path, key: str) -> LoadedModel:
+    blob = load_checkpoint(path)
+    meta = blob.get("meta", {})
+    model = build_model(meta["arch"], meta.get("num_classes", 10), meta.get("width", 1.0))
+    load_into(model, blob, f"{key} checkpoint")
+    return LoadedModel(key, LABELS.get(key, key), model.eval(), meta)
+
+
+class ModelSet:
+    """Models to compare on an uploaded picture, and their database (a training split)."""
+
+    def __init__(self, models: list[LoadedModel], data_cfg: dict) -> None:
+        self.models = models
+        self.data_cfg = data_cfg
+        self._db: dict[str, torch.Tensor] = {}
+        self._data: Dataset | None = None
+        self.lock = threading.Lock()
+
+    @classmethod
+    def from_run(cls, run_dir: Path, data_cfg: dict) -> "ModelSet":
+        """Teacher, auxiliary teacher and seed 0 of each student phase of a run folder."""
+        ckpts = run_dir / "checkpoints"
+        paths = {key: ckpts / (f"{key}.pt" if key in ("teacher", "aux") else f"{key}-s0.pt") for key in PHASES}
+        return cls([load_model(p, k) for k, p in paths.items() if p.is_file()], data_cfg)
+
+    @classmethod
+    def from_files(cls, files: dict[str, Path], data_cfg: dict) -> "ModelSet":
+        models = []
+        for key, path in files.items():
+            m = load_model(path, key.split(":")[0])
+            m.label = f"Shipped teacher {m.meta.get('arch')}"
+            models.append(m)
+        return cls(models, data_cfg)
+
+    @property
+    def data(self) -> Dataset:
+        if self._data is None:
+            self._data = load_dataset(DataConfig(**self.data_cfg))
+        return self._data
+
+    def database(self, m: LoadedModel) -> torch.Tensor:
+        with self.lock:
+            if m.key not in self._db:
+                _, self._db[m.key] = predict(m.model, self.data.train, self.data, resolve("cpu"))
+            return self._db[m.key]
+
+    def query(self, picture: Image.Image, k: int = 8, metric: str = "cosine") -> list[dict]:
+        """For each model: class probabilities and the ``k`` nearest database images."""
+        out = []
+        for m in self.models:
+            x = to_input(picture, m.meta)
+            with torch.no_grad(), FeatureTap(m.model) as tap:
+                o = tap(x, features=False)
+            probs = torch.softmax(o.logits.float(), 1)[0]
+            db = self.database(m)
+            e = o.embedding.float().flatten(1)
+            if metric == "cosine":
+                d = 1 - torch.nn.functional.normalize(e, dim=1) @ torch.nn.functional.normalize(db, dim=1).t()
+            else:
+                d = torch.cdist(e, db)
+            nearest = d[0].topk(min(k, len(db)), largest=False).indices.tolist()
+            out.append({"model": m, "probs": probs, "nearest": nearest})
+        return out
+
+    def thumbnail(self, index: int, scale: int = 3) -> Image.Image:
+        img = self.data.train.images[index].permute(1, 2, 0).numpy()
+        return Image.fromarray(img).resize((32 * scale, 32 * scale), Image.NEAREST)
+
+
+def to_input(picture: Image.Image, meta: dict) -> torch.Tensor:
+    """A picture as the normalised ``[1, 3, S, S]`` batch the model was trained on."""
+    size = meta.get("input_size", 32)
+    x = torch.from_numpy(np.asarray(picture.resize((size, size), Image.BILINEAR)).copy()).permute(2, 0, 1)[None]
+    return Normalizer(meta.get("mean", (0.5,) * 3), meta.get("std", (0.25,) * 3), torch.device("cpu"))(x)
+
+
+def feature_grid(fmap: torch.Tensor, channels: list[int] | None = None, cell: int = 40, cols: int = 8) -> Image.Image:
+    """A grid of single-channel maps (each min–max scaled) as a grayscale picture."""
+    fmap = fmap.float()
+    idx = channels if channels is not None else list(range(fmap.shape[0]))
+    idx = idx[: cols * 4]
+    rows = max(1, (len(idx) + cols - 1) // cols)
+    canvas = Image.new("L", (cols * (cell + 2), rows * (cell + 2)), 255)
+    for n, c in enumerate(idx):
+        m = fmap[c]
+        m = (m - m.min()) / (m.max() - m.min() + 1e-8)
+        tile = Image.fromarray((m.numpy() * 255).astype(np.uint8)).resize((cell, cell), Image.NEAREST)
+        canvas.paste(tile, ((n % cols) * (cell + 2), (n // cols) * (cell + 2)))
+    return canvas
+
+
+def stage_maps(model: torch.nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
+    with torch.no_grad(), FeatureTap(model) as tap:
+        return [f[0] for f in tap(x).features]

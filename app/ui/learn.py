@@ -1,0 +1,68 @@
+"""The Learn tab: a plain explanation of KD and InDistill for a workshop audience."""
+
+DIAGRAM = """
+<svg viewBox="0 0 760 250" xmlns="http://www.w3.org/2000/svg" style="max-width:760px;font-family:sans-serif">
+  <style>.t{font-size:13px}.s{font-size:11px;fill:#374151}</style>
+  <text x="10" y="20" class="t" font-weight="bold">Teacher (big)</text>
+  <rect x="10" y="30" width="60" height="90" fill="#9ca3af"/><rect x="80" y="40" width="70" height="70" fill="#9ca3af"/>
+  <rect x="160" y="50" width="80" height="50" fill="#9ca3af"/>
+  <text x="10" y="140" class="s">layer 1</text><text x="80" y="140" class="s">layer 2</text><text x="160" y="140" class="s">layer 3</text>
+  <text x="270" y="20" class="t" font-weight="bold">① prune channels (largest filter L1 norm kept)</text>
+  <rect x="270" y="30" width="30" height="90" fill="#10b981"/><rect x="310" y="40" width="35" height="70" fill="#10b981"/>
+  <rect x="355" y="50" width="40" height="50" fill="#10b981"/>
+  <text x="270" y="140" class="s">same widths as the student → compare directly</text>
+  <text x="450" y="20" class="t" font-weight="bold">Student (small)</text>
+  <rect x="450" y="30" width="30" height="90" fill="#3b82f6"/><rect x="490" y="40" width="35" height="70" fill="#3b82f6"/>
+  <rect x="535" y="50" width="40" height="50" fill="#3b82f6"/>
+  <text x="10" y="180" class="t" font-weight="bold">② warm-up curriculum:</text>
+  <rect x="170" y="166" width="90" height="20" fill="#a7f3d0"/><text x="178" y="181" class="s">layer 1 (a+b)</text>
+  <rect x="262" y="166" width="120" height="20" fill="#a7f3d0"/><text x="270" y="181" class="s">layer 2 (a+2b)</text>
+  <rect x="384" y="166" width="150" height="20" fill="#a7f3d0"/><text x="392" y="181" class="s">layer 3 (a+3b)</text>
+  <rect x="536" y="166" width="80" height="20" fill="#fde68a"/><text x="542" y="181" class="s">embedding</text>
+  <text x="10" y="225" class="t" font-weight="bold">③ then ordinary KD:</text>
+  <rect x="170" y="211" width="446" height="20" fill="#bfdbfe"/><text x="180" y="226" class="s">KD loss (Hinton, PKT, FitNets, AT, RKD, DKD) + cross-entropy</text>
+</svg>
+"""
+
+LEARN_MD = f"""
+## Knowledge distillation in one minute
+
+A **teacher** network is accurate but big and slow. A **student** is small and fast but,
+trained alone on the labels (the *baseline*), less accurate. **Knowledge distillation (KD)**
+trains the student to imitate the teacher as well: to match its softened class
+probabilities (Hinton KD), or the geometry of its embeddings (PKT, RKD), or its
+intermediate feature maps (FitNets, attention transfer). The student then usually beats
+the baseline at the same size and speed.
+
+## What InDistill adds
+
+Feature maps are hard to match when the teacher is much wider than the student. InDistill
+(Sarridis et al., WACV 2025) adds a **warm-up** before ordinary KD:
+
+{DIAGRAM}
+
+1. **Prune** each teacher layer down to the student's width, keeping the channels whose
+   filters have the largest L1 norm. Now teacher and student feature maps have the same
+   shape and can be compared directly — no extra adapter layers to train.
+2. **Curriculum**: the student learns to reproduce the pruned teacher features one layer
+   at a time, shallow to deep. Layer *l* gets *S_l = a + b·l* epochs, so deeper (harder)
+   layers get more time. Then the embedding layer is matched with a probabilistic
+   (PKT-style) loss.
+3. **Then ordinary KD** plus cross-entropy, exactly as for the KD student.
+
+When teacher and student are too different (different numbers of stages, or a huge
+width ratio), an **auxiliary teacher** — the student's architecture made wider — is first
+distilled from the teacher, and pruned instead.
+
+## How to read the app
+
+- **Setup**: pick the pair; the verdict says what will be pruned or why it cannot work.
+- **Distill**: the schedule chart redraws as you move *a* and *b*.
+- **Train**: live losses (curriculum phases shaded) and accuracy per epoch.
+- **Pruning**: which channels were kept, and what the feature maps look like.
+- **Compare**: accuracy, retrieval, size, FLOPs and latency side by side. A fair comparison
+  gives the baseline and KD students as many epochs as InDistill's warm-up plus KD
+  (*equal-epoch control*), so gains are not just longer training.
+- **Retrieval**: upload a picture; each model finds the most similar training images.
+- **Information flow**: how much each layer "knows" about the labels, epoch by epoch.
+"""

@@ -1,0 +1,340 @@
+"""Pure functions from engine data (plans, job snapshots, results) to what the page shows:
+plotly figures, markdown and table rows. No Gradio here, so each view is unit-testable."""
+from __future__ import annotations
+
+import csv
+import io
+import math
+
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+from app.pairing import spec_of
+from app.plan import Plan
+from app.profile import flops as count_flops, param_count, size_mb
+from models import MODELS, build_model
+
+PHASES = ("teacher", "aux", "baseline", "kd", "indistill")
+LABELS = {"teacher": "Teacher", "aux": "Auxiliary teacher", "baseline": "Baseline (CE)", "kd": "KD",
+          "indistill": "InDistill + KD"}
+COLORS = {"teacher": "#6b7280", "aux": "#a855f7", "baseline": "#f59e0b", "kd": "#3b82f6", "indistill": "#10b981"}
+KIND_COLORS = {"layer": "#a7f3d0", "embed": "#fde68a", "joint": "#c7d2fe", "kd": "#bfdbfe", "ce": "#fed7aa"}
+
+
+def _empty(title: str, note: str) -> go.Figure:
+    fig = go.Figure()
+    fig.update_layout(title=title, template="plotly_white", height=320,
+                      annotations=[dict(text=note, showarrow=False, x=0.5, y=0.5, xref="paper", yref="paper",
+                                        font=dict(size=14, color="#6b7280"))],
+                      xaxis=dict(visible=False), yaxis=dict(visible=False))
+    return fig
+
+
+# ---------------------------------------------------------------- Setup
+
+_CARDS: dict[str, str] = {}
+
+
+def model_card(arch: str, num_classes: int = 10) -> str:
+    """Params, FLOPs, size and stage widths of a registered architecture (cached)."""
+    if arch not in MODELS:
+        return f"**Unknown architecture `{arch}`.** Choose one of: {', '.join(MODELS)}"
+    if arch not in _CARDS:
+        model, spec = build_model(arch, num_classes), spec_of(arch, num_classes)
+        stages = " · ".join(f"{s.channels}@{s.size[0]}²" for s in spec.stages)
+        _CARDS[arch] = (f"**{arch}** — {MODELS[arch].summary}  \n{param_count(model):,} params · "
+                        f"{count_flops(model) / 1e6:.1f} MFLOPs · {size_mb(model):.2f} MB  \nstages: {stages} · "
+                        f"embedding {spec.embed_dim}")
+    return _CARDS[arch]
+
+
+def verdict_markdown(plan: Plan) -> str:
+    if plan.problems:
+        return "### ✖ Not ready\n" + "\n".join(f"- {p}" for p in plan.problems)
+    lines = []
+    v = plan.verdict
+    if v is None:
+        lines.append("### ✔ Ready — InDistill is off, so no pruning is needed.")
+    else:
+        lines.append(f"### ✔ {v.summary}")
+        lines.append("| layer | pruned net ch. | student ch. | kept | spatial |\n|---|---|---|---|---|")
+        for r in v.stages:
+            pool = {"teacher": "teacher map pooled", "student": "student map pooled", "none": "same"}[r["pooled"]]
+            lines.append(f"| {r['layer']} | {r['teacher_channels']} | {r['student_channels']} | "
+                         f"{r['kept_fraction'] * 100:.0f}% | {r['teacher_size'][0]}² → {r['student_size'][0]}² ({pool}) |")
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------- Distill
+
+def timeline_figure(plan: Plan) -> go.Figure:
+    """Which layer is learned in which epochs, then KD, for every student phase."""
+    if not plan.schedules:
+        return _empty("Schedule", "fix the settings to see the schedule")
+    fig = go.Figure()
+    rows = [p for p in ("indistill", "kd", "baseline") if p in plan.schedules]
+    seen = set()
+    for row in rows:
+        start = 0.0
+        for ph in plan.schedules[row]:
+            fig.add_trace(go.Bar(
+                y=[LABELS[row]], x=[ph.epochs], base=[start], orientation="h", name=ph.kind,
+                marker=dict(color=KIND_COLORS[ph.kind], line=dict(color="#374151", width=1)),
+                text=f"{ph.name}<br>{ph.epochs:g} ep", textposition="inside", insidetextanchor="middle",
+                hovertemplate=f"{ph.name}: epochs {start:g}–{start + ph.epochs:g} ({ph.loss})<extra></extra>",
+                showlegend=ph.kind not in seen, legendgroup=ph.kind))
+            seen.add(ph.kind)
+            start += ph.epochs
+    fig.update_layout(barmode="overlay", template="plotly_white", height=90 + 70 * len(rows),
+                      title="Training schedule (epochs)", xaxis_title="epoch", margin=dict(l=10, r=10, t=40, b=40),
+                      legend=dict(orientation="h", y=-0.35))
+    return fig
+
+
+# ---------------------------------------------------------------- Train
+
+def status_markdown(snap: dict | None) -> str:
+    if not snap:
+        return "No run yet — press **Start**."
+    state = snap["state"]
+    icon = {"queued": "⏳", "running": "▶", "finished": "✔", "failed": "✖", "cancelled": "■"}.get(state, "")
+    parts = [f"**{icon} {state}** · run `{snap['id']}`"]
+    if state == "queued":
+        parts.append(f"position {snap['queue_position']} in the queue")
+    if snap.get("phase"):
+        parts.append(f"phase **{LABELS.get(snap['phase'], snap['phase'])}**" +
+                     (f" (seed {snap['seed']})" if snap["phase"] in ("baseline", "kd", "indistill") else ""))
+    if snap.get("segment"):
+        parts.append(f"learning **{snap['segment']}**")
+    if state == "running":
+        parts.append(f"epoch {snap.get('epoch', 0):.2f}")
+        parts.append(f"{snap['progress'] * 100:.0f}%")
+        if snap.get("eta_s") is not None:
+            parts.append(f"ETA {int(snap['eta_s'] // 60)}:{int(snap['eta_s'] % 60):02d}")
+    if snap.get("error"):
+        parts.append(f"\n\n**Error:** {snap['error']}")
+    return " · ".join(parts)
+
+
+def loss_figure(snap: dict | None) -> go.Figure:
+    """Loss by component, one panel per phase unit, curriculum segments shaded and labelled."""
+    series = (snap or {}).get("series", {})
+    keys = [k for k in series if series[k]["step"]]
+    if not keys:
+        return _empty("Losses", "losses appear here as soon as training starts")
+    keys = keys[-4:]
+    fig = make_subplots(rows=len(keys), cols=1, subplot_titles=[_unit_title(k) for k in keys], vertical_spacing=0.08)
+    palette = ["#2563eb", "#dc2626", "#16a34a", "#9333ea", "#ea580c", "#0891b2", "#4b5563", "#be185d"]
+    for r, key in enumerate(keys, 1):
+        s = series[key]
+        for i, (name, values) in enumerate(sorted(s["losses"].items(), key=lambda kv: kv[0] != "total")):
+            fig.add_trace(go.Scatter(x=s["epoch"], y=values, mode="lines", name=name, legendgroup=name,
+                                     showlegend=r == 1 or name not in _names_in(series, keys[:r - 1]),
+                                     line=dict(width=3 if name == "total" else 1.5, color=palette[i % len(palette)])),
+                          row=r, col=1)
+        _shade_segments(fig, snap, key, r)
+        fig.update_yaxes(type="log", row=r, col=1)
+    fig.update_xaxes(title_text="epoch", row=len(keys), col=1)
+    fig.update_layout(template="plotly_white", height=230 * len(keys) + 60, uirevision="losses",
+                      margin=dict(l=10, r=10, t=40, b=40))
+    return fig
+
+
+def _names_in(series: dict, keys: list[str]) -> set[str]:
+    return {n for k in keys for n in series[k]["losses"]}
+
+
+def _unit_title(key: str) -> str:
+    phase, seed = key.split("/")
+    return LABELS.get(phase, phase) + (f" — seed {seed}" if phase in ("baseline", "kd", "indistill") else "")
+
+
+def _shade_segments(fig: go.Figure, snap: dict, key: str, row: int) -> None:
+    schedule = snap.get("schedules", {}).get(key, [])
+    if len(schedule) < 2:
+        return
+    start = 0.0
+    for ph in schedule:
+        fig.add_vrect(x0=start, x1=start + ph["epochs"], fillcolor=KIND_COLORS.get(ph["kind"], "#eee"), opacity=0.35,
+                      line_width=0, row=row, col=1, annotation_text=ph["name"], annotation_position="top left",
+                      annotation_font_size=10)
+        start += ph["epochs"]
+
+
+def accuracy_figure(snap: dict | None) -> go.Figure:
+    ev = (snap or {}).get("eval", {})
+    keys = [k for k in ev if ev[k]["epoch"]]
+    if not keys:
+        return _empty("Accuracy per epoch", "evaluation accuracy appears after the first epoch")
+    fig = go.Figure()
+    split = ((snap or {}).get("data") or {}).get("eval_split", "test")
+    for key in keys:
+        phase, seed = key.split("/")
+        fig.add_trace(go.Scatter(x=ev[key]["epoch"], y=[a * 100 for a in ev[key]["acc"]], mode="lines+markers",
+                                 name=_unit_title(key), line=dict(color=COLORS.get(phase), dash="dot" if seed != "0" else None)))
+    fig.update_layout(template="plotly_white", height=340, title=f"{split} accuracy per epoch (%)", xaxis_title="epoch",
+                      yaxis_title="accuracy %", uirevision="acc", margin=dict(l=10, r=10, t=40, b=40))
+    return fig
+
+
+# ---------------------------------------------------------------- Pruning
+
+def channel_figure(maps: dict | None) -> go.Figure:
+    """Per stage: every channel's filter L1 norm, sorted; kept vs pruned in two colours."""
+    if not maps:
+        return _empty("Channel pruning", "the channel maps appear once the teacher (or auxiliary teacher) is ready")
+    stages = maps["stages"]
+    titles = [f"layer {s['stage'] + 1}: kept {len(s['kept'])}/{s['teacher_channels']} "
+              f"({len(s['kept']) / s['teacher_channels'] * 100:.0f}%)" for s in stages]
+    fig = make_subplots(rows=1, cols=len(stages), subplot_titles=titles)
+    for c, s in enumerate(stages, 1):
+        kept = set(s["kept"])
+        order = sorted(range(len(s["norms"])), key=lambda i: -s["norms"][i])
+        fig.add_trace(go.Bar(x=list(range(len(order))), y=[s["norms"][i] for i in order],
+                             marker_color=["#10b981" if i in kept else "#d1d5db" for i in order],
+                             customdata=order, hovertemplate="channel %{customdata}: L1 %{y:.3f}<extra></extra>",
+                             showlegend=False), row=1, col=c)
+        fig.update_xaxes(title_text="channels, sorted", row=1, col=c)
+    fig.update_yaxes(title_text="filter L1 norm", row=1, col=1)
+    fig.update_layout(template="plotly_white", height=330, bargap=0.05, margin=dict(l=10, r=10, t=60, b=40),
+                      title=f"Pruning {maps['pruned_arch']}: green = kept, grey = pruned")
+    return fig
+
+
+# ---------------------------------------------------------------- Compare
+
+def _fmt_pm(mean: float | None, sd: float | None, scale: float = 100.0) -> str:
+    if mean is None:
+        return "–"
+    return f"{mean * scale:.2f}" + (f" ± {sd * scale:.2f}" if sd else "")
+
+
+COMPARE_HEADERS = ["model", "arch", "accuracy %", "mAP cos %", "mAP euc %", "params", "size MB", "MFLOPs",
+                   "CPU ms (b1)", "GPU ms (b1)", "img/s (b256)", "train s"]
+
+
+def compare_rows(results: dict | None) -> list[list]:
+    phases = (results or {}).get("phases", {})
+    rows = []
+    for p in PHASES:
+        r = phases.get(p)
+        if not r or "test_acc" not in r:
+            continue
+        ret = r.get("retrieval", {})
+        rows.append([LABELS[p], r.get("arch", ""), _fmt_pm(r["test_acc"], r.get("test_acc_std")),
+                     _fmt_pm(ret.get("cosine", {}).get("map"), ret.get("cosine", {}).get("map_std")),
+                     _fmt_pm(ret.get("euclidean", {}).get("map"), ret.get("euclidean", {}).get("map_std")),
+                     f"{r['params']:,}", f"{r['size_mb']:.3f}", f"{r['flops'] / 1e6:.2f}",
+                     f"{r['latency_ms_cpu_b1']:.3f}",
+                     f"{r['latency_ms_gpu_b1']:.3f}" if "latency_ms_gpu_b1" in r else "–",
+                     f"{r['throughput_b256']:,.0f}", f"{r['train_seconds']:.1f}"])
+    return rows
+
+
+def results_csv(results: dict) -> str:
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(["phase", "arch", "test_acc", "test_acc_std", "test_acc_seeds", "map_cosine", "map_euclidean",
+                "params", "size_mb", "flops", "latency_ms_cpu_b1", "latency_ms_gpu_b1", "throughput_b256", "train_seconds"])
+    for p in PHASES:
+        r = results.get("phases", {}).get(p)
+        if not r or "test_acc" not in r:
+            continue
+        ret = r.get("retrieval", {})
+        w.writerow([p, r.get("arch"), r["test_acc"], r.get("test_acc_std", ""),
+                    " ".join(f"{a:.4f}" for a in r.get("test_acc_seeds", [r["test_acc"]])),
+                    ret.get("cosine", {}).get("map", ""), ret.get("euclidean", {}).get("map", ""), r["params"],
+                    r["size_mb"], r["flops"], r["latency_ms_cpu_b1"], r.get("latency_ms_gpu_b1", ""),
+                    r["throughput_b256"], r["train_seconds"]])
+    return buf.getvalue()
+
+
+def scatter_figure(results: dict | None) -> go.Figure:
+    phases = (results or {}).get("phases", {})
+    pts = [(p, phases[p]) for p in PHASES if p in phases and "test_acc" in phases[p]]
+    if not pts:
+        return _empty("Accuracy vs latency", "results appear when phases finish")
+    fig = go.Figure()
+    biggest = max(r["size_mb"] for _, r in pts) or 1.0
+    for p, r in pts:
+        fig.add_trace(go.Scatter(
+            x=[r["latency_ms_cpu_b1"]], y=[r["test_acc"] * 100], mode="markers+text", name=LABELS[p],
+            text=[LABELS[p]], textposition="top center",
+            marker=dict(size=14 + 46 * math.sqrt(r["size_mb"] / biggest), color=COLORS[p], opacity=0.75,
+                        line=dict(width=1, color="#111827")),
+            hovertemplate=f"{LABELS[p]}<br>%{{y:.2f}}% · %{{x:.3f}} ms · {r['size_mb']:.3f} MB<extra></extra>"))
+    fig.update_layout(template="plotly_white", height=380, title="Accuracy vs CPU latency (bubble area ∝ size)",
+                      xaxis_title="CPU latency, batch 1 (ms)", yaxis_title="test accuracy %", showlegend=False,
+                      margin=dict(l=10, r=10, t=40, b=40))
+    return fig
+
+
+# ---------------------------------------------------------------- Retrieval
+
+def pr_figure(results: dict | None, metric: str = "cosine") -> go.Figure:
+    phases = (results or {}).get("phases", {})
+    fig = go.Figure()
+    for p in PHASES:
+        r = phases.get(p, {}).get("retrieval", {}).get(metric)
+        if r:
+            fig.add_trace(go.Scatter(x=r["pr_curve"]["recall"], y=r["pr_curve"]["precision"], mode="lines+markers",
+                                     name=f"{LABELS[p]} (mAP {r['map'] * 100:.1f})", line=dict(color=COLORS[p])))
+    if not fig.data:
+        return _empty("Precision–recall", "retrieval curves appear when phases finish")
+    fig.update_layout(template="plotly_white", height=360, title=f"Test-set retrieval, {metric} distance",
+                      xaxis_title="recall", yaxis_title="interpolated precision", yaxis_range=[0, 1.02],
+                      margin=dict(l=10, r=10, t=40, b=40))
+    return fig
+
+
+# ---------------------------------------------------------------- Information flow
+
+def info_flow_figure(snap: dict | None, results: dict | None = None) -> go.Figure:
+    """Per-layer information I(layer; labels) over epochs for each student, and the teacher's."""
+    ev = (snap or {}).get("eval", {})
+    keys = [k for k in ev if any(f for f in ev[k]["info_flow"]) and k.split("/")[1] == "0"
+            and k.split("/")[0] in ("baseline", "kd", "indistill")]
+    if not keys:
+        return _empty("Information flow", "per-layer information appears after the first student epoch")
+    n_layers = len(next(f for f in ev[keys[0]]["info_flow"] if f))
+    titles = [f"layer {i + 1}" if i < n_layers - 1 else "embedding" for i in range(n_layers)]
+    fig = make_subplots(rows=1, cols=n_layers, subplot_titles=titles, shared_yaxes=True)
+    teacher = ((results or snap or {}).get("results") or (results or {}).get("phases") or {}).get("teacher", {})
+    t_flow = teacher.get("info_flow")
+    for key in keys:
+        phase = key.split("/")[0]
+        flows = ev[key]["info_flow"]
+        for c in range(n_layers):
+            fig.add_trace(go.Scatter(x=ev[key]["epoch"], y=[f[c] if f else None for f in flows], mode="lines+markers",
+                                     name=LABELS[phase], legendgroup=phase, showlegend=c == 0,
+                                     line=dict(color=COLORS[phase])), row=1, col=c + 1)
+    if t_flow and len(t_flow) >= 1:
+        for c in range(n_layers):
+            t_idx = round(c * (len(t_flow) - 1) / max(n_layers - 1, 1))
+            fig.add_hline(y=t_flow[t_idx], line_dash="dash", line_color=COLORS["teacher"], row=1, col=c + 1,
+                          annotation_text="teacher" if c == 0 else None)
+    fig.update_yaxes(title_text="I(layer; label), bits", row=1, col=1)
+    fig.update_layout(template="plotly_white", height=360, uirevision="info", margin=dict(l=10, r=10, t=60, b=40),
+                      title="Information flow: kernel MI estimate per layer, on a fixed validation batch")
+    return fig
+
+
+def divergence_rows(snap: dict | None, results: dict | None = None) -> list[list]:
+    """Mean |I_student − I_teacher| over layers at each student's last epoch (lower = closer flow)."""
+    ev = (snap or {}).get("eval", {})
+    teacher = ((snap or {}).get("results") or (results or {}).get("phases") or {}).get("teacher", {})
+    t_flow = teacher.get("info_flow")
+    rows = []
+    if not t_flow:
+        return rows
+    for key, r in ev.items():
+        phase, seed = key.split("/")
+        flows = [f for f in r["info_flow"] if f]
+        if phase not in ("baseline", "kd", "indistill") or not flows:
+            continue
+        last = flows[-1]
+        n = len(last)
+        idx = [round(c * (len(t_flow) - 1) / max(n - 1, 1)) for c in range(n)]
+        div = sum(abs(last[c] - t_flow[i]) for c, i in enumerate(idx)) / n
+        rows.append([LABELS[phase], seed, f"{div:.4f}"])
+    return rows
