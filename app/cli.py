@@ -5,6 +5,7 @@
     python -m app.cli run --resume runs/quick-cpu-20261122-101500
     python -m app.cli train-teacher --arch resnet56 --epochs 240 --out teacher.pt
     python -m app.cli plan --preset paper-cnn --set indistill.aux=off
+    python -m app.cli grid --preset workshop --a 0,1,2 --b 0,1
 """
 from __future__ import annotations
 
@@ -176,6 +177,21 @@ def cmd_train_teacher(args) -> int:
     return 0
 
 
+def cmd_grid(args) -> int:
+    from .grid import CurriculumGrid, parse_values
+    cfg = _config(args)
+    progress = Progress(args.quiet)
+    run_dir = Path(args.out) / f"grid-{cfg.name}-{int(time.time())}"
+    grid = CurriculumGrid(cfg, parse_values(args.a, "--a"), parse_values(args.b, "--b"), run_dir, emit=progress)
+    progress.experiment = grid
+    results = grid.run()
+    print("mode        a     b   test acc %")
+    for c in results["grid"]["cells"]:
+        print(f"{c['mode']:10s} {c['a']:5g} {c['b']:5g}   {c['test_acc'] * 100:.2f}")
+    print(f"grid folder: {run_dir}")
+    return 0 if results["status"] == "finished" else 1
+
+
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-dir", help="ImageFolder tree/archive, or a folder holding torchvision's CIFAR files")
     p.add_argument("--dataset", choices=["cifar10", "cifar100", "folder"])
@@ -206,6 +222,17 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--seeds", type=int, help="seeds for the student phases")
         _common(p)
         p.set_defaults(func=func)
+    p = sub.add_parser("grid", help="the a × b curriculum grid (InDistill student only) plus a joint run")
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--preset", default="quick-cpu", choices=list(PRESETS))
+    src.add_argument("--config")
+    p.add_argument("--a", default="0,1,2", help="comma-separated a values")
+    p.add_argument("--b", default="0,1", help="comma-separated b values")
+    p.add_argument("--out", default="runs")
+    p.add_argument("--epochs-scale", type=float)
+    p.add_argument("--seeds", type=int)
+    _common(p)
+    p.set_defaults(func=cmd_grid)
     p = sub.add_parser("train-teacher", help="train a teacher with CE and save its checkpoint")
     p.add_argument("--arch", required=True)
     p.add_argument("--epochs", type=float, default=30)

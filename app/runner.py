@@ -19,6 +19,7 @@ from pathlib import Path
 from . import events as ev
 from .config import ExperimentConfig
 from .experiment import Experiment
+from .grid import CurriculumGrid
 
 LOG_LINES = 300
 
@@ -27,7 +28,7 @@ class Job:
     """One experiment in its own thread; ``cancel()`` stops it within one training step."""
 
     def __init__(self, cfg: ExperimentConfig, runs_root: str | Path, manager: "JobManager | None" = None,
-                 resume_dir: str | Path | None = None) -> None:
+                 resume_dir: str | Path | None = None, grid: tuple[list[float], list[float]] | None = None) -> None:
         self.id = uuid.uuid4().hex[:10] if resume_dir is None else Path(resume_dir).name
         self.cfg = cfg
         self.manager = manager
@@ -41,10 +42,14 @@ class Job:
         self.view: dict = {"phase": None, "seed": None, "segment": None, "epoch": 0, "series": {}, "eval": {},
                            "segments": {}, "channel_maps": None, "results": {}, "error": None, "schedules": {}}
         run_dir = Path(resume_dir) if resume_dir else None
-        self.experiment = Experiment(cfg if resume_dir is None else None, run_dir, runs_root=runs_root,
-                                     emit=self.apply, cancel=self.cancel_event, resume=resume_dir is not None)
-        if resume_dir is None:
-            self.experiment.run_dir = Path(runs_root) / f"{cfg.name}-{self.id}"
+        if grid is not None:
+            self.experiment = CurriculumGrid(cfg, grid[0], grid[1], Path(runs_root) / f"grid-{self.id}",
+                                             emit=self.apply, cancel=self.cancel_event)
+        else:
+            self.experiment = Experiment(cfg if resume_dir is None else None, run_dir, runs_root=runs_root,
+                                         emit=self.apply, cancel=self.cancel_event, resume=resume_dir is not None)
+            if resume_dir is None:
+                self.experiment.run_dir = Path(runs_root) / f"{cfg.name}-{self.id}"
         self.thread = threading.Thread(target=self._main, name=f"indistill-{self.id}", daemon=True)
 
     @property
@@ -130,6 +135,8 @@ class Job:
             elif e.kind == "finished":
                 self.state = "finished"
                 v["results"] = copy.deepcopy(e.results.get("phases", {}))
+                if "grid" in e.results:
+                    v["grid"] = copy.deepcopy(e.results["grid"])
                 self.log.append(f"finished — run folder {e.run_dir}")
             elif e.kind == "failed":
                 self.state, v["error"] = "failed", e.message
@@ -169,6 +176,13 @@ class JobManager:
 
     def submit(self, cfg: ExperimentConfig) -> Job:
         job = Job(cfg, self.runs_root, self)
+        with self.lock:
+            self.jobs[job.id] = job
+        return job.start()
+
+    def submit_grid(self, cfg: ExperimentConfig, a_values: list[float], b_values: list[float]) -> Job:
+        """The a × b curriculum grid (plus a joint run) as one background job."""
+        job = Job(cfg, self.runs_root, self, grid=(a_values, b_values))
         with self.lock:
             self.jobs[job.id] = job
         return job.start()

@@ -111,3 +111,27 @@ def test_cli_reports_bad_settings_without_a_traceback(capsys):
     assert cli(["run", "--preset", "quick-cpu", "--set", "indistill.a=-5"]) == 2
     err = capsys.readouterr().err
     assert "negative" in err and "Traceback" not in err
+
+
+def test_curriculum_grid_runs_every_cell_and_a_joint_run(cifar_jpeg, cache_dir, tmp_path):
+    from app.grid import CurriculumGrid
+    from app.ui.views import grid_figures
+    grid = CurriculumGrid(tiny(cifar_jpeg, cache_dir), [0.5, 1.0], [0.0], tmp_path / "grid")
+    out = grid.run()
+    cells = out["grid"]["cells"]
+    assert out["status"] == "finished" and [(c["mode"], c["a"], c["b"]) for c in cells] == [
+        ("curriculum", 0.5, 0.0), ("curriculum", 1.0, 0.0), ("joint", 0.5, 0.0)]
+    # the teacher is trained once, by the first cell, and reused
+    assert not (tmp_path / "grid" / "cell-1" / "checkpoints" / "teacher.pt").exists() or \
+        json.loads((tmp_path / "grid" / "cell-1" / "results.json").read_text())["phases"]["teacher"]["train_seconds"] == 0
+    assert cells[0]["warmup_epochs"] < cells[1]["warmup_epochs"]  # S_l = a + b·l grows with a
+    heat, flow = grid_figures(out["grid"])
+    assert heat.data[0].z[0][0] == pytest.approx(cells[0]["test_acc"] * 100)
+    assert len(flow.data) > 0
+
+
+def test_grid_rejects_cells_that_cannot_run(cifar_jpeg, cache_dir, tmp_path):
+    from app.config import ConfigError
+    from app.grid import CurriculumGrid
+    with pytest.raises(ConfigError, match="negative"):
+        CurriculumGrid(tiny(cifar_jpeg, cache_dir), [0.0], [-1.0], tmp_path / "g")

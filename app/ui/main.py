@@ -10,6 +10,7 @@ import tempfile
 from pathlib import Path
 
 import gradio as gr
+from PIL import Image
 
 from app.config import ASSETS, PRESETS, SAMPLE_DATA, ConfigError, ExperimentConfig, preset
 from app.losses import LOSSES
@@ -164,6 +165,26 @@ def start(job_id: str | None, *values):
         return job_id, job_id, f"Not started: {exc}"
     job = manager().submit(cfg)
     return job.id, job.id, f"Started run `{job.id}`."
+
+
+def run_grid(job_id: str | None, a_text: str, b_text: str, epochs, *values):
+    """Start the a × b curriculum grid (InDistill student only) with the current settings."""
+    from app.grid import parse_values
+    current = manager().get(job_id) if job_id else None
+    if current is not None and current.state in ("queued", "running"):
+        return job_id, job_id, "A run of yours is still going: cancel it first, or wait for it to finish."
+    try:
+        cfg = config_from(dict(zip(CONTROL_KEYS, values)))
+        if epochs:
+            cfg = cfg.with_overrides({"student.epochs": epochs})
+        job = manager().submit_grid(cfg, parse_values(a_text, "a values"), parse_values(b_text, "b values"))
+    except ConfigError as exc:
+        return job_id, job_id, f"Grid not started: {exc}"
+    return job.id, job.id, f"Started grid `{job.id}` ({len(job.experiment.cells)} runs); progress in the Train tab."
+
+
+def grid_views(job_id: str | None):
+    return views.grid_figures(results_of(job_id).get("grid"))
 
 
 def cancel(job_id: str | None) -> str:
@@ -326,10 +347,16 @@ def retrieve(file, job_id: str | None, metric: str, k: int):
         for idx in a["nearest"]:
             label = int(ms.data.train.labels[idx])
             mark = "✓" if label == ref else "✗"
-            gallery.append((ms.thumbnail(idx), f"{a['model'].label}: {mark} {classes[label]}"))
+            gallery.append((ms.thumbnail(idx), f"{SHORT.get(a['model'].key, 'T')} {mark} {classes[label]}"))
     basis = f"true class **{classes[true]}** (from the example's name)" if true is not None else "each model's predicted class"
-    lines.append(f"\nNeighbours marked ✓/✗ against {basis}; {k} per model, {metric} distance.")
-    return picture, "\n\n".join(x for x in lines if x), gallery
+    legend = ", ".join(f"{SHORT.get(a['model'].key, 'T')} = {a['model'].label}" for a in answers)
+    lines.append(f"\nOne row per model ({legend}); neighbours marked ✓/✗ against {basis}; {metric} distance.")
+    shown = picture.resize((128, 128 * picture.height // max(picture.width, 1)), Image.NEAREST) \
+        if picture.width < 128 else picture
+    return shown, "\n\n".join(x for x in lines if x), gr.update(value=gallery, columns=int(k))
+
+
+SHORT = {"teacher": "T", "aux": "Aux", "baseline": "Base", "kd": "KD", "indistill": "InD"}
 
 
 def _label_from_name(file, classes: list[str]) -> int | None:
@@ -417,11 +444,11 @@ def build_app() -> gr.Blocks:
                                                             value=start_vals["test_per_class"], minimum=0)
                     with gr.Column():
                         c["teacher"] = gr.Dropdown(teachers, label="Teacher", value=start_vals["teacher"])
-                        teacher_card = gr.Markdown(views.model_card(start_vals["teacher"]))
+                        teacher_card = gr.Markdown()
                         c["teacher_weights"] = gr.Dropdown(weights_choices, label="Teacher weights",
                                                            value=start_vals["teacher_weights"])
                         c["student"] = gr.Dropdown(students, label="Student", value=start_vals["student"])
-                        student_card = gr.Markdown(views.model_card(start_vals["student"]))
+                        student_card = gr.Markdown()
                 verdict = gr.Markdown(elem_id="verdict")
             with gr.Tab("Distill", id="distill"):
                 with gr.Row():
@@ -511,9 +538,18 @@ def build_app() -> gr.Blocks:
                 info_plot = gr.Plot(label="Information flow")
                 div_table = gr.Dataframe(headers=["student", "seed", "mean |I_student − I_teacher| (bits)"],
                                          interactive=False)
-                gr.Markdown("To compare **with and without the curriculum**, run once with mode *curriculum* and once "
-                            "with *joint* (same total warm-up epochs) and re-open either run by id; the "
-                            "a × b grid of the paper's Fig. 5 is `python -m app.cli grid` (see the README).")
+                gr.Markdown("### Curriculum grid (the paper's Fig. 5, on a small budget)\n"
+                            "Trains only the InDistill student for every (a, b), plus one run of the same warm-up "
+                            "*without* curriculum (all layers jointly), with the Setup/Distill settings and one "
+                            "shared teacher. Progress shows in the Train tab.")
+                with gr.Row():
+                    grid_a = gr.Textbox(label="a values", value="0, 1, 2")
+                    grid_b = gr.Textbox(label="b values", value="0, 1")
+                    grid_epochs = gr.Number(label="Student KD epochs per run", value=4, minimum=0.1)
+                    grid_btn = gr.Button("Run grid", variant="primary")
+                grid_msg = gr.Markdown()
+                grid_heat = gr.Plot(label="Grid")
+                grid_flow = gr.Plot(label="With vs without curriculum")
             with gr.Tab("Learn", id="learn"):
                 gr.Markdown(LEARN_MD)
 
@@ -544,11 +580,16 @@ def build_app() -> gr.Blocks:
         for trigger in (pr_metric.change, status.change):
             trigger(lambda j, m: views.pr_figure(results_of(j), m), [job_state, pr_metric], pr_plot,
                     show_progress="hidden")
+        grid_btn.click(run_grid, [job_state, grid_a, grid_b, grid_epochs] + controls, [job_state, remembered, grid_msg])
+        for trigger in (info_btn.click, status.change):
+            trigger(grid_views, job_state, [grid_heat, grid_flow], show_progress="hidden")
         ret_btn.click(retrieve, [upload, job_state, metric, k], [query_img, ret_md, ret_gallery])
         upload.change(retrieve, [upload, job_state, metric, k], [query_img, ret_md, ret_gallery])
         fm_btn.click(feature_maps, [fm_example, job_state], [fm_gallery, fm_note])
         demo.load(lambda r: (r, r or ""), remembered, [job_state, run_id_box])
         demo.load(check, controls, check_outputs)
+        demo.load(lambda t, s: (views.model_card(t), views.model_card(s)), [c["teacher"], c["student"]],
+                  [teacher_card, student_card])
     return demo
 
 

@@ -128,7 +128,8 @@ def loss_figure(snap: dict | None) -> go.Figure:
     for r, key in enumerate(keys, 1):
         s = series[key]
         for i, (name, values) in enumerate(sorted(s["losses"].items(), key=lambda kv: kv[0] != "total")):
-            fig.add_trace(go.Scatter(x=s["epoch"], y=values, mode="lines", name=name, legendgroup=name,
+            fig.add_trace(go.Scatter(x=s["epoch"], y=values, mode="lines" if len(values) > 12 else "lines+markers",
+                                     name=name, legendgroup=name,
                                      showlegend=r == 1 or name not in _names_in(series, keys[:r - 1]),
                                      line=dict(width=3 if name == "total" else 1.5, color=palette[i % len(palette)])),
                           row=r, col=1)
@@ -338,3 +339,39 @@ def divergence_rows(snap: dict | None, results: dict | None = None) -> list[list
         div = sum(abs(last[c] - t_flow[i]) for c, i in enumerate(idx)) / n
         rows.append([LABELS[phase], seed, f"{div:.4f}"])
     return rows
+
+
+# ---------------------------------------------------------------- curriculum grid (Fig. 5) and Fig. 4
+
+def grid_figures(grid: dict | None) -> tuple[go.Figure, go.Figure]:
+    """Heatmap of InDistill accuracy over (a, b), and per-layer information with vs without curriculum."""
+    cells = (grid or {}).get("cells", [])
+    cur = [c for c in cells if c["mode"] == "curriculum"]
+    if not cur:
+        note = "run the grid to fill this in"
+        return _empty("Accuracy over the a × b grid", note), _empty("With vs without curriculum", note)
+    a_vals, b_vals = grid["a"], grid["b"]
+    z = [[next((c["test_acc"] * 100 for c in cur if c["a"] == a and c["b"] == b), None) for a in a_vals] for b in b_vals]
+    heat = go.Figure(go.Heatmap(z=z, x=[f"a={a:g}" for a in a_vals], y=[f"b={b:g}" for b in b_vals],
+                                colorscale="Viridis", text=[[f"{v:.1f}" if v is not None else "" for v in row] for row in z],
+                                texttemplate="%{text}", colorbar=dict(title="acc %")))
+    joint = next((c for c in cells if c["mode"] == "joint"), None)
+    title = "InDistill accuracy over the curriculum grid" + (
+        f" (joint, no curriculum: {joint['test_acc'] * 100:.1f}%)" if joint else "")
+    heat.update_layout(template="plotly_white", height=360, title=title, margin=dict(l=10, r=10, t=50, b=40))
+    first = cur[0]
+    pair = [("curriculum", first)] + ([("joint", joint)] if joint else [])
+    flows = [f for f in first["info_flow"] if f]
+    if not flows:
+        return heat, _empty("With vs without curriculum", "no information-flow data (eval.info_flow off)")
+    n = len(flows[0])
+    fig = make_subplots(rows=1, cols=n, subplot_titles=[f"layer {i + 1}" if i < n - 1 else "embedding" for i in range(n)])
+    for name, cell in pair:
+        for c in range(n):
+            fig.add_trace(go.Scatter(x=cell["epochs"], y=[f[c] if f else None for f in cell["info_flow"]],
+                                     name=f"{name} (a={cell['a']:g}, b={cell['b']:g})" if name == "curriculum" else name,
+                                     legendgroup=name, showlegend=c == 0, mode="lines+markers",
+                                     line=dict(color="#10b981" if name == "curriculum" else "#6366f1")), row=1, col=c + 1)
+    fig.update_layout(template="plotly_white", height=340, margin=dict(l=10, r=10, t=60, b=40),
+                      title="Information per layer during training, with vs without the curriculum")
+    return heat, fig

@@ -1,0 +1,149 @@
+"""End to end in a real browser: Debian's chromium driven by Playwright (no browser
+download). Starts the app, trains the quick preset on a tiny subset, watches the loss
+curve gain points, cancels a second run, retrieves neighbours for an uploaded picture,
+and saves a screenshot of every tab under test-artifacts/ for a person to look at."""
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+ARTIFACTS = ROOT / "test-artifacts"
+FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+         "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage"]
+TABS = ["Setup", "Distill", "Train", "Pruning", "Compare", "Retrieval", "Information flow", "Learn"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, cache_dir):
+    port = free_port()
+    env = dict(os.environ, GRADIO_SERVER_PORT=str(port), GRADIO_SERVER_NAME="127.0.0.1",
+               INDISTILL_RUNS=str(tmp_path_factory.mktemp("runs")), INDISTILL_CACHE=str(cache_dir),
+               GRADIO_ANALYTICS_ENABLED="False", PYTHONUNBUFFERED="1")
+    log = open(tmp_path_factory.mktemp("log") / "app.log", "w+")
+    t0 = time.time()
+    proc = subprocess.Popen([sys.executable, "app.py"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    while time.time() - t0 < 60:
+        try:
+            urllib.request.urlopen(url, timeout=1)
+            break
+        except OSError:
+            if proc.poll() is not None:
+                log.seek(0)
+                pytest.fail("app exited:\n" + log.read())
+            time.sleep(0.3)
+    else:
+        proc.kill()
+        pytest.fail("app did not come up within 60 s")
+    startup = time.time() - t0
+    yield url, startup
+    proc.terminate()
+    proc.wait(10)
+
+
+@pytest.fixture(scope="module")
+def page(server, request):
+    from playwright.sync_api import sync_playwright
+    chromium = shutil.which("chromium")
+    assert chromium, "Debian's chromium is needed (apt-get install chromium); scripts/test.sh installs it"
+    ARTIFACTS.mkdir(exist_ok=True)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium, args=FLAGS)
+        pg = browser.new_page(viewport={"width": 1400, "height": 1000})
+        pg.set_default_timeout(30000)
+        pg.goto(server[0], wait_until="load")
+        pg.wait_for_selector("text=InDistill Studio")
+        yield pg
+        if request.session.testsfailed:
+            pg.screenshot(path=str(ARTIFACTS / "failure.png"), full_page=True)
+        browser.close()
+
+
+def tab(page, name):
+    page.get_by_role("tab", name=name).click()
+    page.wait_for_timeout(400)
+
+
+def fill_number(page, label, value):
+    box = page.get_by_label(label, exact=False).first
+    box.fill(str(value))
+    box.press("Tab")
+
+
+def loss_points(page) -> int:
+    return page.evaluate("""() => {
+        const el = document.querySelector('#loss-plot .js-plotly-plot');
+        if (!el || !el.data) return 0;
+        return el.data.reduce((n, t) => n + (t.x ? t.x.length : 0), 0);
+    }""")
+
+
+def status_text(page) -> str:
+    return page.locator("#status").inner_text()
+
+
+def test_train_cancel_retrieve_and_screenshots(page):
+    tab(page, "Setup")
+    page.get_by_role("button", name="quick-cpu").click()
+    page.get_by_label("Embedded sample", exact=False).check()
+    fill_number(page, "Train images per class", 40)
+    fill_number(page, "Test images per class", 4)
+    tab(page, "Distill")
+    fill_number(page, "Teacher epochs", 1)
+    fill_number(page, "Student KD epochs", 4)
+    tab(page, "Train")
+    page.wait_for_function("() => !document.querySelector('#start').disabled")
+    page.locator("#start").click()
+    # the loss curve gains points while training (sampled as the page polls)
+    counts = []
+    deadline = time.time() + 240
+    while time.time() < deadline and "finished" not in status_text(page):
+        counts.append(loss_points(page))
+        page.wait_for_timeout(250)
+    assert "finished" in status_text(page), status_text(page)
+    counts.append(loss_points(page))
+    assert len({c for c in counts if c > 0}) >= 2 and counts[-1] == max(counts), counts
+    page.screenshot(path=str(ARTIFACTS / "tab-Train.png"), full_page=True)
+
+    # a second run, cancelled
+    page.locator("#start").click()
+    page.wait_for_function("() => document.querySelector('#status').innerText.includes('running') || "
+                           "document.querySelector('#status').innerText.includes('queued')", timeout=60000)
+    page.wait_for_function("() => !document.querySelector('#cancel').disabled", timeout=30000)
+    page.locator("#cancel").click()
+    page.wait_for_function("() => document.querySelector('#status').innerText.includes('cancelled')", timeout=60000)
+
+    # retrieval: first a bad upload (a text file named .png), then a real picture
+    tab(page, "Retrieval")
+    bad = ARTIFACTS / "not-a-picture.png"
+    bad.write_text("hello")
+    page.locator("#upload input[type=file]").set_input_files(str(bad))
+    page.wait_for_function("() => document.querySelector('#retrieval-msg').innerText.includes('not a readable picture')",
+                           timeout=30000)
+    bad.unlink()
+    page.locator("#upload button[aria-label=Clear]").click()
+    page.locator("#upload input[type=file]").set_input_files(str(ROOT / "assets" / "examples" / "cat.jpg"))
+    page.wait_for_selector("#retrieval-gallery img", timeout=120000)
+    assert page.locator("#retrieval-gallery img").count() >= 4
+    page.screenshot(path=str(ARTIFACTS / "tab-Retrieval.png"), full_page=True)
+    for name in TABS:
+        if name in ("Train", "Retrieval"):
+            continue
+        tab(page, name)
+        page.wait_for_timeout(1200)
+        page.screenshot(path=str(ARTIFACTS / f"tab-{name.replace(' ', '_')}.png"), full_page=True)

@@ -1,0 +1,131 @@
+"""Handler-level tests of the app: each tab's events called as plain functions."""
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from app.config import ASSETS, ConfigError, preset
+from app.ui import main as ui
+from app.ui import views
+from app.ui.uploads import UploadError, load_upload
+
+
+def values(**changes):
+    v = ui.values_from(preset("quick-cpu"))
+    v.update(changes)
+    return [v[k] for k in ui.CONTROL_KEYS]
+
+
+def bars(fig, row="InDistill + KD"):
+    return [(t.base[0], t.x[0]) for t in fig.data if t.y[0] == row]
+
+
+def test_changing_a_or_b_redraws_the_timeline():
+    _, start, fig1, _ = ui.check(*values(a=2, b=1))
+    _, _, fig2, _ = ui.check(*values(a=2, b=2))
+    assert start["interactive"] is True
+    # layers 1..3 + embedding: S_l = a + b·l
+    assert [w for _, w in bars(fig1)][:4] == [3, 4, 5, 6]
+    assert [w for _, w in bars(fig2)][:4] == [4, 6, 8, 10]
+    assert bars(fig2)[-1][0] == 28  # KD starts after the warm-up
+
+
+def test_invalid_settings_disable_start_with_a_message():
+    message, start, _, _ = ui.check(*values(a=0, b=-1))
+    assert start["interactive"] is False and "negative" in message
+    message, start, _, _ = ui.check(*values(student="shufflenetv2", teacher="resnet18", aux="off"))
+    assert start["interactive"] is False and "cannot be pruned" in message or "stages" in message
+
+
+def test_folder_without_path_is_explained():
+    message, start, _, _ = ui.check(*values(dataset="Folder or .tar.gz", data_path=""))
+    assert start["interactive"] is False and "ImageFolder" in message
+
+
+def test_controls_round_trip_through_config():
+    for name in ("quick-cpu", "paper-cnn", "seed-pair"):
+        cfg = preset(name).with_overrides({"name": "studio"})
+        v = ui.values_from(cfg)
+        back = ui.config_from(v)
+        assert back.teacher.arch == cfg.teacher.arch and back.indistill == cfg.indistill
+        assert back.kd.loss == cfg.kd.loss and back.student.epochs == cfg.student.epochs
+
+
+def test_loss_change_relabels_the_parameter_inputs():
+    ups = ui.param_updates("dkd")
+    assert [u.get("visible") for u in ups] == [True, True, True, True]
+    assert ups[1]["label"].startswith("beta") and ups[1]["value"] == 8.0
+    ups = ui.param_updates("pkt")
+    assert [u.get("visible") for u in ups] == [True, False, False, False]
+
+
+def test_export_then_import_restores_the_controls(tmp_path):
+    vals = values(a=3.5, kd_loss="at", p0=500.0, p1=2.0)
+    path, msg = ui.export_config(*vals)
+    cfg = json.loads(Path(path).read_text())
+    assert cfg["indistill"]["a"] == 3.5 and cfg["kd"]["params"]["weight"] == 500.0
+    restored = ui.import_config(path)
+    assert restored[:-1] == vals and "Imported" in restored[-1]
+
+
+def test_import_of_a_bad_file_says_why(tmp_path):
+    bad = tmp_path / "x.json"
+    bad.write_text('{"indistill": {"a": "many"}}')
+    out = ui.import_config(str(bad))
+    assert "Import failed" in out[-1] and "indistill.a" in out[-1]
+
+
+def test_start_refuses_invalid_settings_and_cancel_without_a_run():
+    job_id, _, msg = ui.start(None, *values(seeds=0))
+    assert job_id is None and "Not started" in msg and "seeds" in msg
+    assert ui.cancel(None) == "Nothing to cancel."
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda p: p.write_text("plain text"), "not a readable picture"),
+    (lambda p: p.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 40), "not a readable picture"),
+    (lambda p: Image.new("RGB", (5000, 5000)).save(p, "PNG"), "megapixels"),
+])
+def test_bad_uploads_get_a_clear_message(tmp_path, make, message):
+    path = tmp_path / "upload.png"
+    make(path)
+    with pytest.raises(UploadError, match=message):
+        load_upload(path)
+    picture, text, gallery = ui.retrieve(str(path), None, "cosine", 4)
+    assert picture is None and message in text and gallery == []
+
+
+def test_grayscale_rgba_and_animated_uploads_are_converted(tmp_path):
+    Image.fromarray(np.full((40, 40), 90, np.uint8), "L").save(tmp_path / "g.png")
+    Image.fromarray(np.zeros((40, 40, 4), np.uint8), "RGBA").save(tmp_path / "a.png")
+    frames = [Image.new("RGB", (30, 30), c) for c in ("red", "blue")]
+    frames[0].save(tmp_path / "anim.gif", save_all=True, append_images=frames[1:])
+    for name, note in (("g.png", "grayscale"), ("a.png", "RGBA"), ("anim.gif", "first frame")):
+        picture, notes = load_upload(tmp_path / name)
+        assert picture.mode == "RGB" and any(note in n for n in notes)
+
+
+def test_retrieval_with_shipped_teachers_marks_neighbours():
+    if not ui.shipped_teachers():
+        pytest.skip("no teacher shipped in assets/")
+    picture, text, gallery = ui.retrieve(str(ASSETS / "examples" / "cat.jpg"), None, "cosine", 3)
+    assert picture is not None and "true class **cat**" in text
+    items = gallery["value"]
+    assert len(items) == 3 * len(ui.shipped_teachers()) and gallery["columns"] == 3
+    assert all(caption.split(" ")[1] in "✓✗" for _, caption in items)
+
+
+def test_views_render_results_of_a_run(cifar_jpeg, cache_dir, tmp_path):
+    from app.experiment import Experiment
+    from test_experiment import tiny
+    results = Experiment(tiny(cifar_jpeg, cache_dir), runs_root=tmp_path).run()
+    rows = views.compare_rows(results)
+    assert [r[0] for r in rows] == ["Teacher", "Baseline (CE)", "KD", "InDistill + KD"]
+    assert "test_acc" in views.results_csv(results).splitlines()[0]
+    fig = views.channel_figure(results["channel_maps"])
+    green = [sum(c == "#10b981" for c in t.marker.color) for t in fig.data]
+    assert green == [8, 16, 32]
+    assert len(views.pr_figure(results).data) == 4
+    assert len(views.scatter_figure(results).data) == 4
