@@ -9,6 +9,7 @@ test JPEGs of every class of the source archive, byte for byte (no re-encoding).
 from __future__ import annotations
 
 import argparse
+import gzip
 import hashlib
 import io
 import json
@@ -34,7 +35,7 @@ def build_sample(source: Path, out: Path, n_train: int, n_test: int) -> dict:
                 found[(parts[-3], parts[-2])].append((parts[-1], tar.extractfile(m).read()))
     out.parent.mkdir(parents=True, exist_ok=True)
     counts = defaultdict(int)
-    with tarfile.open(out, "w:gz") as tar:
+    with gzip.GzipFile(out, "wb", mtime=0) as gz, tarfile.open(fileobj=gz, mode="w") as tar:  # reproducible bytes
         for (split, cls), files in sorted(found.items()):
             for name, data in sorted(files)[: keep[split]]:
                 info = tarfile.TarInfo(f"cifar10-sample/{split}/{cls}/{name}")

@@ -120,7 +120,11 @@ def test_train_cancel_retrieve_and_screenshots(page):
     assert len({c for c in counts if c > 0}) >= 2 and counts[-1] == max(counts), counts
     page.screenshot(path=str(ARTIFACTS / "tab-Train.png"), full_page=True)
 
-    # a second run, cancelled
+    # a second, longer run (a 200-epoch teacher), cancelled while it trains
+    tab(page, "Distill")
+    fill_number(page, "Teacher epochs", 200)
+    tab(page, "Train")
+    page.wait_for_function("() => !document.querySelector('#start').disabled")
     page.locator("#start").click()
     page.wait_for_function("() => document.querySelector('#status').innerText.includes('running') || "
                            "document.querySelector('#status').innerText.includes('queued')", timeout=60000)
