@@ -120,6 +120,22 @@ def test_train_cancel_retrieve_and_screenshots(page):
     assert len({c for c in counts if c > 0}) >= 2 and counts[-1] == max(counts), counts
     page.screenshot(path=str(ARTIFACTS / "tab-Train.png"), full_page=True)
 
+    # the finished run's views: channel maps and feature maps, comparison table, information flow
+    tab(page, "Pruning")
+    page.wait_for_function("() => { const el = document.querySelector('#channel-plot .js-plotly-plot');"
+                           " return el && el.data && el.data.length === 3; }")
+    page.get_by_role("button", name="Show feature maps").click()
+    page.wait_for_selector("#feature-maps img", timeout=60000)
+    page.screenshot(path=str(ARTIFACTS / "tab-Pruning.png"), full_page=True)
+    tab(page, "Compare")
+    page.locator("#compare-refresh").click()
+    page.wait_for_function("() => document.querySelector('#compare-table').innerText.includes('InDistill + KD')")
+    page.screenshot(path=str(ARTIFACTS / "tab-Compare.png"), full_page=True)
+    tab(page, "Information flow")
+    page.wait_for_timeout(1500)
+    page.screenshot(path=str(ARTIFACTS / "tab-Information_flow.png"), full_page=True)
+    tab(page, "Train")
+
     # a second, longer run (a 200-epoch teacher), cancelled while it trains
     tab(page, "Distill")
     fill_number(page, "Teacher epochs", 200)
@@ -146,7 +162,7 @@ def test_train_cancel_retrieve_and_screenshots(page):
     assert page.locator("#retrieval-gallery img").count() >= 4
     page.screenshot(path=str(ARTIFACTS / "tab-Retrieval.png"), full_page=True)
     for name in TABS:
-        if name in ("Train", "Retrieval"):
+        if name in ("Train", "Retrieval", "Pruning", "Compare", "Information flow"):
             continue
         tab(page, name)
         page.wait_for_timeout(1200)

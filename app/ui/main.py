@@ -510,9 +510,9 @@ def build_app() -> gr.Blocks:
                                              value=Path(examples[0]).stem if examples else None)
                     fm_btn = gr.Button("Show feature maps")
                 fm_note = gr.Markdown()
-                fm_gallery = gr.Gallery(label="Feature maps", columns=3, height="auto")
+                fm_gallery = gr.Gallery(label="Feature maps", columns=3, height="auto", elem_id="feature-maps")
             with gr.Tab("Compare", id="compare"):
-                compare_btn = gr.Button("Refresh", size="sm")
+                compare_btn = gr.Button("Refresh", size="sm", elem_id="compare-refresh")
                 compare_note = gr.Markdown()
                 table = gr.Dataframe(headers=views.COMPARE_HEADERS, interactive=False, elem_id="compare-table")
                 scatter = gr.Plot(label="Accuracy vs latency")
