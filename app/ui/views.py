@@ -312,8 +312,8 @@ def info_flow_figure(snap: dict | None, results: dict | None = None) -> go.Figur
     if t_flow and len(t_flow) >= 1:
         for c in range(n_layers):
             t_idx = round(c * (len(t_flow) - 1) / max(n_layers - 1, 1))
-            fig.add_hline(y=t_flow[t_idx], line_dash="dash", line_color=COLORS["teacher"], row=1, col=c + 1,
-                          annotation_text="teacher" if c == 0 else None)
+            label = {"annotation_text": "teacher", "annotation_position": "top left"} if c == 0 else {}
+            fig.add_hline(y=t_flow[t_idx], line_dash="dash", line_color=COLORS["teacher"], row=1, col=c + 1, **label)
     fig.update_yaxes(title_text="I(layer; label), bits", row=1, col=1)
     fig.update_layout(template="plotly_white", height=360, uirevision="info", margin=dict(l=10, r=10, t=60, b=40),
                       title="Information flow: kernel MI estimate per layer, on a fixed validation batch")
