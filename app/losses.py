@@ -175,21 +175,19 @@ class PKT(KDLoss):
     summary = "Passalis & Tefas 2018: match cosine-kernel probability distributions of embeddings"
     params = {"weight": Param(30000.0, 0.0, 1e6, "weight of the PKT term")}
     needs_embedding = True
+    kernel_loss = staticmethod(pkt_loss)
 
     def components(self, s, t, target, epoch):
-        return {"pkt": self.hp["weight"] * pkt_loss(s.embedding, t.embedding)}
+        return {"pkt": self.hp["weight"] * self.kernel_loss(s.embedding, t.embedding)}
 
 
-class PKTInDistill(KDLoss):
+class PKTInDistill(PKT):
     name = "pkt_indistill"
     summary = "InDistill's PKT: cosine + Euclidean kernels, symmetric (Jeffreys) divergence"
     # The warm-up uses it alone (with Adam, where the scale is immaterial); as a stage-2
     # loss beside CE its Euclidean term is larger than plain PKT's, hence a smaller weight.
     params = {"weight": Param(1000.0, 0.0, 1e6, "weight of the PKT term")}
-    needs_embedding = True
-
-    def components(self, s, t, target, epoch):
-        return {"pkt": self.hp["weight"] * pkt_indistill_loss(s.embedding, t.embedding)}
+    kernel_loss = staticmethod(pkt_indistill_loss)
 
 
 class FitNets(KDLoss):
