@@ -29,6 +29,7 @@ SCRATCH = "train from scratch"
 DATASETS = {"Embedded sample (CIFAR-10, 300/class)": "sample", "CIFAR-10": "cifar10", "CIFAR-100": "cifar100",
             "Folder or .tar.gz": "folder"}
 MAX_PARAMS = 4
+POLL_SECONDS = 0.5  # how often the page reads the job snapshot
 
 
 def shipped_teachers() -> dict[str, dict]:
@@ -227,19 +228,46 @@ def _version(snap: dict | None) -> str:
     if not snap:
         return ""
     steps = sum(len(s["step"]) for s in snap.get("series", {}).values())
-    return f"{snap['id']}:{snap['state']}:{steps}:{len(snap.get('log', []))}:{snap.get('segment')}"
+    maps = snap.get("channel_maps") or {}
+    return (f"{snap['id']}:{snap['state']}:{steps}:{len(snap.get('log', []))}:{snap.get('segment')}"
+            f"|{snap['id']}:{maps.get('pruned_arch')}")
 
 
-def tick(job_id: str | None, seen: str):
-    """Timer: redraw the Train views only when the job's snapshot changed."""
+def _results_version(snap: dict | None) -> str:
+    """Changes only when a phase unit finishes (or the run ends): the cue to redraw results views."""
+    if not snap:
+        return ""
+    units = sum(len(p.get("units", {})) for p in (snap.get("results") or {}).values())
+    return f"{snap['id']}:{snap['state']}:{units}"
+
+
+def tick_status(job_id: str | None, seen: str):
+    """Fast timer: status line (with the newest step and loss), log, buttons, results cue."""
     snap = snapshot_of(job_id)
     version = _version(snap)
     if version == seen:
-        return (gr.skip(),) * 7 + (seen,)
+        return (gr.skip(),) * 5 + (seen,)
     running = bool(snap) and snap["state"] in ("queued", "running")
-    return (views.status_markdown(snap), views.loss_figure(snap), views.accuracy_figure(snap),
-            "\n".join((snap or {}).get("log", [])[-80:]), gr.update(interactive=not running),
-            gr.update(interactive=running), views.channel_figure((snap or {}).get("channel_maps")), version)
+    return (views.status_markdown(snap), "\n".join((snap or {}).get("log", [])[-80:]),
+            gr.update(interactive=not running), gr.update(interactive=running), _results_version(snap), version)
+
+
+def tick_charts(job_id: str | None, seen: str):
+    """Chart timer: loss and accuracy curves when new points arrived; channel maps when they change."""
+    snap = snapshot_of(job_id)
+    version = _version(snap)
+    if version == seen:
+        return (gr.skip(),) * 3 + (seen,)
+    maps_changed = seen.split("|")[-1] != version.split("|")[-1] or not seen
+    return (views.loss_figure(snap), views.accuracy_figure(snap),
+            views.channel_figure((snap or {}).get("channel_maps")) if maps_changed else gr.skip(), version)
+
+
+def tick(job_id: str | None, seen: str):
+    """Both timers' outputs in one call (for tests and scripts)."""
+    status = tick_status(job_id, seen)
+    charts = tick_charts(job_id, seen)
+    return status[:-1] + charts[:-1] + (status[-1],)
 
 
 def results_of(job_id: str | None) -> dict:
@@ -568,20 +596,24 @@ def build_app() -> gr.Blocks:
         start_btn.click(start, [job_state] + controls, [job_state, remembered, action_msg])
         cancel_btn.click(cancel, job_state, action_msg)
         open_btn.click(open_run, run_id_box, [job_state, remembered, action_msg])
-        timer = gr.Timer(1.0)
-        timer.tick(tick, [job_state, seen], [status, loss_plot, acc_plot, log_box, start_btn, cancel_btn,
-                                             channel_plot, seen], show_progress="hidden")
-        for trigger in (compare_btn.click, status.change):
+        timer = gr.Timer(POLL_SECONDS)
+        seen_charts = gr.State("")
+        results_cue = gr.Textbox(visible=False)
+        timer.tick(tick_status, [job_state, seen], [status, log_box, start_btn, cancel_btn, results_cue, seen],
+                   show_progress="hidden")
+        timer.tick(tick_charts, [job_state, seen_charts], [loss_plot, acc_plot, channel_plot, seen_charts],
+                   show_progress="hidden")
+        for trigger in (compare_btn.click, results_cue.change):
             trigger(compare, job_state, [table, scatter, downloads, compare_note], show_progress="hidden")
-        for trigger in (info_btn.click, status.change):
+        for trigger in (info_btn.click, results_cue.change):
             trigger(lambda j: (views.info_flow_figure(snapshot_of(j), results_of(j)),
                                views.divergence_rows(snapshot_of(j), results_of(j))),
                     job_state, [info_plot, div_table], show_progress="hidden")
-        for trigger in (pr_metric.change, status.change):
+        for trigger in (pr_metric.change, results_cue.change):
             trigger(lambda j, m: views.pr_figure(results_of(j), m), [job_state, pr_metric], pr_plot,
                     show_progress="hidden")
         grid_btn.click(run_grid, [job_state, grid_a, grid_b, grid_epochs] + controls, [job_state, remembered, grid_msg])
-        for trigger in (info_btn.click, status.change):
+        for trigger in (info_btn.click, results_cue.change):
             trigger(grid_views, job_state, [grid_heat, grid_flow], show_progress="hidden")
         ret_btn.click(retrieve, [upload, job_state, metric, k], [query_img, ret_md, ret_gallery])
         upload.change(retrieve, [upload, job_state, metric, k], [query_img, ret_md, ret_gallery])
@@ -593,7 +625,15 @@ def build_app() -> gr.Blocks:
     return demo
 
 
+def _warm_up_plotting() -> None:
+    """Plotly's first figure costs ~0.5 s; pay it at start-up, not on the first training step."""
+    views.loss_figure({"series": {"kd/0": {"step": [1], "epoch": [0.1], "segment": ["KD"], "losses": {"ce": [1.0]}}},
+                       "schedules": {}})
+
+
 def launch() -> None:
+    import threading
+    threading.Thread(target=_warm_up_plotting, daemon=True).start()
     demo = build_app()
     demo.queue(default_concurrency_limit=8)
     demo.launch(server_name=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"),

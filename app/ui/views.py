@@ -106,6 +106,9 @@ def status_markdown(snap: dict | None) -> str:
                      (f" (seed {snap['seed']})" if snap["phase"] in ("baseline", "kd", "indistill") else ""))
     if snap.get("segment"):
         parts.append(f"learning **{snap['segment']}**")
+    last = last_step(snap)
+    if last:
+        parts.append(f"step {last[1]} · loss {last[2]:.4g}")
     if state == "running":
         parts.append(f"epoch {snap.get('epoch', 0):.2f}")
         parts.append(f"{snap['progress'] * 100:.0f}%")
@@ -114,6 +117,15 @@ def status_markdown(snap: dict | None) -> str:
     if snap.get("error"):
         parts.append(f"\n\n**Error:** {snap['error']}")
     return " · ".join(parts)
+
+
+def last_step(snap: dict) -> tuple[str, int, float] | None:
+    """(phase unit, step, total loss) of the newest logged training step."""
+    key = f"{snap.get('phase')}/{snap.get('seed')}"
+    series = snap.get("series", {}).get(key)
+    if not series or not series["step"]:
+        return None
+    return key, series["step"][-1], series["losses"]["total"][-1]
 
 
 def loss_figure(snap: dict | None) -> go.Figure:
