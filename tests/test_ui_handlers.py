@@ -115,6 +115,7 @@ def test_retrieval_with_shipped_teachers_marks_neighbours():
     items = gallery["value"]
     assert len(items) == 3 * len(ui.shipped_teachers()) and gallery["columns"] == 3
     assert all(caption.split(" ")[1] in "✓✗" for _, caption in items)
+    assert {caption.split(" ")[0] for _, caption in items} == {t["arch"] for t in ui.shipped_teachers().values()}
 
 
 def test_views_render_results_of_a_run(cifar_jpeg, cache_dir, tmp_path):

@@ -59,7 +59,7 @@ class ModelSet:
     def from_files(cls, files: dict[str, Path], data_cfg: dict) -> "ModelSet":
         models = []
         for key, path in files.items():
-            m = load_model(path, key.split(":")[0])
+            m = load_model(path, key)
             m.label = f"Shipped teacher {m.meta.get('arch')}"
             models.append(m)
         return cls(models, data_cfg)

@@ -1,19 +1,21 @@
 """The Learn tab: a plain explanation of KD and InDistill for a workshop audience."""
 
 DIAGRAM = """
-<svg viewBox="0 0 760 250" xmlns="http://www.w3.org/2000/svg" style="max-width:760px;font-family:sans-serif">
+<svg width="760" height="250" viewBox="0 0 760 250" xmlns="http://www.w3.org/2000/svg" style="max-width:100%;height:auto;font-family:sans-serif">
   <style>.t{font-size:13px}.s{font-size:11px;fill:#374151}</style>
   <text x="10" y="20" class="t" font-weight="bold">Teacher (big)</text>
   <rect x="10" y="30" width="60" height="90" fill="#9ca3af"/><rect x="80" y="40" width="70" height="70" fill="#9ca3af"/>
   <rect x="160" y="50" width="80" height="50" fill="#9ca3af"/>
   <text x="10" y="140" class="s">layer 1</text><text x="80" y="140" class="s">layer 2</text><text x="160" y="140" class="s">layer 3</text>
-  <text x="270" y="20" class="t" font-weight="bold">① prune channels (largest filter L1 norm kept)</text>
+  <text x="270" y="20" class="t" font-weight="bold">① pruned teacher</text>
   <rect x="270" y="30" width="30" height="90" fill="#10b981"/><rect x="310" y="40" width="35" height="70" fill="#10b981"/>
   <rect x="355" y="50" width="40" height="50" fill="#10b981"/>
-  <text x="270" y="140" class="s">same widths as the student → compare directly</text>
-  <text x="450" y="20" class="t" font-weight="bold">Student (small)</text>
-  <rect x="450" y="30" width="30" height="90" fill="#3b82f6"/><rect x="490" y="40" width="35" height="70" fill="#3b82f6"/>
-  <rect x="535" y="50" width="40" height="50" fill="#3b82f6"/>
+  <text x="270" y="140" class="s">largest-L1 filters kept: student widths</text>
+  <text x="500" y="20" class="t" font-weight="bold">Student (small)</text>
+  <rect x="500" y="30" width="30" height="90" fill="#3b82f6"/><rect x="540" y="40" width="35" height="70" fill="#3b82f6"/>
+  <rect x="585" y="50" width="40" height="50" fill="#3b82f6"/>
+  <text x="500" y="140" class="s">matched layer by layer, no adapter</text>
+  <text x="420" y="80" class="t">⇢</text>
   <text x="10" y="180" class="t" font-weight="bold">② warm-up curriculum:</text>
   <rect x="170" y="166" width="90" height="20" fill="#a7f3d0"/><text x="178" y="181" class="s">layer 1 (a+b)</text>
   <rect x="262" y="166" width="120" height="20" fill="#a7f3d0"/><text x="270" y="181" class="s">layer 2 (a+2b)</text>

@@ -375,9 +375,9 @@ def retrieve(file, job_id: str | None, metric: str, k: int):
         for idx in a["nearest"]:
             label = int(ms.data.train.labels[idx])
             mark = "✓" if label == ref else "✗"
-            gallery.append((ms.thumbnail(idx), f"{SHORT.get(a['model'].key, 'T')} {mark} {classes[label]}"))
+            gallery.append((ms.thumbnail(idx), f"{_tag(a['model'])} {mark} {classes[label]}"))
     basis = f"true class **{classes[true]}** (from the example's name)" if true is not None else "each model's predicted class"
-    legend = ", ".join(f"{SHORT.get(a['model'].key, 'T')} = {a['model'].label}" for a in answers)
+    legend = ", ".join(f"{_tag(a['model'])} = {a['model'].label}" for a in answers)
     lines.append(f"\nOne row per model ({legend}); neighbours marked ✓/✗ against {basis}; {metric} distance.")
     shown = picture.resize((128, 128 * picture.height // max(picture.width, 1)), Image.NEAREST) \
         if picture.width < 128 else picture
@@ -385,6 +385,11 @@ def retrieve(file, job_id: str | None, metric: str, k: int):
 
 
 SHORT = {"teacher": "T", "aux": "Aux", "baseline": "Base", "kd": "KD", "indistill": "InD"}
+
+
+def _tag(model) -> str:
+    """A short caption tag: T, Aux, Base, KD, InD, or the architecture of a shipped teacher."""
+    return SHORT.get(model.key) or str(model.meta.get("arch", "T"))
 
 
 def _label_from_name(file, classes: list[str]) -> int | None:
