@@ -10,7 +10,7 @@ DIAGRAM = """
   <text x="270" y="20" class="t" font-weight="bold">① pruned teacher</text>
   <rect x="270" y="30" width="30" height="90" fill="#10b981"/><rect x="310" y="40" width="35" height="70" fill="#10b981"/>
   <rect x="355" y="50" width="40" height="50" fill="#10b981"/>
-  <text x="270" y="140" class="s">largest-L1 filters kept: student widths</text>
+  <text x="270" y="140" class="s">largest-L1 filters kept</text>
   <text x="500" y="20" class="t" font-weight="bold">Student (small)</text>
   <rect x="500" y="30" width="30" height="90" fill="#3b82f6"/><rect x="540" y="40" width="35" height="70" fill="#3b82f6"/>
   <rect x="585" y="50" width="40" height="50" fill="#3b82f6"/>
