@@ -42,6 +42,11 @@ class Normalizer:
         return x.float() * self.scale - self.shift
 
 
+def steps_per_epoch(n_images: int, batch_size: int) -> int:
+    """Full batches per epoch (the ragged last batch is dropped); at least one."""
+    return max(1, n_images // min(batch_size, n_images)) if n_images else 1
+
+
 class BatchStream:
     """Shuffled, augmented training batches from a :class:`Split` held on ``device``."""
 
@@ -57,7 +62,7 @@ class BatchStream:
 
     @property
     def steps_per_epoch(self) -> int:
-        return max(1, len(self.labels) // self.batch_size)  # drop the ragged last batch
+        return steps_per_epoch(len(self.labels), self.batch_size)
 
     def epoch(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         order = torch.randperm(len(self.labels), device=self.device, generator=self.generator)

@@ -78,8 +78,6 @@ class Progress:
             self._line(e.message)
         elif e.kind == "phase_started":
             self.label = f"{e.phase}" + (f" seed {e.seed}" if e.phase not in ("teacher", "aux") else "")
-        elif e.kind == "layer_switch":
-            self.segment = e.name
         elif e.kind == "step":
             self.last = f"{e.segment} ep {e.epoch:.2f} loss {e.losses['total']:.4f}"
             self._bar()
@@ -152,7 +150,7 @@ def cmd_train_teacher(args) -> int:
     from .experiment import Experiment
     cfg = ExperimentConfig(name=f"teacher-{args.arch}").with_overrides({
         "teacher.arch": args.arch, "teacher.epochs": args.epochs, "teacher.lr": args.lr, "student.arch": args.arch,
-        "phases.baseline": True, "phases.kd": False, "phases.indistill": False,
+        "phases.baseline": False, "phases.kd": False, "phases.indistill": False,  # the teacher phase only
         "eval.retrieval": False, "eval.info_flow": False})
     data_dir = args.data_dir or os.environ.get("INDISTILL_DATA_DIR")
     cfg = cfg.with_overrides({k: v for k, v in {"data.data_dir": data_dir, "data.dataset": args.dataset,
@@ -164,7 +162,6 @@ def cmd_train_teacher(args) -> int:
     progress = Progress(args.quiet)
     exp = Experiment(cfg, runs_root=args.runs, emit=progress)
     progress.experiment = exp
-    exp.plan.schedules = {}  # only the teacher phase
     results = exp.run()
     if results["status"] != "finished":
         return 1

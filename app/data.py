@@ -26,11 +26,12 @@ import numpy as np
 import torch
 from PIL import Image
 
+from .checkpoint import atomic_save
 from .config import DataConfig
 
 IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".ppm", ".tif", ".tiff"}
 TEST_DIRS = ("test", "val")
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: the blob carries the training split's channel statistics
 
 
 class DataError(ValueError):
@@ -308,26 +309,30 @@ def load_dataset(cfg: DataConfig, log: Callable[[str], None] = lambda _m: None) 
     if len(train) == 0 or len(test) == 0:
         raise DataError(f"{name}: no readable images in {'train' if len(train) == 0 else 'test'} "
                         f"(skipped {len(skipped)} unreadable)")
-    blob = {"classes": classes, "skipped": skipped,
+    mean, std = channel_stats(train.images)
+    blob = {"classes": classes, "skipped": skipped, "mean": mean, "std": std,
             "train": (train.images, train.labels), "test": (test.images, test.labels),
             "val": (val_split.images, val_split.labels) if val_split is not None else None}
     cache_dir.mkdir(parents=True, exist_ok=True)
-    from .checkpoint import atomic_save
     atomic_save(blob, cache_file)
     return _from_blob(blob, name, description)
 
 
 def _from_blob(blob: dict, name: str, description: str) -> Dataset:
-    train = Split(*blob["train"])
-    mean, std = channel_stats(train.images)
-    return Dataset(name=name, description=description, classes=list(blob["classes"]), train=train,
+    return Dataset(name=name, description=description, classes=list(blob["classes"]), train=Split(*blob["train"]),
                    test=Split(*blob["test"]), val=Split(*blob["val"]) if blob.get("val") else None,
-                   skipped=list(blob["skipped"]), mean=mean, std=std)
+                   skipped=list(blob["skipped"]), mean=tuple(blob["mean"]), std=tuple(blob["std"]))
 
 
 def channel_stats(images: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """Per-channel mean and std (in [0, 1] units) of a uint8 image tensor."""
-    x = images[: 20000].float().div_(255.0)
-    mean = x.mean(dim=(0, 2, 3))
-    std = x.std(dim=(0, 2, 3)).clamp_min(1e-3)
+    """Per-channel mean and std (in [0, 1] units) of a uint8 image tensor, in chunks."""
+    total = torch.zeros(3, dtype=torch.float64)
+    squares = torch.zeros(3, dtype=torch.float64)
+    for chunk in images.split(4096):
+        x = chunk.double().div_(255.0)
+        total += x.sum(dim=(0, 2, 3))
+        squares += x.pow(2).sum(dim=(0, 2, 3))
+    n = max(images.numel() // 3, 1)
+    mean = total / n
+    std = (squares / n - mean.pow(2)).clamp_min(1e-6).sqrt()
     return tuple(round(v, 4) for v in mean.tolist()), tuple(round(v, 4) for v in std.tolist())

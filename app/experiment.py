@@ -18,10 +18,10 @@ from typing import Callable
 
 import torch
 
-from models import build_model, describe
+from models import build_model
 
 from . import events as ev
-from .augment import BatchStream
+from .augment import BatchStream, steps_per_epoch
 from .checkpoint import CheckpointError, atomic_save, load_checkpoint, load_into, save_model
 from .config import ConfigError, ExperimentConfig
 from .data import Dataset, load_dataset
@@ -29,6 +29,7 @@ from .device import Runtime, resolve, seed_everything
 from .evaluate import eval_accuracy, evaluate_model, fixed_batch, layer_information
 from .features import FeatureTap
 from .losses import build_loss, pkt_indistill_loss, pkt_loss
+from .pairing import spec_of
 from .plan import Plan, make_plan
 from .pruning import PrunedFeatures, plan_pruning
 from .schedule import Phase
@@ -115,6 +116,10 @@ class Experiment:
         seed_everything(seed)
         return self.rt.prepare(build_model(arch, self.data.num_classes, width))
 
+    def spec(self, arch: str):
+        """Stage spec of ``arch`` at width 1 for this dataset (cached; no forward pass per phase)."""
+        return spec_of(arch, self.data.num_classes, 1.0, self.cfg.data.input_size)
+
     def meta(self, arch: str, width: float, phase: str, seed: int | None, acc: float | None) -> dict:
         d = self.data
         return {"arch": arch, "width": width, "num_classes": d.num_classes, "classes": d.classes,
@@ -152,8 +157,10 @@ class Experiment:
                 pruned = self.aux_phase(teacher)
             maps = None
             if self.cfg.phases.indistill:
-                maps = plan_pruning(pruned, describe(pruned, self.cfg.data.input_size),
-                                    describe(build_model(self.cfg.student.arch, d.num_classes), self.cfg.data.input_size))
+                size, ind = self.cfg.data.input_size, self.cfg.indistill
+                pruned_spec = spec_of(self.cfg.student.arch, d.num_classes, ind.aux_width, size) if self.plan.use_aux \
+                    else self.spec(self.cfg.teacher.arch)
+                maps = plan_pruning(pruned, pruned_spec, self.spec(self.cfg.student.arch))
                 self.results["channel_maps"] = {"pruned_arch": pruned.arch, "stages": [m.to_dict() for m in maps]}
                 self.emit(ev.ChannelMaps(pruned.arch, self.results["channel_maps"]["stages"]))
             for phase in self.plan.schedules:
@@ -177,7 +184,7 @@ class Experiment:
         return self.results
 
     def _count_steps(self) -> int:
-        spe = max(1, len(self.data.train) // min(self.cfg.optim.batch_size, len(self.data.train)))
+        spe = steps_per_epoch(len(self.data.train), self.cfg.optim.batch_size)
         total = 0
         if not self.cfg.teacher.checkpoint and not self.unit_done("teacher", None):
             total += steps_for(self.cfg.scaled(self.cfg.teacher.epochs), spe)
@@ -267,7 +274,8 @@ class Experiment:
         epochs = self.cfg.scaled(self.aux_epochs)
         stream = self.stream(0)
         steps = steps_for(epochs, stream.steps_per_epoch)
-        loss = build_loss(self.cfg.indistill.aux_loss, describe(aux), describe(teacher)).to(self.rt.device)
+        loss = build_loss(self.cfg.indistill.aux_loss, spec_of(arch, self.data.num_classes, width, self.cfg.data.input_size),
+                          self.spec(self.cfg.teacher.arch)).to(self.rt.device)
         self.emit(ev.PhaseStarted("aux", 0, [Phase("KD", "kd", (), loss.name, epochs).to_dict()], steps))
         history: list = []
         with FeatureTap(aux) as s_tap, FeatureTap(teacher) as t_tap:
@@ -281,7 +289,7 @@ class Experiment:
     def student_phase(self, phase: str, seed: int, teacher, pruned, maps) -> None:
         cfg = self.cfg
         student = self.build(cfg.student.arch, 1.0, seed)
-        s_spec, t_spec = describe(student), describe(teacher)
+        s_spec, t_spec = self.spec(cfg.student.arch), self.spec(cfg.teacher.arch)
         schedule = self.plan.schedules[phase]
         stream = self.stream(seed)
         spe = stream.steps_per_epoch

@@ -20,15 +20,10 @@ def spec_of(arch: str, num_classes: int = 10, width: float = 1.0, input_size: in
     return describe(build_model(arch, num_classes, width), input_size)
 
 
-@lru_cache(maxsize=128)
-def prunable(arch: str) -> bool:
-    return getattr(build_model(arch), "prunable", True)
-
-
-def direct_problems(pruned: ModelSpec, student: ModelSpec, pruned_prunable: bool) -> list[str]:
+def direct_problems(pruned: ModelSpec, student: ModelSpec) -> list[str]:
     """Why ``pruned`` cannot be channel-pruned onto ``student`` (empty list: it can)."""
     problems = []
-    if not pruned_prunable:
+    if not pruned.prunable:
         problems.append(f"{pruned.arch} mixes channels inside its stages (no single producing conv), so it cannot be pruned")
     if len(pruned.stages) != len(student.stages):
         problems.append(f"{pruned.arch} has {len(pruned.stages)} stages and {student.arch} has {len(student.stages)}; "
@@ -78,7 +73,7 @@ def assess_pair(teacher: str, student: str, aux: str = "auto", aux_width: float 
     """The verdict for a teacher/student pair under the given auxiliary-teacher policy."""
     t_spec = spec_of(teacher, num_classes, 1.0, input_size)
     s_spec = spec_of(student, num_classes, 1.0, input_size)
-    problems = direct_problems(t_spec, s_spec, prunable(teacher))
+    problems = direct_problems(t_spec, s_spec)
     ratio = max((r["ratio"] for r in stage_table(t_spec, s_spec)), default=0.0) if not problems else 0.0
     too_wide = ratio > ratio_threshold
     use_aux = aux == "on" or (aux == "auto" and (bool(problems) or too_wide))
@@ -89,7 +84,7 @@ def assess_pair(teacher: str, student: str, aux: str = "auto", aux_width: float 
         notes = [f"width ratio {ratio:g} is above {ratio_threshold:g}: an auxiliary teacher may help"] if too_wide else []
         return PairVerdict(True, False, teacher, 1.0, notes, stage_table(t_spec, s_spec))
     a_spec = spec_of(student, num_classes, aux_width, input_size)
-    aux_problems = direct_problems(a_spec, s_spec, prunable(student))
+    aux_problems = direct_problems(a_spec, s_spec)
     if aux_width < 1:
         aux_problems.append(f"aux_width must be ≥ 1 so the auxiliary teacher is at least as wide as the student")
     why = problems or ([f"width ratio {ratio:g} exceeds {ratio_threshold:g}"] if too_wide else ["auxiliary teacher forced on"])
@@ -104,9 +99,9 @@ def assess_pair(teacher: str, student: str, aux: str = "auto", aux_width: float 
 def suggest(teacher: str, num_classes: int = 10, input_size: int = 32) -> list[str]:
     """Registered students that ``teacher`` can be pruned to directly, else a hint."""
     t_spec = spec_of(teacher, num_classes, 1.0, input_size)
-    if prunable(teacher):
+    if t_spec.prunable:
         fits = [n for n, e in MODELS.items() if e.role == "student" and n != teacher
-                and not direct_problems(t_spec, spec_of(n, num_classes, 1.0, input_size), True)]
+                and not direct_problems(t_spec, spec_of(n, num_classes, 1.0, input_size))]
         if fits:
             return [f"students {teacher} prunes to directly: {', '.join(fits)}",
                     "or set the auxiliary teacher to auto/on with a prunable student"]

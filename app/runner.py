@@ -34,7 +34,8 @@ class Job:
         self.manager = manager
         self.cancel_event = threading.Event()
         self.lock = threading.Lock()
-        self.events: list[ev.Event] = []
+        self.revision = 0        # bumped by every change a poller could show
+        self.maps_revision = 0   # bumped when the channel maps change
         self.log: deque[str] = deque(maxlen=LOG_LINES)
         self.state = "queued"
         self.submitted = time.time()
@@ -66,6 +67,7 @@ class Job:
             if self.state == "queued":
                 self.state = "cancelled"
                 self.log.append("cancelled before it started")
+                self.revision += 1
 
     def _main(self) -> None:
         gate = self.manager.gate if self.manager else None
@@ -78,6 +80,7 @@ class Job:
                 return
             with self.lock:
                 self.state, self.started = "running", time.time()
+                self.revision += 1
             try:
                 self.experiment.run()
             except Exception:
@@ -89,7 +92,7 @@ class Job:
     # ------------------------------------------------------------ the reducer
     def apply(self, e: ev.Event) -> None:
         with self.lock:
-            self.events.append(e) if e.kind != "step" else None
+            self.revision += 1
             v = self.view
             if e.kind == "log":
                 self.log.append(e.message)
@@ -126,6 +129,7 @@ class Job:
                 self.log.append(f"  {e.phase} epoch {e.epoch}: {e.metrics['eval_split']} acc {e.metrics['eval_acc']:.4f}")
             elif e.kind == "channel_maps":
                 v["channel_maps"] = {"pruned_arch": e.pruned_arch, "stages": e.stages}
+                self.maps_revision += 1
                 self.log.append(f"pruned {e.pruned_arch}: kept " + ", ".join(f"{len(s['kept'])}/{s['teacher_channels']}"
                                                                              for s in e.stages))
             elif e.kind == "phase_result":

@@ -37,12 +37,16 @@ class ModelSpec:
     def widths(self) -> tuple[int, ...]:
         return tuple(s.channels for s in self.stages)
 
+    @property
+    def prunable(self) -> bool:
+        """Every stage has a single producing conv whose filters can be ranked."""
+        return all(s.conv for s in self.stages)
+
 
 class StagedNet(nn.Module):
     """Base class: subclasses fill ``stage_layout`` and keep their last layer as ``classifier``."""
 
     arch: str = "?"
-    prunable: bool = True  # False when a stage has no single producing conv
 
     def __init__(self) -> None:
         super().__init__()

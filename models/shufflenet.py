@@ -44,8 +44,6 @@ class ShuffleUnit(nn.Module):
 
 
 class ShuffleNetV2(StagedNet):
-    prunable = False
-
     def __init__(self, num_classes: int = 10, width: float = 1.0) -> None:
         super().__init__()
         self.arch = "shufflenetv2" if width == 1 else f"shufflenetv2_x{width:g}"

@@ -14,7 +14,7 @@ from app.augment import Normalizer
 from app.checkpoint import load_checkpoint, load_into
 from app.config import DataConfig
 from app.data import Dataset, load_dataset
-from app.device import resolve
+from app.device import Runtime
 from app.evaluate import predict
 from app.features import FeatureTap
 from models import build_model
@@ -73,7 +73,7 @@ class ModelSet:
     def database(self, m: LoadedModel) -> torch.Tensor:
         with self.lock:
             if m.key not in self._db:
-                _, self._db[m.key] = predict(m.model, self.data.train, self.data, resolve("cpu"))
+                _, self._db[m.key] = predict(m.model, self.data.train, self.data, Runtime(torch.device("cpu")))
             return self._db[m.key]
 
     def query(self, picture: Image.Image, k: int = 8, metric: str = "cosine") -> list[dict]:

@@ -4,6 +4,7 @@ call them directly; the page polls job snapshots with a timer and never trains i
 """
 from __future__ import annotations
 
+import functools
 import json
 import os
 import tempfile
@@ -14,7 +15,7 @@ from PIL import Image
 
 from app.config import ASSETS, PRESETS, SAMPLE_DATA, ConfigError, ExperimentConfig, preset
 from app.losses import LOSSES
-from app.plan import make_plan
+from app.plan import Plan, make_plan
 from app.runner import JobManager
 from models import MODELS
 
@@ -32,8 +33,9 @@ MAX_PARAMS = 4
 POLL_SECONDS = 0.5  # how often the page reads the job snapshot
 
 
+@functools.lru_cache(maxsize=1)
 def shipped_teachers() -> dict[str, dict]:
-    """Label → manifest entry of every teacher checkpoint in assets/."""
+    """Label → manifest entry of every teacher checkpoint in assets/ (read once: assets/ ships with the app)."""
     try:
         manifest = json.loads((ASSETS / "manifest.json").read_text())
     except (OSError, ValueError):
@@ -136,7 +138,7 @@ def check(*values) -> tuple[str, dict, object, str]:
         plan = make_plan(config_from(vals))
     except ConfigError as exc:
         msg = f"### ✖ Not ready\n- {exc}"
-        return msg, gr.update(interactive=False), views.timeline_figure(make_plan(ExperimentConfig())), msg
+        return msg, gr.update(interactive=False), views.timeline_figure(Plan(ExperimentConfig())), msg
     verdict = views.verdict_markdown(plan)
     message = "" if plan.ok else verdict
     return message, gr.update(interactive=plan.ok), views.timeline_figure(plan), verdict
@@ -196,6 +198,21 @@ def cancel(job_id: str | None) -> str:
     return f"Cancelling run `{job.id}` — it stops within one training step."
 
 
+def run_dir_of(job_id: str | None) -> Path | None:
+    """The run folder of a live job, or of a finished run by its id."""
+    if not job_id:
+        return None
+    job = manager().get(job_id)
+    return job.run_dir if job is not None else manager().runs_root / Path(job_id).name
+
+
+def results_of(job_id: str | None) -> dict:
+    """The run's results.json (written after every finished phase unit), or {}."""
+    run_dir = run_dir_of(job_id)
+    path = run_dir / "results.json" if run_dir else None
+    return json.loads(path.read_text()) if path is not None and path.is_file() else {}
+
+
 def snapshot_of(job_id: str | None) -> dict | None:
     """The live snapshot of a job, or a read-only one rebuilt from a finished run folder."""
     if not job_id:
@@ -203,8 +220,8 @@ def snapshot_of(job_id: str | None) -> dict | None:
     job = manager().get(job_id)
     if job is not None:
         return job.snapshot()
-    results = manager().load_results(job_id)
-    if results is None:
+    results = results_of(job_id)
+    if not results:
         return None
     return {"id": job_id, "state": results.get("status", "finished"), "phase": None, "segment": None,
             "series": {}, "eval": _eval_from_results(results), "schedules": {}, "results": results.get("phases", {}),
@@ -224,13 +241,14 @@ def _eval_from_results(results: dict) -> dict:
     return out
 
 
-def _version(snap: dict | None) -> str:
-    if not snap:
-        return ""
-    steps = sum(len(s["step"]) for s in snap.get("series", {}).values())
-    maps = snap.get("channel_maps") or {}
-    return (f"{snap['id']}:{snap['state']}:{steps}:{len(snap.get('log', []))}:{snap.get('segment')}"
-            f"|{snap['id']}:{maps.get('pruned_arch')}")
+def _version(job_id: str | None) -> tuple | None:
+    """What the status line depends on, read without copying the snapshot."""
+    if not job_id:
+        return None
+    job = manager().get(job_id)
+    if job is None:
+        return job_id, "on disk"
+    return job.id, job.revision, job.state, manager().queue_position(job)
 
 
 def _results_version(snap: dict | None) -> str:
@@ -241,56 +259,44 @@ def _results_version(snap: dict | None) -> str:
     return f"{snap['id']}:{snap['state']}:{units}"
 
 
-def tick_status(job_id: str | None, seen: str):
+def tick_status(job_id: str | None, seen):
     """Fast timer: status line (with the newest step and loss), log, buttons, results cue."""
-    snap = snapshot_of(job_id)
-    version = _version(snap)
+    version = _version(job_id)
     if version == seen:
         return (gr.skip(),) * 5 + (seen,)
+    snap = snapshot_of(job_id)
     running = bool(snap) and snap["state"] in ("queued", "running")
     return (views.status_markdown(snap), "\n".join((snap or {}).get("log", [])[-80:]),
             gr.update(interactive=not running), gr.update(interactive=running), _results_version(snap), version)
 
 
-def tick_charts(job_id: str | None, seen: str):
+def tick_charts(job_id: str | None, seen):
     """Chart timer: loss and accuracy curves when new points arrived; channel maps when they change."""
-    snap = snapshot_of(job_id)
-    version = _version(snap)
+    job = manager().get(job_id) if job_id else None
+    version = (_version(job_id), job.maps_revision if job else None)
     if version == seen:
         return (gr.skip(),) * 3 + (seen,)
-    maps_changed = seen.split("|")[-1] != version.split("|")[-1] or not seen
+    snap = snapshot_of(job_id)
+    maps_changed = seen is None or seen[0] is None or seen[0][0] != job_id or seen[1] != version[1]
     return (views.loss_figure(snap), views.accuracy_figure(snap),
             views.channel_figure((snap or {}).get("channel_maps")) if maps_changed else gr.skip(), version)
 
 
-def tick(job_id: str | None, seen: str):
-    """Both timers' outputs in one call (for tests and scripts)."""
-    status = tick_status(job_id, seen)
-    charts = tick_charts(job_id, seen)
-    return status[:-1] + charts[:-1] + (status[-1],)
-
-
-def results_of(job_id: str | None) -> dict:
-    snap = snapshot_of(job_id)
-    if not snap:
-        return {}
-    path = Path(snap["run_dir"] or "") / "results.json"
-    if path.is_file():
-        return json.loads(path.read_text())
-    return {"phases": snap.get("results", {})}
+def info_views(job_id: str | None):
+    snap, results = snapshot_of(job_id), results_of(job_id)
+    return views.info_flow_figure(snap, results), views.divergence_rows(snap, results)
 
 
 def compare(job_id: str | None):
+    """Comparison table, scatter, and downloads served from the run folder itself."""
     results = results_of(job_id)
     rows = views.compare_rows(results)
     files = []
-    if results.get("phases"):
-        out = Path(tempfile.mkdtemp(prefix="indistill-"))
-        (out / "results.json").write_text(json.dumps(results, indent=2, default=str))
-        (out / "results.csv").write_text(views.results_csv(results))
-        files = [str(out / "results.json"), str(out / "results.csv")]
-        ckpts = Path(results.get("run_dir", "")) / "checkpoints"
-        files += [str(p) for p in sorted(ckpts.glob("*-s*.pt")) if "warmup" not in p.name] if ckpts.is_dir() else []
+    run_dir = run_dir_of(job_id)
+    if results.get("phases") and run_dir is not None:
+        (run_dir / "results.csv").write_text(views.results_csv(results))
+        files = [str(run_dir / "results.json"), str(run_dir / "results.csv")]
+        files += [str(p) for p in sorted((run_dir / "checkpoints").glob("*-s*.pt")) if "warmup" not in p.name]
     note = "" if rows else "No results yet: finished phases appear here (Train tab)."
     return gr.update(value=rows, headers=views.COMPARE_HEADERS), views.scatter_figure(results), files, note
 
@@ -331,14 +337,12 @@ _MODEL_SETS: dict = {}
 def model_set(job_id: str | None):
     """Models to query: the run's checkpoints when it has any, else the shipped teachers."""
     from .inspect import ModelSet
-    results = results_of(job_id)
-    run_dir = Path(results.get("run_dir", "")) if results.get("run_dir") else None
+    run_dir = run_dir_of(job_id)
     if run_dir is not None and (run_dir / "checkpoints" / "teacher.pt").is_file():
         files = tuple(sorted(p.name for p in (run_dir / "checkpoints").glob("*.pt")))
         key = (str(run_dir), files)
-        data_cfg = results["config"]["data"]
         if key not in _MODEL_SETS:
-            _MODEL_SETS[key] = ModelSet.from_run(run_dir, data_cfg)
+            _MODEL_SETS[key] = ModelSet.from_run(run_dir, results_of(job_id)["config"]["data"])
         return _MODEL_SETS[key]
     key = ("shipped",)
     if key not in _MODEL_SETS:
@@ -400,9 +404,8 @@ def _label_from_name(file, classes: list[str]) -> int | None:
 def feature_maps(example: str, job_id: str | None):
     """Feature-map thumbnails: full pruned-network stage, kept channels, student after warm-up."""
     from .inspect import feature_grid, load_model, stage_maps, to_input
-    results = results_of(job_id)
-    maps = (results or {}).get("channel_maps")
-    run_dir = Path(results.get("run_dir", "")) if results.get("run_dir") else None
+    maps = results_of(job_id).get("channel_maps")
+    run_dir = run_dir_of(job_id)
     if not maps or run_dir is None:
         return [], "Feature maps need a run with InDistill: start one in the Train tab."
     ckpts = run_dir / "checkpoints"
@@ -454,7 +457,7 @@ def build_app() -> gr.Blocks:
     with gr.Blocks(title="InDistill Studio") as demo:
         job_state = gr.State(None)
         remembered = gr.BrowserState(None, storage_key="indistill-studio-job")
-        seen = gr.State("")
+        seen = gr.State(None)
         gr.Markdown("# InDistill Studio\nDistil a big CNN into a small one — with InDistill's pruned, "
                     "layer-by-layer warm-up before ordinary knowledge distillation.")
         c: dict = {}
@@ -602,7 +605,7 @@ def build_app() -> gr.Blocks:
         cancel_btn.click(cancel, job_state, action_msg)
         open_btn.click(open_run, run_id_box, [job_state, remembered, action_msg])
         timer = gr.Timer(POLL_SECONDS)
-        seen_charts = gr.State("")
+        seen_charts = gr.State(None)
         results_cue = gr.Textbox(visible=False)
         timer.tick(tick_status, [job_state, seen], [status, log_box, start_btn, cancel_btn, results_cue, seen],
                    show_progress="hidden")
@@ -611,9 +614,7 @@ def build_app() -> gr.Blocks:
         for trigger in (compare_btn.click, results_cue.change):
             trigger(compare, job_state, [table, scatter, downloads, compare_note], show_progress="hidden")
         for trigger in (info_btn.click, results_cue.change):
-            trigger(lambda j: (views.info_flow_figure(snapshot_of(j), results_of(j)),
-                               views.divergence_rows(snapshot_of(j), results_of(j))),
-                    job_state, [info_plot, div_table], show_progress="hidden")
+            trigger(info_views, job_state, [info_plot, div_table], show_progress="hidden")
         for trigger in (pr_metric.change, results_cue.change):
             trigger(lambda j, m: views.pr_figure(results_of(j), m), [job_state, pr_metric], pr_plot,
                     show_progress="hidden")
@@ -643,4 +644,4 @@ def launch() -> None:
     demo.queue(default_concurrency_limit=8)
     demo.launch(server_name=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"),
                 server_port=int(os.environ.get("GRADIO_SERVER_PORT", "7860")),
-                max_file_size="25mb", allowed_paths=[str(ASSETS)], footer_links=["api", "gradio"])
+                max_file_size="25mb", allowed_paths=[str(ASSETS), str(RUNS_ROOT)], footer_links=["api", "gradio"])

@@ -302,6 +302,12 @@ def pr_figure(results: dict | None, metric: str = "cosine") -> go.Figure:
 
 # ---------------------------------------------------------------- Information flow
 
+def _teacher_flow(snap: dict | None, results: dict | None) -> list[float] | None:
+    """The teacher's per-layer information, from results.json or else the live snapshot."""
+    phases = (results or {}).get("phases") or (snap or {}).get("results") or {}
+    return phases.get("teacher", {}).get("info_flow")
+
+
 def info_flow_figure(snap: dict | None, results: dict | None = None) -> go.Figure:
     """Per-layer information I(layer; labels) over epochs for each student, and the teacher's."""
     ev = (snap or {}).get("eval", {})
@@ -312,8 +318,7 @@ def info_flow_figure(snap: dict | None, results: dict | None = None) -> go.Figur
     n_layers = len(next(f for f in ev[keys[0]]["info_flow"] if f))
     titles = [f"layer {i + 1}" if i < n_layers - 1 else "embedding" for i in range(n_layers)]
     fig = make_subplots(rows=1, cols=n_layers, subplot_titles=titles, shared_yaxes=True)
-    teacher = ((results or snap or {}).get("results") or (results or {}).get("phases") or {}).get("teacher", {})
-    t_flow = teacher.get("info_flow")
+    t_flow = _teacher_flow(snap, results)
     for key in keys:
         phase = key.split("/")[0]
         flows = ev[key]["info_flow"]
@@ -335,8 +340,7 @@ def info_flow_figure(snap: dict | None, results: dict | None = None) -> go.Figur
 def divergence_rows(snap: dict | None, results: dict | None = None) -> list[list]:
     """Mean |I_student − I_teacher| over layers at each student's last epoch (lower = closer flow)."""
     ev = (snap or {}).get("eval", {})
-    teacher = ((snap or {}).get("results") or (results or {}).get("phases") or {}).get("teacher", {})
-    t_flow = teacher.get("info_flow")
+    t_flow = _teacher_flow(snap, results)
     rows = []
     if not t_flow:
         return rows
