@@ -7,12 +7,8 @@ Progress is published as :mod:`app.events`; nothing here knows about the UI.
 """
 from __future__ import annotations
 
-import json
-import os
 import statistics
 import threading
-import time
-from datetime import datetime
 from pathlib import Path
 from typing import Callable
 
@@ -32,6 +28,7 @@ from .losses import build_loss, pkt_indistill_loss, pkt_loss
 from .pairing import spec_of
 from .plan import Plan, make_plan
 from .pruning import PrunedFeatures, plan_pruning
+from .runfolder import RunFolder, new_run_id, read_json, unit_name, write_json
 from .schedule import Phase
 from .train import (CancelledError, LoopContext, Segment, ce_objective, kd_objective, run_segments, steps_for,
                     trainable, warmup_objective)
@@ -41,19 +38,8 @@ EMBED_LOSSES = {"pkt": pkt_loss, "pkt_indistill": pkt_indistill_loss}
 
 
 def new_run_dir(root: str | Path, name: str) -> Path:
-    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    path = Path(root) / f"{name}-{stamp}"
-    n = 1
-    while path.exists():
-        n += 1
-        path = Path(root) / f"{name}-{stamp}-{n}"
-    return path
-
-
-def write_json(obj: dict, path: Path) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, default=str))
-    os.replace(tmp, path)
+    """A fresh run folder path under ``root`` (sanitised name + unguessable suffix)."""
+    return Path(root) / new_run_id(name)
 
 
 def mean_sd(values: list[float]) -> tuple[float, float]:
@@ -67,9 +53,10 @@ class Experiment:
                  runs_root: str | Path = "runs", emit: Callable[[ev.Event], None] | None = None,
                  cancel: threading.Event | None = None, resume: bool = False) -> None:
         if resume:
-            if run_dir is None or not (Path(run_dir) / "config.json").is_file():
-                raise ConfigError(f"cannot resume: {run_dir} has no config.json (not a run folder)")
-            cfg = ExperimentConfig.from_dict(json.loads((Path(run_dir) / "config.json").read_text()))
+            config = read_json(RunFolder(Path(run_dir)).config) if run_dir is not None else None
+            if config is None:
+                raise ConfigError(f"cannot resume: {run_dir} has no readable config.json (not a run folder)")
+            cfg = ExperimentConfig.from_dict(config)
         if cfg is None:
             raise ConfigError("an experiment needs a configuration")
         self.cfg = cfg
@@ -79,26 +66,48 @@ class Experiment:
         self.emit = emit or (lambda e: None)
         self.cancel = cancel or threading.Event()
         self.results: dict = {}
-        if resume and (self.run_dir / "results.json").is_file():
-            self.results = json.loads((self.run_dir / "results.json").read_text())
+        if resume:
+            self.results = RunFolder(self.run_dir).read_results() or {}
         self.total_steps = 0
         self.done_steps = 0
+        self._verified: dict[str, bool] = {}
 
     # ------------------------------------------------------------ helpers
     def log(self, message: str) -> None:
         self.emit(ev.Log(message))
 
+    @property
+    def folder(self) -> RunFolder:
+        return RunFolder(self.run_dir)
+
     def ckpt(self, name: str) -> Path:
-        return self.run_dir / "checkpoints" / f"{name}.pt"
+        return self.folder.checkpoint(name)
 
     def save_results(self) -> None:
-        write_json(self.results, self.run_dir / "results.json")
+        self.folder.write_results(self.results)
 
     def unit_done(self, phase: str, seed: int | None) -> bool:
+        """Recorded in results.json and its checkpoint loads (checked once; a bad one is re-run)."""
         entry = self.results.get("phases", {}).get(phase, {})
         key = "single" if seed is None else str(seed)
-        name = phase if seed is None else f"{phase}-s{seed}"
-        return key in entry.get("units", {}) and self.ckpt(name).is_file()
+        name = unit_name(phase, seed)
+        if key not in entry.get("units", {}):
+            return False
+        if name not in self._verified:
+            try:
+                load_checkpoint(self.ckpt(name))
+                self._verified[name] = True
+            except CheckpointError as exc:
+                self._verified[name] = False
+                entry["units"].pop(key, None)
+                self.log(f"resume: {name} is recorded as done but its checkpoint does not load ({exc}); "
+                         "re-running that unit")
+        return self._verified[name]
+
+    def release(self) -> None:
+        """Drop the dataset and evaluation batch (a finished job keeps only its results)."""
+        for attr in ("data", "info_batch"):
+            self.__dict__.pop(attr, None)
 
     def _tick(self) -> None:
         self.done_steps += 1
@@ -130,7 +139,7 @@ class Experiment:
     def run(self) -> dict:
         """Run every remaining phase unit; returns ``results`` (also in ``results.json``)."""
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        write_json(self.cfg.to_dict(), self.run_dir / "config.json")
+        write_json(self.cfg.to_dict(), self.folder.config)
         self.results.setdefault("phases", {})
         self.results.update({"config": self.cfg.to_dict(), "schedule": self.plan.schedule_dicts(),
                              "verdict": self.plan.verdict.to_dict() if self.plan.verdict else None,
@@ -315,12 +324,12 @@ class Experiment:
 
             def after_segment(index: int, _seg) -> None:  # keep the student as the warm-up left it
                 if index == last_warm:
-                    save_model(student, self.ckpt(f"{phase}-s{seed}-warmup"),
+                    save_model(student, self.ckpt(unit_name(phase, seed) + "-warmup"),
                                self.meta(cfg.student.arch, 1.0, f"{phase}-warmup", seed, None))
             seconds = run_segments(student, stream, segments, self.loop(phase, seed), self._epoch_callback(student, history),
                                    after_segment)
         result = self._evaluate(student, seconds, sum(p.epochs for p in schedule), history) | {"arch": cfg.student.arch}
-        save_model(student, self.ckpt(f"{phase}-s{seed}"), self.meta(cfg.student.arch, 1.0, phase, seed, result["test_acc"]))
+        save_model(student, self.ckpt(unit_name(phase, seed)), self.meta(cfg.student.arch, 1.0, phase, seed, result["test_acc"]))
         self._record(phase, seed, result)
 
     def aggregate(self, phase: str) -> None:

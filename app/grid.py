@@ -6,15 +6,15 @@ student, sharing one teacher checkpoint (trained by the first cell when none is 
 """
 from __future__ import annotations
 
-import json
 import threading
 from pathlib import Path
 from typing import Callable
 
 from . import events as ev
 from .config import ConfigError, ExperimentConfig
-from .experiment import Experiment, write_json
+from .experiment import Experiment
 from .plan import make_plan
+from .runfolder import RunFolder
 
 
 def parse_values(text: str, name: str) -> list[float]:
@@ -61,6 +61,10 @@ class CurriculumGrid:
     def total_steps(self) -> int:
         return 1000 * len(self.cells)
 
+    def release(self) -> None:
+        if self.current is not None:
+            self.current.release()
+
     def run(self) -> dict:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.results["status"] = "running"
@@ -74,11 +78,11 @@ class CurriculumGrid:
                 out = self.current.run()
             except Exception:
                 self.results["status"] = "failed"
-                write_json(self.results, self.run_dir / "results.json")
+                RunFolder(self.run_dir).write_results(self.results)
                 raise
             if out["status"] != "finished":
                 self.results["status"] = out["status"]
-                write_json(self.results, self.run_dir / "results.json")
+                RunFolder(self.run_dir).write_results(self.results)
                 return self.results
             teacher_ckpt = teacher_ckpt or str(self.current.ckpt("teacher"))
             ind = out["phases"]["indistill"]
@@ -90,9 +94,9 @@ class CurriculumGrid:
                 "epochs": [h["epoch"] for h in unit.get("history", [])]})
             self.results["phases"]["teacher"] = out["phases"].get("teacher", {})
             self.finished_cells += 1
-            write_json(self.results, self.run_dir / "results.json")
+            RunFolder(self.run_dir).write_results(self.results)
         self.results["status"] = "finished"
-        write_json(self.results, self.run_dir / "results.json")
+        RunFolder(self.run_dir).write_results(self.results)
         self.emit(ev.Finished(str(self.run_dir), self.results))
         return self.results
 
@@ -102,7 +106,4 @@ class CurriculumGrid:
 
 
 def load_grid(run_dir: str | Path) -> dict | None:
-    path = Path(run_dir) / "results.json"
-    if not path.is_file():
-        return None
-    return json.loads(path.read_text()).get("grid")
+    return (RunFolder(Path(run_dir)).read_results() or {}).get("grid")

@@ -1,37 +1,107 @@
 """Background experiments: one thread per job, a global cap on concurrent trainings, and
-a snapshot that a poller (the app's timer, a test) can read at any time.
+a snapshot that a poller (the app's timer, a test, a script) can read at any time.
 
 The job folds engine events into its snapshot (a reducer), so the snapshot is always a
 consistent, JSON-ready picture: state, phase, segment, epoch, progress and ETA, loss
 series by component, evaluation accuracy per epoch, channel maps, results, log lines.
+
+Everything a job keeps is bounded: loss series are held at ≤ ``MAX_POINTS`` points each
+(:class:`LossSeries`), the log at ``LOG_LINES`` lines; a finished job drops its dataset,
+and the manager keeps at most ``max_kept`` finished jobs (they stay openable from disk).
 """
 from __future__ import annotations
 
 import copy
-import itertools
-import json
 import threading
 import time
-import uuid
-from collections import deque
+from collections import OrderedDict, deque
 from pathlib import Path
 
 from . import events as ev
+from . import runfolder
 from .config import ExperimentConfig
 from .experiment import Experiment
 from .grid import CurriculumGrid
 
 LOG_LINES = 300
+MAX_POINTS = 2000
+
+
+class JobRefused(ValueError):
+    """A job the manager will not take (a live one already, or the queue is full); says which limit."""
+
+
+class LossSeries:
+    """Loss components of one phase unit at bounded resolution.
+
+    Each point is the mean of ``stride`` consecutive steps; when the series would pass
+    ``max_points``, neighbouring points merge (weighted by their step counts) and the
+    stride doubles, so a poll costs the same at step 100 and at step 100,000.
+    """
+
+    def __init__(self, max_points: int = MAX_POINTS) -> None:
+        self.max_points = max(2, max_points)
+        self.stride = 1
+        self.points: list[dict] = []      # {step, epoch, segment, n, losses: {name: [sum, count]}}
+        self._open: dict | None = None
+
+    def add(self, step: int, epoch: float, segment: str, losses: dict[str, float]) -> None:
+        b = self._open
+        if b is not None and (b["segment"] != segment or b["n"] >= self.stride):
+            self._close()
+            b = None
+        if b is None:
+            b = self._open = {"n": 0, "losses": {}, "segment": segment}
+        b.update(step=step, epoch=epoch, n=b["n"] + 1)
+        for name, value in losses.items():
+            acc = b["losses"].setdefault(name, [0.0, 0])
+            acc[0] += value
+            acc[1] += 1
+
+    def _close(self) -> None:
+        self.points.append(self._open)
+        self._open = None
+        if len(self.points) >= self.max_points:
+            self.points = [self._merge(self.points[i:i + 2]) for i in range(0, len(self.points), 2)]
+            self.stride *= 2
+
+    @staticmethod
+    def _merge(pair: list[dict]) -> dict:
+        last = pair[-1]
+        losses: dict[str, list] = {}
+        for p in pair:
+            for name, (total, count) in p["losses"].items():
+                acc = losses.setdefault(name, [0.0, 0])
+                acc[0] += total
+                acc[1] += count
+        return {"step": last["step"], "epoch": last["epoch"], "segment": last["segment"],
+                "n": sum(p["n"] for p in pair), "losses": losses}
+
+    def __len__(self) -> int:
+        return len(self.points) + (self._open is not None)
+
+    def last(self) -> dict | None:
+        return self._open or (self.points[-1] if self.points else None)
+
+    def to_dict(self) -> dict:
+        """``{step, epoch, segment, losses: {name: [mean or None]}, stride}`` as the views read it."""
+        pts = self.points + ([self._open] if self._open else [])
+        names = sorted({n for p in pts for n in p["losses"]})
+        return {"step": [p["step"] for p in pts], "epoch": [p["epoch"] for p in pts],
+                "segment": [p["segment"] for p in pts], "stride": self.stride,
+                "losses": {n: [p["losses"][n][0] / p["losses"][n][1] if n in p["losses"] else None for p in pts]
+                           for n in names}}
 
 
 class Job:
     """One experiment in its own thread; ``cancel()`` stops it within one training step."""
 
-    def __init__(self, cfg: ExperimentConfig, runs_root: str | Path, manager: "JobManager | None" = None,
-                 resume_dir: str | Path | None = None, grid: tuple[list[float], list[float]] | None = None) -> None:
-        self.id = uuid.uuid4().hex[:10] if resume_dir is None else Path(resume_dir).name
-        self.cfg = cfg
+    def __init__(self, cfg: ExperimentConfig | None, runs_root: str | Path, manager: "JobManager | None" = None,
+                 resume_dir: str | Path | None = None, grid: tuple[list[float], list[float]] | None = None,
+                 owner: str | None = None, estimate_s: float | None = None) -> None:
         self.manager = manager
+        self.owner = owner                 # digest of the owning session's secret (None: nobody's)
+        self.estimate_s = estimate_s       # the budget's estimate of the training time
         self.cancel_event = threading.Event()
         self.lock = threading.Lock()
         self.revision = 0        # bumped by every change a poller could show
@@ -40,22 +110,28 @@ class Job:
         self.state = "queued"
         self.submitted = time.time()
         self.started: float | None = None
-        self.view: dict = {"phase": None, "seed": None, "segment": None, "epoch": 0, "series": {}, "eval": {},
+        self.ended: float | None = None
+        self.series: dict[str, LossSeries] = {}
+        self.view: dict = {"phase": None, "seed": None, "segment": None, "epoch": 0, "eval": {},
                            "segments": {}, "channel_maps": None, "results": {}, "error": None, "schedules": {}}
-        run_dir = Path(resume_dir) if resume_dir else None
         if grid is not None:
-            self.experiment = CurriculumGrid(cfg, grid[0], grid[1], Path(runs_root) / f"grid-{self.id}",
-                                             emit=self.apply, cancel=self.cancel_event)
+            run_dir = Path(runs_root) / runfolder.new_run_id(f"grid-{cfg.name}")
+            self.experiment = CurriculumGrid(cfg, grid[0], grid[1], run_dir, emit=self.apply, cancel=self.cancel_event)
+        elif resume_dir is not None:
+            self.experiment = Experiment(None, resume_dir, emit=self.apply, cancel=self.cancel_event, resume=True)
         else:
-            self.experiment = Experiment(cfg if resume_dir is None else None, run_dir, runs_root=runs_root,
-                                         emit=self.apply, cancel=self.cancel_event, resume=resume_dir is not None)
-            if resume_dir is None:
-                self.experiment.run_dir = Path(runs_root) / f"{cfg.name}-{self.id}"
+            self.experiment = Experiment(cfg, runs_root=runs_root, emit=self.apply, cancel=self.cancel_event)
+        self.cfg = self.experiment.cfg
+        self.id = self.experiment.run_dir.name
         self.thread = threading.Thread(target=self._main, name=f"indistill-{self.id}", daemon=True)
 
     @property
     def run_dir(self) -> Path:
         return self.experiment.run_dir
+
+    @property
+    def live(self) -> bool:
+        return self.state in runfolder.LIVE_STATES
 
     def start(self) -> "Job":
         self.thread.start()
@@ -65,7 +141,7 @@ class Job:
         self.cancel_event.set()
         with self.lock:
             if self.state == "queued":
-                self.state = "cancelled"
+                self.state, self.ended = "cancelled", time.time()
                 self.log.append("cancelled before it started")
                 self.revision += 1
 
@@ -74,6 +150,7 @@ class Job:
         if gate is not None:
             while not gate.acquire(timeout=0.2):
                 if self.cancel_event.is_set():
+                    self._done()
                     return
         try:
             if self.cancel_event.is_set():
@@ -88,6 +165,18 @@ class Job:
         finally:
             if gate is not None:
                 gate.release()
+            self._done()
+
+    def _done(self) -> None:
+        """Free the dataset and models; the results stay in the snapshot and on disk."""
+        self.experiment.release()
+        with self.lock:
+            self.ended = self.ended or time.time()
+            if self.state in runfolder.LIVE_STATES:  # ended without an event (cancelled while queued)
+                self.state = "cancelled"
+            self.revision += 1
+        if self.manager:
+            self.manager.job_ended(self)
 
     # ------------------------------------------------------------ the reducer
     def apply(self, e: ev.Event) -> None:
@@ -100,7 +189,7 @@ class Job:
                 v.update(phase=e.phase, seed=e.seed, epoch=0, segment=None)
                 key = f"{e.phase}/{e.seed}"
                 v["schedules"][key] = e.schedule
-                v["series"][key] = {"step": [], "epoch": [], "segment": [], "losses": {}}
+                self.series[key] = LossSeries()
                 v["segments"][key] = []
                 v["eval"][key] = {"epoch": [], "acc": [], "info_flow": []}
                 self.log.append(f"▶ {e.phase}" + (f" (seed {e.seed})" if e.phase not in ("teacher", "aux") else "")
@@ -110,16 +199,7 @@ class Job:
                 v["segments"][f"{e.phase}/{e.seed}"].append({"name": e.name, "step": e.step})
                 self.log.append(f"  {e.phase}: now training {e.name}")
             elif e.kind == "step":
-                s = v["series"][f"{e.phase}/{e.seed}"]
-                s["step"].append(e.step)
-                s["epoch"].append(e.epoch)
-                s["segment"].append(e.segment)
-                n = len(s["step"])
-                for name, value in e.losses.items():
-                    s["losses"].setdefault(name, [None] * (n - 1)).append(value)
-                for name, values in s["losses"].items():
-                    if len(values) < n:
-                        values.append(None)
+                self.series[f"{e.phase}/{e.seed}"].add(e.step, e.epoch, e.segment, e.losses)
                 v["epoch"] = e.epoch
             elif e.kind == "epoch":
                 r = v["eval"][f"{e.phase}/{e.seed}"]
@@ -141,7 +221,7 @@ class Job:
                 v["results"] = copy.deepcopy(e.results.get("phases", {}))
                 if "grid" in e.results:
                     v["grid"] = copy.deepcopy(e.results["grid"])
-                self.log.append(f"finished — run folder {e.run_dir}")
+                self.log.append(f"finished — run {self.id}")
             elif e.kind == "failed":
                 self.state, v["error"] = "failed", e.message
                 self.log.append(f"✖ failed{' in ' + e.phase if e.phase else ''}: {e.message}")
@@ -150,68 +230,152 @@ class Job:
                 self.log.append(f"cancelled{' during ' + e.phase if e.phase else ''}; finished phases are kept "
                                 f"and the run can be resumed")
 
+    def last_step(self) -> tuple[str, int, float] | None:
+        """(phase unit, step, total loss) of the newest logged step, read without a snapshot."""
+        with self.lock:
+            key = f"{self.view['phase']}/{self.view['seed']}"
+            s = self.series.get(key)
+            point = s.last() if s else None
+        if not point or "total" not in point["losses"]:
+            return None
+        total, count = point["losses"]["total"]
+        return key, point["step"], total / count
+
+    def remaining_s(self) -> float:
+        """Seconds until this job ends: its ETA when running, its estimate when queued, 0 when done."""
+        if not self.live:
+            return 0.0
+        if self.state == "running" and self.started:
+            done, total = self.experiment.done_steps, self.experiment.total_steps
+            elapsed = time.time() - self.started
+            if total and done:
+                return max(0.0, elapsed * (total - done) / done)
+            return max(0.0, (self.estimate_s or 0.0) - elapsed)
+        return self.estimate_s or 0.0
+
     def snapshot(self) -> dict:
         """A JSON-ready copy of the job's state, safe to read from any thread."""
+        queue_position, wait_s = self.manager.queue_place(self) if self.manager else (0, 0.0)
         with self.lock:
             exp = self.experiment
             done, total = exp.done_steps, exp.total_steps
             elapsed = (time.time() - self.started) if self.started else 0.0
             frac = done / total if total else (1.0 if self.state == "finished" else 0.0)
             eta = elapsed / frac - elapsed if 0 < frac < 1 else (0.0 if self.state == "finished" else None)
+            if self.state == "queued":
+                eta = wait_s + (self.estimate_s or 0.0)
             snap = copy.deepcopy(self.view)
-            snap.update(id=self.id, state=self.state, run_dir=str(exp.run_dir), steps_done=done, steps_total=total,
+            snap["series"] = {k: s.to_dict() for k, s in self.series.items()}
+            snap.update(id=self.id, state=self.state, steps_done=done, steps_total=total,
                         progress=round(frac, 4), elapsed_s=round(elapsed, 1), eta_s=None if eta is None else round(eta, 1),
-                        queue_position=self.manager.queue_position(self) if self.manager else 0,
-                        log=list(self.log), config=self.cfg.to_dict(), data=exp.results.get("data"))
+                        queue_position=queue_position, queue_wait_s=round(wait_s, 1),
+                        estimate_s=None if self.estimate_s is None else round(self.estimate_s, 1),
+                        log=list(self.log), config=self.cfg.to_dict(), data=exp.results.get("data"), read_only=False)
             return snap
 
 
 class JobManager:
-    """Owns the jobs of every browser session; at most ``max_concurrent`` train at once."""
+    """Owns the jobs of every session; at most ``max_concurrent`` train at once.
 
-    def __init__(self, max_concurrent: int = 1, runs_root: str | Path = "runs") -> None:
+    ``max_queue`` caps the jobs waiting; with owners, each owner has at most one live
+    (queued or running) job. At most ``max_kept`` finished jobs stay in memory (least
+    recently submitted go first; they remain on disk). With ``retention`` set, the
+    oldest finished run folders are deleted when the runs folder passes its caps.
+    """
+
+    def __init__(self, max_concurrent: int = 1, runs_root: str | Path = "runs", *, max_queue: int | None = None,
+                 max_kept: int = 64, retention: runfolder.Retention | None = None) -> None:
         if max_concurrent < 1:
             raise ValueError("max_concurrent must be at least 1")
+        self.max_concurrent = max_concurrent
         self.gate = threading.BoundedSemaphore(max_concurrent)
         self.runs_root = Path(runs_root)
-        self.jobs: dict[str, Job] = {}
+        self.max_queue, self.max_kept, self.retention = max_queue, max_kept, retention
+        self.jobs: OrderedDict[str, Job] = OrderedDict()
         self.lock = threading.Lock()
-        self._order = itertools.count()
 
-    def submit(self, cfg: ExperimentConfig) -> Job:
-        job = Job(cfg, self.runs_root, self)
+    # ------------------------------------------------------------ submitting
+    def _admit(self, owner: str | None) -> None:
+        with self.lock:
+            live = [j for j in self.jobs.values() if j.live]
+        if owner is not None:
+            mine = next((j for j in live if j.owner == owner), None)
+            if mine is not None:
+                raise JobRefused(f"one live run per session: your run {mine.id} is still {mine.state}; "
+                                 "cancel it or wait for it to finish")
+        waiting = sum(j.state == "queued" for j in live)
+        if self.max_queue is not None and waiting >= self.max_queue:
+            raise JobRefused(f"the queue is full ({waiting} runs waiting; the limit is {self.max_queue}); "
+                             "try again in a few minutes")
+
+    def _add(self, job: Job) -> Job:
         with self.lock:
             self.jobs[job.id] = job
+        self._evict()
         return job.start()
 
-    def submit_grid(self, cfg: ExperimentConfig, a_values: list[float], b_values: list[float]) -> Job:
+    def submit(self, cfg: ExperimentConfig, owner: str | None = None, estimate_s: float | None = None) -> Job:
+        self._admit(owner)
+        return self._add(Job(cfg, self.runs_root, self, owner=owner, estimate_s=estimate_s))
+
+    def submit_grid(self, cfg: ExperimentConfig, a_values: list[float], b_values: list[float],
+                    owner: str | None = None, estimate_s: float | None = None) -> Job:
         """The a × b curriculum grid (plus a joint run) as one background job."""
-        job = Job(cfg, self.runs_root, self, grid=(a_values, b_values))
-        with self.lock:
-            self.jobs[job.id] = job
-        return job.start()
+        self._admit(owner)
+        return self._add(Job(cfg, self.runs_root, self, grid=(a_values, b_values), owner=owner, estimate_s=estimate_s))
 
-    def resume(self, run_dir: str | Path) -> Job:
-        job = Job(None, self.runs_root, self, resume_dir=run_dir)  # type: ignore[arg-type]
-        job.cfg = job.experiment.cfg
-        with self.lock:
-            self.jobs[job.id] = job
-        return job.start()
+    def resume(self, run_dir: str | Path, owner: str | None = None) -> Job:
+        self._admit(owner)
+        return self._add(Job(None, self.runs_root, self, resume_dir=run_dir, owner=owner))
 
-    def get(self, job_id: str) -> Job | None:
+    # ------------------------------------------------------------ reading
+    def get(self, job_id: object) -> Job | None:
+        """The live or recently finished job with this id (ids are checked; a bad one is simply not found)."""
+        if not isinstance(job_id, str):
+            return None
         with self.lock:
             return self.jobs.get(job_id)
 
-    def queue_position(self, job: Job) -> int:
-        """1 for the next to start, 2 after it, …; 0 when running or done."""
-        if job.state != "queued":
-            return 0
+    def live_job_of(self, owner: str) -> Job | None:
         with self.lock:
-            queued = [j for j in self.jobs.values() if j.state == "queued"]
-        queued.sort(key=lambda j: j.submitted)
-        return queued.index(job) + 1 if job in queued else 0
+            return next((j for j in self.jobs.values() if j.owner == owner and j.live), None)
 
-    def load_results(self, run_id: str) -> dict | None:
-        """Results of a finished run by its folder name (a page refresh re-opens it)."""
-        path = self.runs_root / Path(run_id).name / "results.json"
-        return json.loads(path.read_text()) if path.is_file() else None
+    def queue_place(self, job: Job) -> tuple[int, float]:
+        """(position, seconds of work ahead): 1 for the next to start; (0, 0) when running or done.
+
+        The wait is the remaining time of the running jobs and of the queued jobs ahead,
+        spread over the ``max_concurrent`` training slots.
+        """
+        if job.state != "queued":
+            return 0, 0.0
+        with self.lock:
+            live = [j for j in self.jobs.values() if j.live]
+        queued = sorted((j for j in live if j.state == "queued"), key=lambda j: j.submitted)
+        if job not in queued:
+            return 0, 0.0
+        ahead = queued[:queued.index(job)] + [j for j in live if j.state == "running"]
+        return queued.index(job) + 1, sum(j.remaining_s() for j in ahead) / self.max_concurrent
+
+    def queue_position(self, job: Job) -> int:
+        return self.queue_place(job)[0]
+
+    def load_results(self, run_id: object) -> dict | None:
+        """Results of a run folder by id (checked: format, and the path stays in the runs folder)."""
+        try:
+            return runfolder.RunFolder(runfolder.resolve(self.runs_root, run_id)).read_results()
+        except runfolder.RunIdError:
+            return None
+
+    # ------------------------------------------------------------ bounds
+    def job_ended(self, job: Job) -> None:
+        self._evict()
+        if self.retention is not None:
+            with self.lock:
+                live = {j.id for j in self.jobs.values() if j.live}
+            runfolder.enforce_retention(self.runs_root, self.retention, protect=live)
+
+    def _evict(self) -> None:
+        with self.lock:
+            done = [k for k, j in self.jobs.items() if not j.live]
+            for key in done[:max(0, len(done) - self.max_kept)]:
+                del self.jobs[key]

@@ -7,15 +7,24 @@ import pytest
 from PIL import Image
 
 from app.config import ASSETS, ConfigError, preset
-from app.ui import main as ui
+from app.ui import form
+from app.ui import handlers as ui
 from app.ui import views
 from app.ui.uploads import UploadError, load_upload
 
 
+@pytest.fixture(autouse=True)
+def local_studio(tmp_path):
+    """Handlers run against a fresh local server with its own runs folder."""
+    ui.configure(runs_root=tmp_path / "runs")
+    yield
+    ui.configure(runs_root=tmp_path / "runs")
+
+
 def values(**changes):
-    v = ui.values_from(preset("quick-cpu"))
+    v = form.values_from(preset("quick-cpu"))
     v.update(changes)
-    return [v[k] for k in ui.CONTROL_KEYS]
+    return [v[k] for k in form.CONTROL_KEYS]
 
 
 def bars(fig, row="InDistill + KD"):
@@ -23,8 +32,8 @@ def bars(fig, row="InDistill + KD"):
 
 
 def test_changing_a_or_b_redraws_the_timeline():
-    _, start, fig1, _ = ui.check(*values(a=2, b=1))
-    _, _, fig2, _ = ui.check(*values(a=2, b=2))
+    _, start, fig1, _ = ui.check(None, *values(a=2, b=1))
+    _, _, fig2, _ = ui.check(None, *values(a=2, b=2))
     assert start["interactive"] is True
     # layers 1..3 + embedding: S_l = a + b·l
     assert [w for _, w in bars(fig1)][:4] == [3, 4, 5, 6]
@@ -33,54 +42,55 @@ def test_changing_a_or_b_redraws_the_timeline():
 
 
 def test_invalid_settings_disable_start_with_a_message():
-    message, start, _, _ = ui.check(*values(a=0, b=-1))
+    message, start, _, _ = ui.check(None, *values(a=0, b=-1))
     assert start["interactive"] is False and "negative" in message
-    message, start, _, _ = ui.check(*values(student="shufflenetv2", teacher="resnet18", aux="off"))
+    message, start, _, _ = ui.check(None, *values(student="shufflenetv2", teacher="resnet18", aux="off"))
     assert start["interactive"] is False and "cannot be pruned" in message or "stages" in message
 
 
 def test_folder_without_path_is_explained():
-    message, start, _, _ = ui.check(*values(dataset="Folder or .tar.gz", data_path=""))
+    message, start, _, _ = ui.check(None, *values(dataset="Folder or .tar.gz", data_path=""))
     assert start["interactive"] is False and "ImageFolder" in message
 
 
 def test_controls_round_trip_through_config():
     for name in ("quick-cpu", "paper-cnn", "seed-pair"):
         cfg = preset(name).with_overrides({"name": "studio"})
-        v = ui.values_from(cfg)
-        back = ui.config_from(v)
+        v = form.values_from(cfg)
+        back = form.config_from(v)
         assert back.teacher.arch == cfg.teacher.arch and back.indistill == cfg.indistill
         assert back.kd.loss == cfg.kd.loss and back.student.epochs == cfg.student.epochs
 
 
 def test_loss_change_relabels_the_parameter_inputs():
     ups = ui.param_updates("dkd")
-    assert [u.get("visible") for u in ups] == [True, True, True, True]
+    assert len(ups) == form.MAX_PARAMS
+    assert [u.get("visible") for u in ups][:4] == [True, True, True, True]
     assert ups[1]["label"].startswith("beta") and ups[1]["value"] == 8.0
     ups = ui.param_updates("pkt")
-    assert [u.get("visible") for u in ups] == [True, False, False, False]
+    assert [u.get("visible") for u in ups] == [True] + [False] * (form.MAX_PARAMS - 1)
 
 
 def test_export_then_import_restores_the_controls(tmp_path):
     vals = values(a=3.5, kd_loss="at", p0=500.0, p1=2.0)
-    path, msg = ui.export_config(*vals)
+    path, msg = ui.export_config(None, *vals)
     cfg = json.loads(Path(path).read_text())
     assert cfg["indistill"]["a"] == 3.5 and cfg["kd"]["params"]["weight"] == 500.0
-    restored = ui.import_config(path)
+    restored = ui.import_config(None, path)
     assert restored[:-1] == vals and "Imported" in restored[-1]
 
 
 def test_import_of_a_bad_file_says_why(tmp_path):
     bad = tmp_path / "x.json"
     bad.write_text('{"indistill": {"a": "many"}}')
-    out = ui.import_config(str(bad))
+    out = ui.import_config(None, str(bad))
     assert "Import failed" in out[-1] and "indistill.a" in out[-1]
 
 
 def test_start_refuses_invalid_settings_and_cancel_without_a_run():
-    job_id, _, msg = ui.start(None, *values(seeds=0))
-    assert job_id is None and "Not started" in msg and "seeds" in msg
-    assert ui.cancel(None) == "Nothing to cancel."
+    session, _, msg = ui.start(None, *values(seeds=0))
+    assert session["run"] is None and "Not started" in msg and "seeds" in msg
+    assert ui.cancel(None).startswith("Nothing to cancel")
 
 
 @pytest.mark.parametrize("make, message", [
@@ -108,14 +118,14 @@ def test_grayscale_rgba_and_animated_uploads_are_converted(tmp_path):
 
 
 def test_retrieval_with_shipped_teachers_marks_neighbours():
-    if not ui.shipped_teachers():
+    if not form.shipped_teachers():
         pytest.skip("no teacher shipped in assets/")
     picture, text, gallery = ui.retrieve(str(ASSETS / "examples" / "cat.jpg"), None, "cosine", 3)
     assert picture is not None and "true class **cat**" in text
     items = gallery["value"]
-    assert len(items) == 3 * len(ui.shipped_teachers()) and gallery["columns"] == 3
+    assert len(items) == 3 * len(form.shipped_teachers()) and gallery["columns"] == 3
     assert all(caption.split(" ")[1] in "✓✗" for _, caption in items)
-    assert {caption.split(" ")[0] for _, caption in items} == {t["arch"] for t in ui.shipped_teachers().values()}
+    assert {caption.split(" ")[0] for _, caption in items} == {t["arch"] for t in form.shipped_teachers().values()}
 
 
 def test_views_render_results_of_a_run(cifar_jpeg, cache_dir, tmp_path):

@@ -1,0 +1,211 @@
+"""The run folder: one module owns its layout, file names, id format, path checks and
+retention, so no other module builds a run path by hand.
+
+A run folder is ``<runs root>/<run id>/`` holding::
+
+    config.json          the experiment's configuration
+    results.json         written after every finished unit (status, phases, data, …)
+    owner.json           (app runs) a hash of the owning session's secret
+    checkpoints/<unit>.pt
+
+A run id is ``<slug>-<YYYYmmdd-HHMMSS>-<16 hex>``: the slug is the config name made
+safe, the hex part is 64 random bits, so ids can't be guessed and stay inside their root.
+Every id that comes from outside goes through :func:`check_id` and :func:`resolve`.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import secrets
+import shutil
+import time
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+CONFIG, RESULTS, OWNER, CHECKPOINTS = "config.json", "results.json", "owner.json", "checkpoints"
+MAX_ID_LENGTH = 80
+ID_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_-]{0,79}$")
+ACCEPTED_ID = "lower-case letters, digits, '-' and '_', at most 80 characters (as shown in the status line)"
+LIVE_STATES = ("queued", "running")
+
+
+class RunIdError(ValueError):
+    """A run id that is not one this server could have made; the message says what is accepted."""
+
+
+def slug(name: str, limit: int = 40) -> str:
+    """``name`` as a safe folder-name prefix: lower-case letters, digits, '-' and '_' only."""
+    text = re.sub(r"[^a-z0-9_-]+", "-", str(name).lower()).strip("-_")
+    return text[:limit].strip("-_") or "run"
+
+
+def new_run_id(name: str) -> str:
+    return f"{slug(name)}-{datetime.now().strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(8)}"
+
+
+def check_id(run_id: object) -> str:
+    """The id if it has the accepted form; :class:`RunIdError` naming the rule otherwise."""
+    if not isinstance(run_id, str):
+        raise RunIdError(f"a run id must be text ({ACCEPTED_ID}); got {type(run_id).__name__}")
+    run_id = run_id.strip()
+    if not run_id:
+        raise RunIdError(f"no run id given: paste one ({ACCEPTED_ID})")
+    if len(run_id) > MAX_ID_LENGTH:
+        raise RunIdError(f"a run id is at most {MAX_ID_LENGTH} characters; got {len(run_id):,}")
+    if not ID_PATTERN.match(run_id):
+        raise RunIdError(f"{run_id[:40]!r} is not a run id: use {ACCEPTED_ID}")
+    return run_id
+
+
+def resolve(root: str | Path, run_id: object) -> Path:
+    """The folder of ``run_id`` under ``root``, checked to stay inside ``root``."""
+    run_id = check_id(run_id)
+    base = Path(root).resolve()
+    path = (base / run_id).resolve()
+    if path.parent != base:
+        raise RunIdError(f"run id {run_id!r} leaves the runs folder")
+    return path
+
+
+def write_json(obj: dict, path: Path) -> None:
+    """Write JSON atomically (temporary file, then rename)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    tmp.write_text(json.dumps(obj, indent=2, default=str))
+    os.replace(tmp, path)
+
+
+def read_json(path: Path) -> dict | None:
+    """A JSON object from ``path``, or None when missing or unreadable."""
+    try:
+        obj = json.loads(path.read_text())
+    except (OSError, ValueError, RecursionError):
+        return None
+    return obj if isinstance(obj, dict) else None
+
+
+def owner_digest(secret: str) -> str:
+    return hashlib.sha256(f"indistill-owner:{secret}".encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class RunFolder:
+    """Paths inside one run folder."""
+
+    path: Path
+
+    @property
+    def id(self) -> str:
+        return self.path.name
+
+    @property
+    def config(self) -> Path:
+        return self.path / CONFIG
+
+    @property
+    def results(self) -> Path:
+        return self.path / RESULTS
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.path / CHECKPOINTS
+
+    def checkpoint(self, unit: str) -> Path:
+        return self.checkpoints / f"{unit}.pt"
+
+    def read_results(self) -> dict | None:
+        return read_json(self.results)
+
+    def write_results(self, results: dict) -> None:
+        write_json(results, self.results)
+
+    def set_owner(self, secret: str) -> None:
+        write_json({"owner": owner_digest(secret)}, self.path / OWNER)
+
+    def owned_by(self, secret: str | None) -> bool:
+        meta = read_json(self.path / OWNER) or {}
+        return bool(secret) and meta.get("owner") == owner_digest(secret)
+
+    def student_checkpoints(self) -> list[Path]:
+        """Final student checkpoints (not the warm-up snapshots), sorted."""
+        return sorted(p for p in self.checkpoints.glob("*-s*.pt") if "warmup" not in p.name)
+
+    def size_bytes(self) -> int:
+        return sum(f.stat().st_size for f in self.path.rglob("*") if f.is_file())
+
+
+def unit_name(phase: str, seed: int | None) -> str:
+    """Checkpoint name of a unit: ``teacher``, ``aux``, or ``<phase>-s<seed>``."""
+    return phase if seed is None else f"{phase}-s{seed}"
+
+
+def snapshot_from_results(run_id: str, results: dict) -> dict:
+    """The read-only snapshot of a run that no live job holds (finished, or left by a restart)."""
+    state = results.get("status", "finished")
+    note = f"re-opened run {run_id}"
+    if state in LIVE_STATES:
+        state, note = "interrupted", f"run {run_id} was interrupted (the server restarted); finished phases are kept"
+    evals = {}
+    for phase, entry in (results.get("phases") or {}).items():
+        for seed, unit in (entry.get("units") or {}).items():
+            h = unit.get("history", [])
+            evals[f"{phase}/{0 if seed == 'single' else seed}"] = {
+                "epoch": [r.get("epoch") for r in h], "acc": [r.get("eval_acc") for r in h],
+                "info_flow": [r.get("info_flow") for r in h]}
+    return {"id": run_id, "state": state, "phase": None, "segment": None, "series": {}, "eval": evals,
+            "schedules": {}, "results": results.get("phases", {}), "channel_maps": results.get("channel_maps"),
+            "log": [note], "progress": 1.0, "queue_position": 0, "eta_s": None, "data": results.get("data"),
+            "error": results.get("error"), "read_only": True}
+
+
+@dataclass(frozen=True)
+class Retention:
+    """How many run folders (and bytes) a server keeps; the oldest finished runs go first."""
+
+    max_runs: int = 200
+    max_bytes: int = 2 * 1024 ** 3
+
+
+def enforce_retention(root: str | Path, keep: Retention, protect: set[str] = frozenset()) -> list[str]:
+    """Delete the oldest finished run folders under ``root`` until both caps hold.
+
+    Live runs (status queued/running in a live job: ``protect``) are never deleted, nor
+    folders without a results.json of this format. Returns the ids removed.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        return []
+    runs = []
+    for path in root.iterdir():
+        if not path.is_dir() or not ID_PATTERN.match(path.name) or path.name in protect:
+            continue
+        results = read_json(path / RESULTS)
+        if results is None:
+            continue
+        runs.append((path.stat().st_mtime, path, RunFolder(path).size_bytes()))
+    runs.sort()
+    total = sum(size for _, _, size in runs)
+    removed = []
+    while runs and (len(runs) > keep.max_runs or total > keep.max_bytes):
+        _, path, size = runs.pop(0)
+        shutil.rmtree(path, ignore_errors=True)
+        total -= size
+        removed.append(path.name)
+    return removed
+
+
+def reap_old(folder: str | Path, max_age_s: float) -> None:
+    """Remove entries of ``folder`` older than ``max_age_s`` (scratch copies, stale uploads)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return
+    now = time.time()
+    for entry in folder.iterdir():
+        try:
+            if now - entry.stat().st_mtime > max_age_s:
+                shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
+        except OSError:
+            pass
