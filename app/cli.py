@@ -20,6 +20,7 @@ from .config import PRESETS, ConfigError, ExperimentConfig, preset
 from .data import DataError
 from .checkpoint import CheckpointError
 from .losses import LOSSES
+from .runfolder import RunIdError, new_run_id
 
 
 def _catalogue() -> dict:
@@ -50,7 +51,7 @@ def cmd_list(args) -> int:
 
 def _config(args) -> ExperimentConfig:
     if args.config:
-        cfg = ExperimentConfig.from_dict(json.loads(Path(args.config).read_text()))
+        cfg = ExperimentConfig.from_dict(read_config_file(args.config))
     else:
         cfg = preset(args.preset)
     overrides: dict = {}
@@ -64,6 +65,20 @@ def _config(args) -> ExperimentConfig:
             overrides[key] = value
     cfg = cfg.with_overrides(overrides)
     return cfg.with_overrides(args.set or [])
+
+
+def read_config_file(path: str) -> dict:
+    """A config JSON file as a dict; ConfigError (one line) when missing, unreadable or not an object."""
+    try:
+        obj = json.loads(Path(path).read_text())
+    except OSError as exc:
+        raise ConfigError(f"--config {path}: cannot read it ({exc.strerror or exc})") from None
+    except (ValueError, RecursionError) as exc:
+        raise ConfigError(f"--config {path}: not valid JSON ({str(exc)[:120] or 'nested too deeply'}); expected a "
+                          "config exported by the app or a run folder's config.json") from None
+    if not isinstance(obj, dict):
+        raise ConfigError(f"--config {path}: expected a JSON object of settings, got {type(obj).__name__}")
+    return obj
 
 
 class Progress:
@@ -178,7 +193,7 @@ def cmd_grid(args) -> int:
     from .grid import CurriculumGrid, parse_values
     cfg = _config(args)
     progress = Progress(args.quiet)
-    run_dir = Path(args.out) / f"grid-{cfg.name}-{int(time.time())}"
+    run_dir = Path(args.out) / new_run_id(f"grid-{cfg.name}")
     grid = CurriculumGrid(cfg, parse_values(args.a, "--a"), parse_values(args.b, "--b"), run_dir, emit=progress)
     progress.experiment = grid
     results = grid.run()
@@ -242,8 +257,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return args.func(args)
-    except (ConfigError, DataError, CheckpointError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    except (ConfigError, DataError, CheckpointError, RunIdError) as exc:
+        print("error: " + " ".join(str(exc).split()), file=sys.stderr)
         return 2
 
 

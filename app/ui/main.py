@@ -23,7 +23,7 @@ def _warm_up_plotting() -> None:
                        "schedules": {}})
 
 
-def launch(**kwargs) -> None:
+def launch(**kwargs):
     threading.Thread(target=_warm_up_plotting, daemon=True).start()
     s = handlers.studio()
     demo = build_app()
@@ -32,3 +32,4 @@ def launch(**kwargs) -> None:
                 server_port=int(os.environ.get("GRADIO_SERVER_PORT", "7860")),
                 max_file_size="50mb" if s.public else "500mb", allowed_paths=[str(ASSETS)],
                 blocked_paths=[str(s.runs_root)], footer_links=["api", "gradio"], **kwargs)
+    return demo

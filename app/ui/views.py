@@ -97,10 +97,14 @@ def status_markdown(snap: dict | None) -> str:
     if not snap:
         return "No run yet — press **Start**."
     state = snap["state"]
-    icon = {"queued": "⏳", "running": "▶", "finished": "✔", "failed": "✖", "cancelled": "■"}.get(state, "")
-    parts = [f"**{icon} {state}** · run `{snap['id']}`"]
+    icon = {"queued": "⏳", "running": "▶", "finished": "✔", "failed": "✖", "cancelled": "■",
+            "interrupted": "■"}.get(state, "")
+    parts = [f"**{icon} {state}** · run `{snap['id']}`" + (" (read-only)" if snap.get("read_only") else "")]
     if state == "queued":
         parts.append(f"position {snap['queue_position']} in the queue")
+        if snap.get("queue_wait_s") is not None:
+            parts.append(f"about {_clock(snap['queue_wait_s'])} of work ahead (estimated wait), "
+                         f"then about {_clock(snap.get('estimate_s') or 0)} to train")
     if snap.get("phase"):
         parts.append(f"phase **{LABELS.get(snap['phase'], snap['phase'])}**" +
                      (f" (seed {snap['seed']})" if snap["phase"] in ("baseline", "kd", "indistill") else ""))
@@ -113,10 +117,14 @@ def status_markdown(snap: dict | None) -> str:
         parts.append(f"epoch {snap.get('epoch', 0):.2f}")
         parts.append(f"{snap['progress'] * 100:.0f}%")
         if snap.get("eta_s") is not None:
-            parts.append(f"ETA {int(snap['eta_s'] // 60)}:{int(snap['eta_s'] % 60):02d}")
+            parts.append(f"ETA {_clock(snap['eta_s'])}")
     if snap.get("error"):
         parts.append(f"\n\n**Error:** {snap['error']}")
     return " · ".join(parts)
+
+
+def _clock(seconds: float) -> str:
+    return f"{int(seconds // 60)}:{int(seconds % 60):02d}"
 
 
 def last_step(snap: dict) -> tuple[str, int, float] | None:

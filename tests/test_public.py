@@ -1,0 +1,282 @@
+"""Public mode: budgets, server paths, run ids, ownership, bounded memory, and the
+scripting API driven by two ``gradio_client`` sessions against a live server."""
+from __future__ import annotations
+
+import json
+import socket
+import time
+import urllib.error
+import urllib.request
+
+import pytest
+
+from app import public, runfolder
+from app.config import ASSETS, SAMPLE_DATA, preset
+from app.plan import make_plan
+from app.runner import JobManager, JobRefused, LossSeries
+from app.ui import form
+from app.ui import handlers as ui
+
+TINY = {"student.epochs": 0.5, "data.train_per_class": 12, "data.test_per_class": 3, "indistill.a": 0.25,
+        "indistill.b": 0.0, "eval.latency_runs": 2, "eval.info_batch": 32, "seeds": 1}
+
+
+def refusals(**overrides) -> list[str]:
+    cfg = preset("workshop").with_overrides(overrides)
+    plan = make_plan(cfg)
+    plan.raise_if_invalid()
+    problems = public.admit(cfg, {SAMPLE_DATA.resolve()}, public.Budget())
+    if problems:  # nothing is sized (no path is listed) before the config is admitted
+        return problems
+    est = public.estimate(cfg, plan, *public.dataset_size(cfg))
+    return public.check_budget(cfg, est, public.Budget())
+
+
+# ---------------------------------------------------------------- budgets and server paths
+
+def test_public_mode_switch():
+    assert public.is_public({"SPACE_ID": "user/indistill"})
+    assert public.is_public({"INDISTILL_PUBLIC": "1"})
+    assert not public.is_public({})
+    assert not public.is_public({"SPACE_ID": "user/x", "INDISTILL_PUBLIC": "0"})
+
+
+def test_the_default_preset_fits_and_its_estimate_is_near_the_measured_time():
+    cfg = preset("workshop")
+    est = public.estimate(cfg, make_plan(cfg), *public.dataset_size(cfg))
+    assert refusals() == []
+    assert 45 < est.seconds < 180  # measured: student phases 85 s on 2 cores (README)
+
+
+@pytest.mark.parametrize("overrides, words", [
+    ({"student.epochs": 10000}, ["10 min", "what would fit", "student epochs"]),
+    ({"teacher.arch": "resnet110", "teacher.checkpoint": None, "teacher.epochs": 30, "student.arch": "resnet20",
+      "seeds": 5}, ["10 min", "seeds"]),
+    ({"teacher.arch": "resnet32x4", "teacher.checkpoint": None, "teacher.epochs": 1, "student.arch": "resnet8x4",
+      "optim.batch_size": 8192}, ["limit of 512", "MB of activations", "batch size of"]),
+    ({"seeds": 6}, ["public limit of 5"]),
+    ({"data.input_size": 128}, ["data.input_size 128 is over the public limit of 64"]),
+    ({"eval.latency_runs": 5000}, ["eval.latency_runs 5000 is over the public limit of 200"]),
+])
+def test_budgets_refuse_oversized_jobs_naming_the_limit(overrides, words):
+    text = " ".join(refusals(**overrides))
+    assert all(w in text for w in words), text
+
+
+@pytest.mark.parametrize("overrides, words", [
+    ({"data.data_dir": "/etc"}, "server paths are not accepted"),
+    ({"data.dataset": "cifar10", "data.data_dir": "/tmp/anywhere"}, "downloaded into the server's cache"),
+    ({"data.cache_dir": "/tmp/x"}, "data.cache_dir cannot be set"),
+    ({"teacher.checkpoint": "/etc/passwd"}, "only the shipped teachers"),
+])
+def test_public_configs_cannot_name_server_paths(overrides, words):
+    assert any(words in r for r in refusals(**overrides))
+
+
+def test_cifar_downloads_go_to_the_cache_only():
+    cfg = preset("workshop").with_overrides({"data.dataset": "cifar10", "data.data_dir": None})
+    assert public.admit(cfg, set(), public.Budget()) == []
+    assert public.dataset_size(cfg) == (10, 50000, 10000)
+
+
+# ---------------------------------------------------------------- run ids and folders
+
+@pytest.mark.parametrize("bad, words", [
+    ("x" * 5000, "at most 80 characters"), ("..", "is not a run id"), ("../etc", "is not a run id"),
+    ("/etc/passwd", "is not a run id"), (7, "must be text"), (["a"], "must be text"), ("", "no run id"),
+    ("Run ID", "is not a run id"),
+])
+def test_run_ids_are_checked(tmp_path, bad, words):
+    with pytest.raises(runfolder.RunIdError, match=words):
+        runfolder.resolve(tmp_path, bad)
+
+
+def test_new_run_ids_are_unguessable_and_sanitised(tmp_path):
+    a, b = runfolder.new_run_id("../../evil name"), runfolder.new_run_id("../../evil name")
+    assert a != b and a.startswith("evil-name-") and len(a.rsplit("-", 1)[1]) == 16
+    assert runfolder.resolve(tmp_path, a).parent == tmp_path.resolve()
+
+
+def test_retention_deletes_the_oldest_finished_runs_first(tmp_path):
+    ids = []
+    for i in range(5):
+        folder = runfolder.RunFolder(tmp_path / f"run-{i}")
+        folder.write_results({"status": "finished"})
+        ids.append(folder.id)
+        time.sleep(0.02)
+    (tmp_path / "shipped-notes").mkdir()  # not a run folder (no results.json): never touched
+    removed = runfolder.enforce_retention(tmp_path, runfolder.Retention(max_runs=2), protect={"run-0"})
+    assert removed == ["run-1", "run-2"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run-0", "run-3", "run-4", "shipped-notes"]
+
+
+def test_loss_series_stay_bounded_and_keep_the_mean():
+    s = LossSeries(max_points=100)
+    for step in range(1, 100_001):
+        s.add(step, step / 100, "KD", {"total": float(step % 10), "kd": 1.0})
+    d = s.to_dict()
+    assert len(d["step"]) <= 100 and d["step"][-1] == 100_000
+    assert all(v == 1.0 for v in d["losses"]["kd"])
+    assert abs(sum(d["losses"]["total"]) / len(d["losses"]["total"]) - 4.5) < 0.05
+
+
+# ---------------------------------------------------------------- sessions and ownership (handlers)
+
+@pytest.fixture
+def public_studio(tmp_path, monkeypatch):
+    monkeypatch.setenv("INDISTILL_CACHE", str(tmp_path / "cache"))
+    studio = ui.configure(runs_root=tmp_path / "runs", public=True, max_queue=2)
+    yield studio
+    for job in list(studio.manager.jobs.values()):
+        job.cancel()
+        job.thread.join(30)
+
+
+def controls(**changes):
+    cfg = preset("workshop").with_overrides(TINY)
+    v = form.values_from(cfg, ui.studio().context(None))
+    v.update(changes)
+    return [v[k] for k in form.CONTROL_KEYS]
+
+
+def wait_ended(manager, run_id, timeout=120):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        job = manager.get(run_id)
+        if job is None or not job.live:
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"run {run_id} did not end")
+
+
+@pytest.mark.parametrize("stored", [None, "x", 42, {"secret": 5}, {"secret": "zz" * 16}, {"secret": "a" * 32, "run": ["x"]},
+                                    {"secret": "a" * 32, "run": "../../etc"}, {"secret": "a" * 32, "upload": "/etc"}])
+def test_a_forged_browser_session_gets_a_fresh_or_cleaned_one(public_studio, stored):
+    s = ui.session_of(stored)
+    assert ui.SECRET.match(s["secret"]) and s["run"] is None and s["upload"] is None
+
+
+def test_one_live_run_per_session_and_a_bounded_queue(public_studio):
+    a, _, msg = ui.start(None, *controls(student_epochs=40))
+    assert a["run"] and "Started" in msg
+    _, _, msg = ui.start(a, *controls())
+    assert "one live run per session" in msg
+    b, _, _ = ui.start(None, *controls())
+    c, _, _ = ui.start(None, *controls())
+    _, _, msg = ui.start(None, *controls())
+    assert "queue is full" in msg and "limit is 2" in msg
+    status = ui.tick_status(c, None)[0]
+    assert "position 2 in the queue" in status and "estimated wait" in status
+    for s in (a, b, c):
+        ui.cancel(s)
+
+
+def test_another_session_can_neither_follow_nor_cancel_a_live_run(public_studio):
+    a, _, _ = ui.start(None, *controls(student_epochs=40))
+    b = ui.session_of(None)
+    b2, _, msg = ui.open_run(b, a["run"])
+    assert "belongs to another session" in msg and b2["run"] is None
+    assert ui.cancel({**b, "run": a["run"]}).startswith("Nothing to cancel")
+    assert ui.status_dict({**b, "run": a["run"]})["state"] is None
+    assert ui.results_of({**b, "run": a["run"]}) == {}
+    assert "Cancelling" in ui.cancel(a)
+    wait_ended(public_studio.manager, a["run"])
+    b3, _, msg = ui.open_run(b, a["run"])
+    assert b3["run"] == a["run"] and "read-only" in msg
+    assert ui.status_dict(b3)["state"] == "cancelled" and ui.status_dict(b3)["read_only"]
+
+
+def test_a_public_visitor_cannot_use_a_server_path_through_import(public_studio, tmp_path):
+    cfg = preset("workshop").with_overrides({"data.data_dir": "/etc"}).to_dict()
+    path = tmp_path / "cfg.json"
+    path.write_text(json.dumps(cfg))
+    assert "server paths are not accepted" in ui.import_config(None, str(path))[-1]
+
+
+# ---------------------------------------------------------------- bounded memory
+
+def test_the_job_table_is_bounded_and_finished_jobs_drop_their_data(tmp_path, monkeypatch):
+    monkeypatch.setenv("INDISTILL_CACHE", str(tmp_path / "cache"))
+    manager = JobManager(1, tmp_path / "runs", max_kept=2)
+    cfg = preset("workshop").with_overrides({**TINY, "phases.kd": False, "phases.indistill": False,
+                                             "eval.retrieval": False, "eval.info_flow": False})
+    jobs = []
+    for _ in range(4):
+        job = manager.submit(cfg)
+        job.thread.join(120)
+        jobs.append(job)
+    assert [j.state for j in jobs] == ["finished"] * 4
+    assert len(manager.jobs) == 2 and list(manager.jobs) == [j.id for j in jobs[-2:]]
+    assert all(not hasattr(j.experiment, "data") for j in jobs)
+    assert manager.load_results(jobs[0].id)["status"] == "finished"  # evicted from memory, still on disk
+
+
+# ---------------------------------------------------------------- the scripting API, two clients
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    import os
+    from app.ui.main import launch
+    runs = tmp_path_factory.mktemp("api-runs")
+    old = os.environ.get("INDISTILL_CACHE")
+    os.environ["INDISTILL_CACHE"] = str(tmp_path_factory.mktemp("api-cache"))
+    ui.configure(runs_root=runs, public=True)
+    port = free_port()
+    os.environ["GRADIO_SERVER_PORT"] = str(port)
+    demo = launch(prevent_thread_lock=True, quiet=True)
+    yield f"http://127.0.0.1:{port}/", runs
+    demo.close()
+    if old is None:
+        os.environ.pop("INDISTILL_CACHE", None)
+    else:
+        os.environ["INDISTILL_CACHE"] = old
+
+
+def poll_until_ended(client, timeout=180) -> dict:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        status = client.predict(api_name="/status")
+        if status["state"] not in ("queued", "running"):
+            return status
+        time.sleep(0.5)
+    raise AssertionError("run did not end")
+
+
+def test_two_clients_through_the_api(server):
+    from gradio_client import Client
+    url, runs = server
+    a, b = Client(url, verbose=False), Client(url, verbose=False)
+    api = a.view_api(print_info=False, return_format="dict")["named_endpoints"]
+    assert set(api) == {"/start", "/cancel", "/status", "/open", "/retrieve"}
+
+    long_run = a.predict("workshop", json.dumps({**TINY, "student.epochs": 60}), api_name="/start")
+    run_id = long_run["run"]
+    assert run_id and long_run["state"] in ("queued", "running")
+    assert "belongs to another session" in b.predict(run_id, api_name="/open")["message"]
+    assert b.predict(api_name="/cancel")["message"].startswith("Nothing to cancel")
+    assert b.predict(api_name="/status")["state"] is None
+    assert a.predict(api_name="/status")["run"] == run_id
+    # run files are not served by Gradio's file route
+    with pytest.raises(urllib.error.HTTPError) as err:
+        urllib.request.urlopen(f"{url}gradio_api/file={runs.resolve() / run_id / 'config.json'}")
+    assert err.value.code == 403
+    assert "Cancelling" in a.predict(api_name="/cancel")["message"]
+    assert poll_until_ended(a)["state"] == "cancelled"
+
+    short = a.predict("workshop", json.dumps(TINY), api_name="/start")
+    done = poll_until_ended(a)
+    assert done["state"] == "finished" and set(done["results"]) == {"baseline", "kd", "indistill", "teacher"}
+    opened = b.predict(short["run"], api_name="/open")
+    assert opened["read_only"] and opened["state"] == "finished" and "read-only" in opened["message"]
+    assert b.predict(api_name="/status")["results"]["kd"]["test_acc"] == done["results"]["kd"]["test_acc"]
+    refused = a.predict("workshop", json.dumps({"student.epochs": 10000}), api_name="/start")
+    assert refused["run"] is None and "public limit of 10 min" in refused["message"]
+    from gradio_client import handle_file
+    answer = b.predict(handle_file(str(ASSETS / "examples" / "cat.jpg")), 3, "cosine", api_name="/retrieve")
+    assert "true class **cat**" in answer["message"] and len(answer["neighbours"]) >= 3
