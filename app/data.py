@@ -10,6 +10,12 @@ Sources:
 Every image is decoded once with Pillow (RGB, resized to ``input_size`` when it differs),
 stored as ``uint8 [N, 3, H, W]``, and cached under a key made of the source's content
 and the selection, so a changed folder or archive is re-read.
+
+Limits (a source can come from a stranger): an archive member over ``MAX_MEMBER_BYTES`` is
+skipped unread, an archive holding more than ``MAX_ARCHIVE_HELD_BYTES`` of images is refused,
+an image over ``MAX_IMAGE_PIXELS`` is skipped from its header before any pixel is decoded,
+and a dataset needs at least two classes. Uploaded archives are checked more strictly by
+``app.archives`` before they reach this module.
 """
 from __future__ import annotations
 
@@ -30,12 +36,22 @@ from .checkpoint import atomic_save
 from .config import DataConfig
 
 IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".ppm", ".tif", ".tiff"}
+# Pillow identifies files by content, not name: only these decoders are ever tried.
+IMAGE_FORMATS = ("JPEG", "PNG", "BMP", "GIF", "WEBP", "PPM", "TIFF")
+MAX_IMAGE_PIXELS = 4_000_000              # per image (e.g. 2000×2000), read from the header
+MAX_MEMBER_BYTES = 5_000_000              # per archive member; larger ones are skipped unread
+MAX_ARCHIVE_HELD_BYTES = 1_000_000_000    # archive members are held in memory until decoded
+MIN_CLASSES = 2
 TEST_DIRS = ("test", "val")
 CACHE_VERSION = 2  # 2: the blob carries the training split's channel statistics
 
 
 class DataError(ValueError):
     """Bad or missing data; the message says what was expected."""
+
+
+class ImageTooLarge(ValueError):
+    """An image whose header claims more pixels than the cap; nothing was decoded."""
 
 
 @dataclass
@@ -75,9 +91,29 @@ def default_cache_dir() -> Path:
 
 # ---------------------------------------------------------------- decoding
 
-def decode_image(data: bytes | str | Path, size: int) -> np.ndarray:
-    """Bytes or path → ``uint8 [size, size, 3]`` RGB (first frame; resized if needed)."""
-    with Image.open(io.BytesIO(data) if isinstance(data, bytes) else data) as img:
+def open_image(data: bytes | str | Path) -> Image.Image:
+    """Open lazily (header only) with the accepted decoders; Pillow's own bomb check still applies."""
+    return Image.open(io.BytesIO(data) if isinstance(data, bytes) else data, formats=IMAGE_FORMATS)
+
+
+def check_pixels(img: Image.Image, max_pixels: int = MAX_IMAGE_PIXELS) -> int:
+    """Width × height from the header; ImageTooLarge over ``max_pixels``."""
+    w, h = img.size
+    if w * h > max_pixels:
+        raise ImageTooLarge(f"too large: {w}×{h} px > {max_pixels:,} px cap")
+    return w * h
+
+
+def decode_image(data: bytes | str | Path, size: int, max_pixels: int = MAX_IMAGE_PIXELS) -> np.ndarray:
+    """Bytes or path → ``uint8 [size, size, 3]`` RGB (first frame; resized if needed).
+
+    ImageTooLarge, before decoding, when the header claims more than ``max_pixels``."""
+    try:
+        img = open_image(data)
+    except Image.DecompressionBombError:
+        raise ImageTooLarge(f"too large: over Pillow's bomb limit, > {max_pixels:,} px cap") from None
+    with img:
+        check_pixels(img, max_pixels)
         img.seek(0)
         rgb = img.convert("RGB")
         if rgb.size != (size, size):
@@ -139,19 +175,27 @@ def _list_directory(root: Path) -> dict[str, _Listing]:
     return {k: _Listing(dict(v)) for k, v in splits.items()}
 
 
-def _list_archive(path: Path) -> dict[str, _Listing]:
+def _list_archive(path: Path, skipped: list[str], max_member_bytes: int = MAX_MEMBER_BYTES,
+                  max_held_bytes: int = MAX_ARCHIVE_HELD_BYTES) -> dict[str, _Listing]:
+    """One pass over a tar: image members up to ``max_member_bytes`` are read (they are decoded
+    next, then cached); larger ones are skipped unread and named in ``skipped``."""
     splits: dict[str, dict] = defaultdict(lambda: defaultdict(list))
+    held = 0
     try:
         with tarfile.open(path, "r:*") as tar:
             for member in tar:
-                if not member.isfile():
-                    continue
-                where = _split_of(Path(member.name).parts)
+                where = _split_of(Path(member.name).parts) if member.isfile() else None
                 if where is None:
                     continue
-                fh = tar.extractfile(member)
-                data = fh.read() if fh else b""
                 split, cls, name = where
+                if member.size > max_member_bytes:
+                    skipped.append(f"{cls}/{name} (too large: {member.size:,} bytes > {max_member_bytes:,} byte cap)")
+                    continue
+                held += member.size
+                if held > max_held_bytes:
+                    raise DataError(f"{path}: the images add up to more than {max_held_bytes:,} bytes, the most read "
+                                    "from an archive into memory; extract it and point data_dir at the folder")
+                data = tar.extractfile(member).read()  # member.size bytes, within the cap
                 splits[split][cls].append((name, lambda data=data: data))
     except (tarfile.TarError, OSError, EOFError) as exc:
         raise DataError(f"cannot read archive {path}: {exc}. Expected a .tar.gz/.tgz/.tar of an ImageFolder tree "
@@ -175,17 +219,22 @@ def _decode_all(items: Iterable[tuple[int, str, Callable]], size: int, skipped: 
         try:
             arrays.append(decode_image(load(), size))
             labels.append(label)
+        except ImageTooLarge as exc:
+            skipped.append(f"{name} ({exc})")
         except Exception as exc:  # unreadable image: count it, say which, keep going
             skipped.append(f"{name} ({type(exc).__name__})")
     return Split(_stack(arrays, size), torch.tensor(labels, dtype=torch.long))
 
 
 def read_image_folder(path: Path) -> dict:
-    """List an ImageFolder tree or archive and check its layout (no decoding yet)."""
+    """List an ImageFolder tree or archive and check its layout (no decoding yet).
+
+    ``skipped`` in the result names archive members left unread (too large)."""
+    skipped: list[str] = []
     if path.is_dir():
         splits = _list_directory(path)
     elif path.is_file() and (path.name.endswith((".tar.gz", ".tgz", ".tar"))):
-        splits = _list_archive(path)
+        splits = _list_archive(path, skipped)
     else:
         raise DataError(f"{path} is neither a folder nor a .tar.gz/.tgz/.tar archive")
     test_name = next((s for s in TEST_DIRS if s in splits), None)
@@ -195,13 +244,18 @@ def read_image_folder(path: Path) -> dict:
     classes = sorted(splits["train"].files)
     if not classes:
         raise DataError(f"{path}: train/ has no class folders with images ({', '.join(sorted(IMAGE_EXTS))})")
+    if len(classes) < MIN_CLASSES:
+        raise DataError(f"{path}: a dataset needs at least {MIN_CLASSES} classes; found {len(classes)}: "
+                        f"{', '.join(classes)}. Accepted: train/ and test/ each holding one folder of images per "
+                        f"class, at least {MIN_CLASSES} classes (with one, every prediction is right and nothing "
+                        "is learnt)")
     test_classes = sorted(splits[test_name].files)
     if test_classes != classes:
         only_train = sorted(set(classes) - set(test_classes))
         only_test = sorted(set(test_classes) - set(classes))
         raise DataError(f"{path}: train/ and {test_name}/ class folders differ (only in train: {only_train or '-'}; "
                         f"only in {test_name}: {only_test or '-'}); both must list the same classes")
-    return {"classes": classes, "listing": splits, "test_name": test_name}
+    return {"classes": classes, "listing": splits, "test_name": test_name, "skipped": skipped}
 
 
 # ---------------------------------------------------------------- torchvision CIFAR
@@ -297,18 +351,18 @@ def load_dataset(cfg: DataConfig, log: Callable[[str], None] = lambda _m: None) 
         skipped: list[str] = []
     else:
         source = read_image_folder(data_dir)
-        classes, listing, skipped = source["classes"], source["listing"], []
+        classes, listing, skipped = source["classes"], source["listing"], list(source["skipped"])
         val = cfg.val_per_class or 0
         log(f"data: decoding {data_dir.name} ({len(classes)} classes)")
         train = _decode_all(_select(listing["train"], classes, cfg.train_per_class, val), cfg.input_size, skipped)
         test = _decode_all(_select(listing[source["test_name"]], classes, cfg.test_per_class), cfg.input_size, skipped)
         val_split = _decode_all(_select(listing["train"], classes, val), cfg.input_size, skipped) if val else None
         if skipped:
-            log(f"data: skipped {len(skipped)} unreadable image(s): {', '.join(skipped[:5])}"
+            log(f"data: skipped {len(skipped)} unreadable or too large image(s): {', '.join(skipped[:5])}"
                 + (" …" if len(skipped) > 5 else ""))
     if len(train) == 0 or len(test) == 0:
         raise DataError(f"{name}: no readable images in {'train' if len(train) == 0 else 'test'} "
-                        f"(skipped {len(skipped)} unreadable)")
+                        f"(skipped {len(skipped)} unreadable or too large)")
     mean, std = channel_stats(train.images)
     blob = {"classes": classes, "skipped": skipped, "mean": mean, "std": std,
             "train": (train.images, train.labels), "test": (test.images, test.labels),
