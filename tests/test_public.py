@@ -7,6 +7,7 @@ import socket
 import time
 import urllib.error
 import urllib.request
+from pathlib import Path
 
 import pytest
 
@@ -280,3 +281,54 @@ def test_two_clients_through_the_api(server):
     from gradio_client import handle_file
     answer = b.predict(handle_file(str(ASSETS / "examples" / "cat.jpg")), 3, "cosine", api_name="/retrieve")
     assert "true class **cat**" in answer["message"] and len(answer["neighbours"]) >= 3
+
+
+# ---------------------------------------------------------------- uploaded datasets
+
+def zip_tree(tree, path):
+    import zipfile
+    with zipfile.ZipFile(path, "w") as z:
+        for f in sorted(tree.rglob("*")):
+            if f.is_file():
+                z.write(f, f"mydata/{f.relative_to(tree)}")
+    return path
+
+
+def test_an_uploaded_dataset_belongs_to_the_session_and_goes_with_it(public_studio, tmp_path):
+    from conftest import make_image_folder
+    tree = make_image_folder(tmp_path / "tree", classes=("ant", "bee"), per_class=8)
+    archive = zip_tree(tree, tmp_path / "mine.zip")
+    session, msg, radio = ui.upload_dataset(None, str(archive))
+    assert "ready" in msg and radio["value"] == form.UPLOAD_LABEL and form.UPLOAD_LABEL in radio["choices"]
+    upload = session["upload"]
+    assert upload and ui.session_of(session)["upload"] == upload        # a stored upload path is kept …
+    assert ui.session_of({**session, "upload": "/etc"})["upload"] is None  # … a forged one is not
+    vals = dict(zip(form.CONTROL_KEYS, controls()))
+    vals.update(dataset=form.UPLOAD_LABEL, teacher_weights=form.SCRATCH, teacher_epochs=1, train_per_class=0,
+                test_per_class=0)
+    session, _, msg = ui.start(session, *[vals[k] for k in form.CONTROL_KEYS])
+    assert "Started" in msg, msg
+    wait_ended(public_studio.manager, session["run"])
+    results = ui.results_of(session)
+    assert results["status"] == "finished" and results["data"]["classes"] == ["ant", "bee"]
+    other = ui.session_of(None)   # another session cannot name this upload
+    _, _, msg = ui.start(other, *[vals[k] for k in form.CONTROL_KEYS])
+    assert "upload a dataset first" in msg
+    ui.end_session(session)
+    assert not Path(upload).exists()
+
+
+@pytest.mark.parametrize("make, words", [
+    (lambda p: p.write_text("not an archive"), "not a zip, tar.gz or tar archive"),
+    (lambda p: zip_one_class(p), "2 to 100 classes"),
+])
+def test_a_bad_dataset_upload_is_refused_with_the_rule(public_studio, tmp_path, make, words):
+    path = tmp_path / "bad.zip"
+    make(path)
+    session, msg, _ = ui.upload_dataset(None, str(path))
+    assert msg.startswith("**Upload refused:**") and words in msg and session["upload"] is None
+
+
+def zip_one_class(path):
+    from conftest import make_image_folder
+    return zip_tree(make_image_folder(path.parent / "one", classes=("cat",), per_class=2), path)

@@ -108,8 +108,9 @@ def session_of(value: Any) -> dict:
         run = None
     upload = value.get("upload")
     s = studio()
-    if not (isinstance(upload, str) and Path(upload).is_dir() and Path(upload).resolve().parent.parent == s.uploads.resolve()):
-        upload = None
+    home = (s.uploads / runfolder.owner_digest(value["secret"])[:16]).resolve()
+    if not (isinstance(upload, str) and Path(upload).is_dir() and Path(upload).resolve().is_relative_to(home)):
+        upload = None  # only this session's own uploaded dataset
     return {"secret": value["secret"], "run": run, "upload": upload}
 
 
