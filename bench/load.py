@@ -10,7 +10,9 @@ in a row from one visitor and reports the RSS after each.
     python bench/load.py --soak 50 --json      # 50 runs in a row
 
 Prints one JSON object: sessions, served, lost, queue_wait_p50_s/p95_s, poll_p50_s/p95_s,
-rss_before_mb, rss_peak_mb, rss_after_mb (and the soak's RSS series).
+rss_before_mb, rss_peak_mb, rss_after_mb (and the soak's RSS series). ``rss_before_mb`` is
+taken after one warm-up run (the first run of a process loads torch's kernels, the shipped
+teacher and the data once); ``rss_cold_mb`` is the RSS before that run.
 """
 from __future__ import annotations
 
@@ -122,7 +124,19 @@ def visitor(url: str, deadline: float, out: dict) -> None:
         out["error"] = f"{type(exc).__name__}: {exc}"
 
 
+def warm_up(server: Server, timeout: float) -> float:
+    """One run before measuring: the first run of a process loads torch's kernels, the shipped
+    teacher and the sample once (+~170 MB measured); returns the RSS before it (cold)."""
+    cold = server.rss()
+    out: dict = {}
+    visitor(server.url, time.time() + timeout, out)
+    if out.get("state") != "finished":
+        raise SystemExit(f"warm-up run did not finish: {out.get('error') or out.get('state')}")
+    return cold
+
+
 def load(server: Server, sessions: int, timeout: float) -> dict:
+    cold = warm_up(server, timeout)
     before = server.rss()
     sampler = Sampler(server)
     sampler.start()
@@ -145,7 +159,8 @@ def load(server: Server, sessions: int, timeout: float) -> dict:
     return {"sessions": sessions, "served": served, "lost": sessions - served, "wall_s": round(wall, 1),
             "queue_wait_p50_s": pct(waits, 0.5), "queue_wait_p95_s": pct(waits, 0.95),
             "poll_p50_s": pct(polls, 0.5), "poll_p95_s": pct(polls, 0.95), "polls": len(polls),
-            "rss_before_mb": round(before, 1), "rss_peak_mb": round(max(sampler.peak, before), 1),
+            "rss_cold_mb": round(cold, 1), "rss_before_mb": round(before, 1),
+            "rss_peak_mb": round(max(sampler.peak, before), 1),
             "rss_after_mb": round(server.rss(), 1), "errors": errors[:5]}
 
 
@@ -153,6 +168,7 @@ def soak(server: Server, runs: int, timeout: float) -> dict:
     """``runs`` tiny runs in a row from one visitor; the RSS after each."""
     from gradio_client import Client
     client = Client(server.url, verbose=False)
+    cold = warm_up(server, timeout)
     before, series, served = server.rss(), [], 0
     deadline = time.time() + timeout
     for _ in range(runs):
@@ -166,7 +182,8 @@ def soak(server: Server, runs: int, timeout: float) -> dict:
                 break
             time.sleep(0.3)
         series.append(round(server.rss(), 1))
-    return {"soak_runs": runs, "served": served, "rss_before_mb": round(before, 1), "rss_after_first_mb": series[0],
+    return {"soak_runs": runs, "served": served, "rss_cold_mb": round(cold, 1), "rss_before_mb": round(before, 1),
+            "rss_after_first_mb": series[0],
             "rss_after_mb": series[-1], "rss_max_mb": max(series), "rss_series_mb": series}
 
 

@@ -91,6 +91,19 @@ def configure(**settings) -> Studio:
     return _STUDIO
 
 
+def shown(text: str) -> str:
+    """A message as a visitor may see it: in public mode, server paths become placeholders."""
+    s = studio()
+    if not s.public or not text:
+        return text
+    from app.data import default_cache_dir
+    import tempfile
+    for path, name in ((s.uploads, "<your upload>"), (s.runs_root, "<runs>"), (ASSETS, "<assets>"),
+                       (default_cache_dir(), "<cache>"), (Path(tempfile.gettempdir()), "<tmp>")):
+        text = text.replace(str(path.resolve()), name).replace(str(path), name)
+    return text
+
+
 # ---------------------------------------------------------------- sessions
 
 def new_session() -> dict:
@@ -236,7 +249,7 @@ def check(session: Any, *values) -> tuple[str, dict, object, str]:
     try:
         cfg, plan, est = _plan_for(session, values)
     except ConfigError as exc:
-        msg = _problem_md(exc)
+        msg = shown(_problem_md(exc))
         return msg, gr.update(interactive=False), views.timeline_figure(Plan(ExperimentConfig())), msg
     verdict = views.verdict_markdown(plan)
     if est is not None:
@@ -286,7 +299,7 @@ def start(session: Any, *values):
         cfg, plan, est = _plan_for(session, values)
         job = _submit(session, cfg, est)
     except (ConfigError, JobRefused) as exc:
-        return session, remembered(session), f"Not started: {exc}"
+        return session, remembered(session), shown(f"Not started: {exc}")
     session = {**session, "run": job.id}
     eta = f" (estimated {est.minutes:.1f} min)" if est is not None else ""
     return session, remembered(session), f"Started run `{job.id}`{eta}."
@@ -365,7 +378,8 @@ def tick_status(session: Any, seen):
     live = bool(snap) and snap["state"] in runfolder.LIVE_STATES
     own = bool(snap) and not snap.get("read_only")
     status = views.status_markdown(snap) if snap or not refusal else refusal
-    return (status, "\n".join((snap or {}).get("log", [])[-LOG_TAIL:]), gr.update(interactive=not (live and own)),
+    return (shown(status), shown("\n".join((snap or {}).get("log", [])[-LOG_TAIL:])),
+            gr.update(interactive=not (live and own)),
             gr.update(interactive=live and own), _results_version(snap), version)
 
 
@@ -395,7 +409,7 @@ def status_dict(session: Any) -> dict:
     return {"run": snap["id"], "state": snap["state"], "read_only": bool(snap.get("read_only")),
             "progress": snap.get("progress"), "queue_position": snap.get("queue_position"), "eta_s": snap.get("eta_s"),
             "phase": snap.get("phase"), "step": last[1] if last else None, "loss": last[2] if last else None,
-            "results": phases, "error": snap.get("error")}
+            "results": phases, "error": shown(snap.get("error") or "") or None}
 
 
 # ---------------------------------------------------------------- results views
@@ -491,7 +505,7 @@ def upload_dataset(session: Any, file):
                                **({"limits": s.upload_limits} if s.upload_limits else {}))
     except (ArchiveError, DataError, OSError) as exc:
         shutil.rmtree(home, ignore_errors=True)
-        return {**session, "upload": None}, f"**Upload refused:** {exc}", gr.skip()
+        return {**session, "upload": None}, shown(f"**Upload refused:** {exc}"), gr.skip()
     session = {**session, "upload": str(Path(tree).resolve())}
     ctx = s.context(session)
     return session, f"Uploaded dataset ready ({Path(file if isinstance(file, str) else file.name).name}); " \
@@ -562,7 +576,7 @@ def retrieve(file, session: Any, metric: str, k):
             return picture, "No models yet: train a run, or ship teachers in assets/.", []
         answers = ms.query(picture, k, metric)
     except Exception as exc:  # a bad checkpoint or data folder must not break the page
-        return picture, f"**Could not run the models:** {type(exc).__name__}: {str(exc)[:300]}", []
+        return picture, shown(f"**Could not run the models:** {type(exc).__name__}: {str(exc)[:300]}"), []
     classes = ms.data.classes
     true = _label_from_name(file, classes)
     lines = [f"_{'; '.join(notes)}_" if notes else ""]
@@ -610,7 +624,7 @@ def feature_maps(example: str, session: Any):
             student = load_model(student_path, "student")
             s_maps = stage_maps(student.model, to_input(picture, student.meta))
     except Exception as exc:
-        return [], f"Could not draw feature maps: {type(exc).__name__}: {str(exc)[:300]}"
+        return [], shown(f"Could not draw feature maps: {type(exc).__name__}: {str(exc)[:300]}")
     items = []
     for i, st in enumerate(maps["stages"]):
         items.append((feature_grid(p_maps[i]), f"layer {i + 1}: {maps['pruned_arch']} full ({st['teacher_channels']} ch)"))

@@ -118,6 +118,8 @@ def status_markdown(snap: dict | None) -> str:
         parts.append(f"{snap['progress'] * 100:.0f}%")
         if snap.get("eta_s") is not None:
             parts.append(f"ETA {_clock(snap['eta_s'])}")
+    if state in ("finished", "cancelled", "failed", "interrupted"):
+        parts.append(f"share it: this page's address + `?run={snap['id']}`")
     if snap.get("error"):
         parts.append(f"\n\n**Error:** {snap['error']}")
     return " · ".join(parts)
