@@ -37,6 +37,8 @@ from .uploads import UploadError, load_upload
 SECRET = re.compile(r"^[0-9a-f]{32}$")
 MAX_IMPORT_BYTES = 64 * 1024
 SCRATCH_MAX_AGE_S = 600
+UPLOAD_MAX_AGE_S = 24 * 3600          # an uploaded dataset lives at most a day
+UPLOADS_MAX_BYTES = 3 * 10 ** 9       # all sessions' uploaded datasets together
 LOG_TAIL = 80
 
 
@@ -499,6 +501,11 @@ def upload_dataset(session: Any, file):
         return session, "No archive given: upload a .zip or .tar.gz of an ImageFolder tree (train/ and test/ class folders).", gr.skip()
     home = s.uploads / owner(session)[:16]
     shutil.rmtree(home, ignore_errors=True)  # one uploaded dataset per session
+    runfolder.reap_old(s.uploads, UPLOAD_MAX_AGE_S)  # sessions Gradio forgot without a callback
+    used = sum(f.stat().st_size for f in s.uploads.rglob("*") if f.is_file()) if s.uploads.is_dir() else 0
+    if used > UPLOADS_MAX_BYTES:
+        return session, (f"**Upload refused:** the server's space for uploaded datasets is full ({used / 1e9:.1f} GB; "
+                         f"the limit is {UPLOADS_MAX_BYTES / 1e9:g} GB). Try again later, or use the sample."), gr.skip()
     dest = home / secrets.token_hex(6)
     try:
         tree = extract_dataset(Path(file if isinstance(file, str) else file.name), dest / "data",
