@@ -182,7 +182,7 @@ def _coerce(value: Any, typ: Any, where: str) -> Any:
             return float(value)
         if base is str:
             return str(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # OverflowError: int(inf)
         pass
     else:
         return value

@@ -87,6 +87,8 @@ def make_plan(cfg: ExperimentConfig) -> Plan:
     _range(p, "data.input_size", cfg.data.input_size, 16, 256)
     _range(p, "eval.info_batch", cfg.eval.info_batch, 16, 4096)
     _range(p, "eval.latency_runs", cfg.eval.latency_runs, 1, 100000)
+    if cfg.eval.max_queries is not None:
+        _range(p, "eval.max_queries", cfg.eval.max_queries, 1, 10 ** 7)
     for key in ("train_per_class", "test_per_class"):
         v = getattr(cfg.data, key)
         if v is not None:

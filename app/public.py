@@ -37,11 +37,15 @@ def is_public(env: dict | None = None) -> bool:
 
 @dataclass(frozen=True)
 class CostModel:
-    """Seconds per training image = ``overhead_s`` + FLOPs / ``flops_per_s`` (per network)."""
+    """Seconds per training image = ``overhead_s`` + FLOPs / ``flops_per_s`` (per network),
+    plus each unit's evaluation (forward passes, retrieval ranking, latency) and data decoding."""
 
     overhead_s: float = 200e-6      # augmentation, optimizer step, Python: measured 124–210 µs
     flops_per_s: float = 100e9      # effective fp32 rate of small CNNs on 2 cores: measured 125 GFLOP/s
     backward_factor: float = 3.0    # forward + backward ≈ 3 forward passes
+    pair_s: float = 1.2e-7          # retrieval: one query × database pair, per metric (5.8 s for 512 × 50k × 2)
+    unit_s: float = 2.0             # latency/throughput timing and bookkeeping of one unit
+    decode_s: float = 150e-6        # decoding one image (×(size/32)² when resized)
 
 
 # Fitted on this project's 2-core VM: CNN 8/16/32 6,800 img/s and ResNet-20 479 img/s (fwd+bwd, batch 128).
@@ -60,6 +64,10 @@ class Budget:
     max_latency_runs: int = 200
     max_info_batch: int = 512
     max_val_per_class: int = 1000
+    max_aux_width: float = 4.0      # and a multiple of 0.5 (each width builds a model once)
+    max_params: int = 25_000_000    # any network of the run (the auxiliary teacher grows as width²)
+    max_queries: int = 10_000       # retrieval queries per evaluation
+    max_queue_minutes: float = 120.0  # estimated work waiting in the queue, all sessions together
 
 
 @dataclass
@@ -68,6 +76,7 @@ class Estimate:
     step_mb: float
     train_images: int
     parts: dict[str, float] = field(default_factory=dict)
+    fixed_seconds: float = 0.0      # evaluations and decoding: what does not shrink with the epochs
 
     @property
     def minutes(self) -> float:
@@ -97,9 +106,10 @@ def _net_cost(arch: str, num_classes: int, width: float, input_size: int) -> tup
 
 
 def estimate(cfg: ExperimentConfig, plan: Plan, num_classes: int, train_images: int, eval_images: int,
-             model: CostModel = CPU_MODEL) -> Estimate:
+             test_images: int | None = None, model: CostModel = CPU_MODEL) -> Estimate:
     """Training time (every phase, arm and seed, plus per-epoch evaluation) and step memory."""
     size, n = cfg.data.input_size, num_classes
+    test_images = eval_images if test_images is None else test_images
 
     def cost(arch: str, width: float = 1.0) -> tuple[float, float]:
         return _net_cost(arch, n, width, size)
@@ -112,27 +122,42 @@ def estimate(cfg: ExperimentConfig, plan: Plan, num_classes: int, train_images: 
 
     teacher, student = cfg.teacher.arch, cfg.student.arch
     aux_width = cfg.indistill.aux_width
+    queries = min(test_images, cfg.eval.max_queries or test_images)
+
+    def evaluation(arch: str, width: float = 1.0) -> float:
+        """One unit's final evaluation: test (and, for retrieval, training) forward passes and ranking."""
+        seconds = model.unit_s + test_images * fwd_s(arch, width)
+        if cfg.eval.retrieval:
+            seconds += train_images * fwd_s(arch, width) + 2 * queries * train_images * model.pair_s
+        return seconds
+
     parts: dict[str, float] = {}
+    fixed = evaluation(teacher)
+    parts["teacher"] = evaluation(teacher)
     if not cfg.teacher.checkpoint:
         ep = cfg.scaled(cfg.teacher.epochs)
-        parts["teacher"] = ep * (train_images * train_s(teacher) + eval_images * fwd_s(teacher))
+        parts["teacher"] += ep * (train_images * train_s(teacher) + eval_images * fwd_s(teacher))
     if plan.use_aux:
         ep = cfg.scaled(cfg.indistill.aux_epochs if cfg.indistill.aux_epochs is not None else cfg.student.epochs)
-        parts["aux"] = ep * (train_images * (train_s(student, aux_width) + fwd_s(teacher))
-                             + eval_images * fwd_s(student, aux_width))
+        fixed += evaluation(student, aux_width)
+        parts["aux"] = evaluation(student, aux_width) + ep * (
+            train_images * (train_s(student, aux_width) + fwd_s(teacher)) + eval_images * fwd_s(student, aux_width))
     pruned = (student, aux_width) if plan.use_aux else (teacher, 1.0)
     for arm, schedule in plan.schedules.items():
-        per_seed = 0.0
+        per_seed = evaluation(student)
         for p in schedule:
             frozen = {"kd": fwd_s(teacher), "ce": 0.0}.get(p.kind, fwd_s(*pruned))
             per_seed += p.epochs * (train_images * (train_s(student) + frozen) + eval_images * fwd_s(student))
         parts[arm] = per_seed * cfg.seeds
+        fixed += evaluation(student) * cfg.seeds
+    parts["data"] = (train_images + test_images + eval_images) * model.decode_s * (size / 32) ** 2
+    fixed += parts["data"]
     b = cfg.optim.batch_size
     step_floats = 2 * cost(student)[1] + cost(teacher)[1] + (cost(*pruned)[1] if plan.use_aux else 0.0)
     if not cfg.teacher.checkpoint:
         step_floats = max(step_floats, 2 * cost(teacher)[1])
     return Estimate(seconds=sum(parts.values()), step_mb=b * step_floats * 4 / 1e6, train_images=train_images,
-                    parts={k: round(v, 1) for k, v in parts.items()})
+                    parts={k: round(v, 1) for k, v in parts.items()}, fixed_seconds=fixed)
 
 
 def check_budget(cfg: ExperimentConfig, est: Estimate, budget: Budget) -> list[str]:
@@ -150,7 +175,13 @@ def check_budget(cfg: ExperimentConfig, est: Estimate, budget: Budget) -> list[s
     limit_s = budget.max_minutes * 60
     if est.seconds > limit_s:
         f = limit_s / est.seconds
-        fits = [f"every epoch count × {f:.2g} (e.g. student epochs {cfg.student.epochs * f:.3g})"]
+        fits = []
+        if est.fixed_seconds < 0.8 * limit_s:
+            g = (limit_s - est.fixed_seconds) / max(est.seconds - est.fixed_seconds, 1e-9)
+            fits.append(f"every epoch count × {g:.2g} (e.g. student epochs {cfg.student.epochs * g:.3g})")
+        else:
+            fits.append(f"evaluating every unit alone takes about {est.fixed_seconds / 60:.1f} min: fewer test "
+                        "images, or eval.retrieval=false")
         if cfg.seeds > 1:
             fits.append(f"seeds {max(1, int(cfg.seeds * f))}")
         if est.train_images:
@@ -186,9 +217,35 @@ def shipped_teacher_files() -> set[Path]:
     return {p.resolve() for p in (ASSETS / "teachers").glob("*.pt")}
 
 
+def network_problems(cfg: ExperimentConfig, budget: Budget) -> list[str]:
+    """Size caps checked before anything is built (a wide auxiliary teacher can take GBs to build)."""
+    from models import MODELS
+    problems = []
+    width = cfg.indistill.aux_width
+    if not (1 <= width <= budget.max_aux_width) or (width * 2) != int(width * 2):
+        problems.append(f"indistill.aux_width {width:g} is not allowed on a public server: use 1 to "
+                        f"{budget.max_aux_width:g} in steps of 0.5")
+    for role, arch in (("teacher", cfg.teacher.arch), ("student", cfg.student.arch)):
+        if arch in MODELS:
+            aux = role == "student" and cfg.phases.indistill and cfg.indistill.aux != "off"
+            params = _params(arch) * (width ** 2 if aux else 1)
+            if params > budget.max_params:
+                what = f"the auxiliary teacher ({arch} × {width:g})" if role == "student" else f"the {role} {arch}"
+                problems.append(f"{what} has about {params / 1e6:.0f} M parameters, over the public limit of "
+                                f"{budget.max_params / 1e6:.0f} M")
+    return problems
+
+
+@functools.lru_cache(maxsize=64)
+def _params(arch: str) -> int:
+    from models import build_model
+    from .profile import param_count
+    return param_count(build_model(arch, 10, 1.0))
+
+
 def admit(cfg: ExperimentConfig, allowed_data: set[Path], budget: Budget) -> list[str]:
     """Settings a public visitor may not use (paths the server does not offer, caps); empty if none."""
-    problems = []
+    problems = network_problems(cfg, budget)
     d = cfg.data
     if d.cache_dir is not None:
         problems.append("data.cache_dir cannot be set on a public server (decoded data goes to the server's cache)")
@@ -207,7 +264,8 @@ def admit(cfg: ExperimentConfig, allowed_data: set[Path], budget: Budget) -> lis
     for name, value, limit in (("data.input_size", d.input_size, budget.max_input_size),
                                ("eval.latency_runs", cfg.eval.latency_runs, budget.max_latency_runs),
                                ("eval.info_batch", cfg.eval.info_batch, budget.max_info_batch),
-                               ("data.val_per_class", d.val_per_class, budget.max_val_per_class)):
+                               ("data.val_per_class", d.val_per_class, budget.max_val_per_class),
+                               ("eval.max_queries", cfg.eval.max_queries or 0, budget.max_queries)):
         if value > limit:
             problems.append(f"{name} {value} is over the public limit of {limit}")
     return problems
@@ -244,8 +302,8 @@ def _class_counts(path: str, _stamp: tuple) -> tuple[dict[str, int], dict[str, i
     return counts["train"], counts["test"]
 
 
-def dataset_size(cfg: ExperimentConfig) -> tuple[int, int, int]:
-    """(classes, training images, images evaluated each epoch) the config selects, without decoding."""
+def dataset_size(cfg: ExperimentConfig) -> tuple[int, int, int, int]:
+    """(classes, training images, images evaluated each epoch, test images) the config selects, without decoding."""
     d = cfg.data
     if d.dataset in CIFAR_COUNTS and (d.data_dir is None or not Path(d.data_dir).exists()):
         classes, tr, te = CIFAR_COUNTS[d.dataset]
@@ -256,6 +314,6 @@ def dataset_size(cfg: ExperimentConfig) -> tuple[int, int, int]:
         train, test = _class_counts(str(path.resolve()), (st.st_mtime_ns, st.st_size))
     val = d.val_per_class or 0
     n_train = sum(max(0, min(c - val, d.train_per_class or c)) for c in train.values())
-    n_eval = sum(min(c, val) for c in train.values()) if val else \
-        sum(min(c, d.test_per_class or c) for c in test.values())
-    return len(train), n_train, n_eval
+    n_test = sum(min(c, d.test_per_class or c) for c in test.values())
+    n_eval = sum(min(c, val) for c in train.values()) if val else n_test
+    return len(train), n_train, n_eval, n_test

@@ -163,17 +163,18 @@ def snapshot_from_results(run_id: str, results: dict) -> dict:
 
 @dataclass(frozen=True)
 class Retention:
-    """How many run folders (and bytes) a server keeps; the oldest finished runs go first."""
+    """How many run folders (and bytes) a server keeps, and how many one owner may hold."""
 
     max_runs: int = 200
     max_bytes: int = 2 * 1024 ** 3
+    max_per_owner: int = 20
 
 
 def enforce_retention(root: str | Path, keep: Retention, protect: set[str] = frozenset()) -> list[str]:
-    """Delete the oldest finished run folders under ``root`` until both caps hold.
-
-    Live runs (status queued/running in a live job: ``protect``) are never deleted, nor
-    folders without a results.json of this format. Returns the ids removed.
+    """Delete run folders under ``root`` until the caps hold: first each owner's oldest runs
+    beyond ``max_per_owner`` (so one visitor can't push out everyone else's), then the oldest
+    of all. Live runs (``protect``) and folders without a results.json are never deleted.
+    Returns the ids removed, oldest first.
     """
     root = Path(root)
     if not root.is_dir():
@@ -182,19 +183,27 @@ def enforce_retention(root: str | Path, keep: Retention, protect: set[str] = fro
     for path in root.iterdir():
         if not path.is_dir() or not ID_PATTERN.match(path.name) or path.name in protect:
             continue
-        results = read_json(path / RESULTS)
-        if results is None:
+        if read_json(path / RESULTS) is None:
             continue
-        runs.append((path.stat().st_mtime, path, RunFolder(path).size_bytes()))
-    runs.sort()
-    total = sum(size for _, _, size in runs)
-    removed = []
-    while runs and (len(runs) > keep.max_runs or total > keep.max_bytes):
-        _, path, size = runs.pop(0)
+        owner = (read_json(path / OWNER) or {}).get("owner")
+        runs.append((path.stat().st_mtime, path, RunFolder(path).size_bytes(), owner))
+    runs.sort(key=lambda r: r[0])
+    doomed, held = set(), {}
+    for run in reversed(runs):  # newest first: an owner's runs beyond the quota are doomed
+        if run[3] is not None:
+            held[run[3]] = held.get(run[3], 0) + 1
+            if held[run[3]] > keep.max_per_owner:
+                doomed.add(run[1])
+    kept = [r for r in runs if r[1] not in doomed]
+    total = sum(r[2] for r in kept)
+    while kept and (len(kept) > keep.max_runs or total > keep.max_bytes):
+        run = kept.pop(0)
+        doomed.add(run[1])
+        total -= run[2]
+    removed = [r[1] for r in runs if r[1] in doomed]
+    for path in removed:
         shutil.rmtree(path, ignore_errors=True)
-        total -= size
-        removed.append(path.name)
-    return removed
+    return [p.name for p in removed]
 
 
 def reap_old(folder: str | Path, max_age_s: float) -> None:

@@ -284,49 +284,50 @@ class JobManager:
     """
 
     def __init__(self, max_concurrent: int = 1, runs_root: str | Path = "runs", *, max_queue: int | None = None,
-                 max_kept: int = 64, retention: runfolder.Retention | None = None) -> None:
+                 max_queue_s: float | None = None, max_kept: int = 64,
+                 retention: runfolder.Retention | None = None) -> None:
         if max_concurrent < 1:
             raise ValueError("max_concurrent must be at least 1")
         self.max_concurrent = max_concurrent
         self.gate = threading.BoundedSemaphore(max_concurrent)
         self.runs_root = Path(runs_root)
-        self.max_queue, self.max_kept, self.retention = max_queue, max_kept, retention
+        self.max_queue, self.max_queue_s, self.max_kept, self.retention = max_queue, max_queue_s, max_kept, retention
         self.jobs: OrderedDict[str, Job] = OrderedDict()
         self.lock = threading.Lock()
 
     # ------------------------------------------------------------ submitting
-    def _admit(self, owner: str | None) -> None:
+    def _admit_and_add(self, job: Job) -> Job:
+        """Take ``job`` if its owner has no live job and the queue has room (checked atomically), then start it."""
         with self.lock:
             live = [j for j in self.jobs.values() if j.live]
-        if owner is not None:
-            mine = next((j for j in live if j.owner == owner), None)
+            mine = next((j for j in live if job.owner is not None and j.owner == job.owner), None)
             if mine is not None:
                 raise JobRefused(f"one live run per session: your run {mine.id} is still {mine.state}; "
                                  "cancel it or wait for it to finish")
-        waiting = sum(j.state == "queued" for j in live)
-        if self.max_queue is not None and waiting >= self.max_queue:
-            raise JobRefused(f"the queue is full ({waiting} runs waiting; the limit is {self.max_queue}); "
-                             "try again in a few minutes")
-
-    def _add(self, job: Job) -> Job:
-        with self.lock:
+            waiting = sum(j.state == "queued" for j in live)
+            if self.max_queue is not None and waiting >= self.max_queue:
+                raise JobRefused(f"the queue is full ({waiting} runs waiting; the limit is {self.max_queue}); "
+                                 "try again in a few minutes")
+            work = sum(j.remaining_s() for j in live) / self.max_concurrent
+            if self.max_queue_s is not None and work + (job.estimate_s or 0) > self.max_queue_s:
+                raise JobRefused(f"the queue holds about {work / 60:.0f} min of work and this run adds "
+                                 f"{(job.estimate_s or 0) / 60:.1f} min; the limit is {self.max_queue_s / 60:.0f} min "
+                                 "in all — try again later, or a smaller run")
             self.jobs[job.id] = job
         self._evict()
         return job.start()
 
     def submit(self, cfg: ExperimentConfig, owner: str | None = None, estimate_s: float | None = None) -> Job:
-        self._admit(owner)
-        return self._add(Job(cfg, self.runs_root, self, owner=owner, estimate_s=estimate_s))
+        return self._admit_and_add(Job(cfg, self.runs_root, self, owner=owner, estimate_s=estimate_s))
 
     def submit_grid(self, cfg: ExperimentConfig, a_values: list[float], b_values: list[float],
                     owner: str | None = None, estimate_s: float | None = None) -> Job:
         """The a × b curriculum grid (plus a joint run) as one background job."""
-        self._admit(owner)
-        return self._add(Job(cfg, self.runs_root, self, grid=(a_values, b_values), owner=owner, estimate_s=estimate_s))
+        return self._admit_and_add(Job(cfg, self.runs_root, self, grid=(a_values, b_values), owner=owner,
+                                       estimate_s=estimate_s))
 
     def resume(self, run_dir: str | Path, owner: str | None = None) -> Job:
-        self._admit(owner)
-        return self._add(Job(None, self.runs_root, self, resume_dir=run_dir, owner=owner))
+        return self._admit_and_add(Job(None, self.runs_root, self, resume_dir=run_dir, owner=owner))
 
     # ------------------------------------------------------------ reading
     def get(self, job_id: object) -> Job | None:

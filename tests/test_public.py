@@ -77,7 +77,7 @@ def test_public_configs_cannot_name_server_paths(overrides, words):
 def test_cifar_downloads_go_to_the_cache_only():
     cfg = preset("workshop").with_overrides({"data.dataset": "cifar10", "data.data_dir": None})
     assert public.admit(cfg, set(), public.Budget()) == []
-    assert public.dataset_size(cfg) == (10, 50000, 10000)
+    assert public.dataset_size(cfg) == (10, 50000, 10000, 10000)
 
 
 # ---------------------------------------------------------------- run ids and folders
@@ -332,3 +332,68 @@ def test_a_bad_dataset_upload_is_refused_with_the_rule(public_studio, tmp_path, 
 def zip_one_class(path):
     from conftest import make_image_folder
     return zip_tree(make_image_folder(path.parent / "one", classes=("cat",), per_class=2), path)
+
+
+# ---------------------------------------------------------------- what an attacker tried (review findings)
+
+def test_a_huge_auxiliary_teacher_is_refused_before_any_network_is_built(public_studio, monkeypatch):
+    def no_planning(_cfg):
+        raise AssertionError("planned (built networks) before the size caps were checked")
+    monkeypatch.setattr(ui, "make_plan", no_planning)
+    session, _, msg = ui.start(None, *controls(student="resnet18", aux="on", aux_width=7.77))
+    assert "steps of 0.5" in msg and "M parameters, over the public limit of 25 M" in msg
+
+
+def test_a_grid_is_estimated_cell_by_cell(public_studio):
+    _, _, msg = ui.run_grid(None, "10,10,10,10,10,10", "5,5,5,5,5,5", 4, *controls(train_per_class=0))
+    assert "Grid not started" in msg and "37 runs together are over the public budget" in msg
+    _, _, msg = ui.run_grid(None, "100", "0", 4, *controls())
+    assert "a must be 0 to 10" in msg
+
+
+def test_evaluation_cost_counts_even_with_almost_no_epochs():
+    text = " ".join(refusals(**{"data.dataset": "cifar100", "data.data_dir": None, "student.epochs": 0.01,
+                                "seeds": 5, "indistill.mode": "off"}))
+    assert "public limit of 10 min" in text and "evaluating every unit alone" in text
+
+
+def test_queued_work_is_capped(public_studio):
+    from app.runner import Job
+    m = public_studio.manager
+    job = Job(preset("workshop").with_overrides(TINY), m.runs_root, m, estimate_s=public_studio.budget.max_queue_minutes * 60 + 1)
+    with pytest.raises(JobRefused, match="the limit is 120 min in all"):
+        m._admit_and_add(job)
+
+
+def test_compare_reuses_one_copy_per_run_version(public_studio):
+    session, _, msg = ui.start(None, *controls())
+    wait_ended(public_studio.manager, session["run"])
+    first = ui.compare(session)[2]
+    again = ui.compare(session)[2]
+    assert first == again and len(first) >= 5
+    assert len([p for p in public_studio.scratch.iterdir() if p.name.startswith("run-")]) == 1
+    text = Path(first[0]).read_text()
+    assert str(public_studio.runs_root) not in text and '"run_dir"' not in text
+
+
+def test_retention_holds_each_owner_to_a_quota(tmp_path):
+    for i in range(6):
+        folder = runfolder.RunFolder(tmp_path / f"r-{i}")
+        folder.write_results({"status": "finished"})
+        folder.set_owner("a" * 32 if i < 4 else "b" * 32)
+        time.sleep(0.02)
+    removed = runfolder.enforce_retention(tmp_path, runfolder.Retention(max_per_owner=2))
+    assert removed == ["r-0", "r-1"]  # the heavy owner's oldest, not the other owner's runs
+
+
+@pytest.mark.parametrize("overrides, words", [
+    ({"seeds": 1e999}, "seeds must be int"), ({"data.train_per_class": 1e999}, "must be int"),
+    ({"eval.max_queries": -5}, "eval.max_queries must be in"), ({"student.epochs": float("nan")}, "student.epochs"),
+])
+def test_infinite_and_negative_numbers_get_messages(public_studio, overrides, words):
+    session, out = ui.api_start(None, "workshop", json.dumps(overrides))
+    assert out["run"] is None and words in out["message"], out
+
+
+def test_a_forged_upload_path_of_any_length_is_dropped(public_studio):
+    assert ui.session_of({"secret": "0" * 32, "upload": "/" + "a" * 5000})["upload"] is None

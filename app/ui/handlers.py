@@ -37,6 +37,7 @@ from .uploads import UploadError, load_upload
 SECRET = re.compile(r"^[0-9a-f]{32}$")
 MAX_IMPORT_BYTES = 64 * 1024
 SCRATCH_MAX_AGE_S = 600
+DOWNLOAD_MAX_BYTES = 200 * 10 ** 6   # student checkpoints offered as downloads, per run
 UPLOAD_MAX_AGE_S = 24 * 3600          # an uploaded dataset lives at most a day
 UPLOADS_MAX_BYTES = 3 * 10 ** 9       # all sessions' uploaded datasets together
 LOG_TAIL = 80
@@ -59,9 +60,12 @@ class Studio:
     def __post_init__(self) -> None:
         self.runs_root = Path(self.runs_root).resolve()
         self.manager = JobManager(self.max_jobs, self.runs_root, max_queue=self.max_queue if self.public else None,
+                                  max_queue_s=self.budget.max_queue_minutes * 60 if self.public else None,
                                   retention=runfolder.Retention() if self.public else None)
         import tempfile
         self.scratch = Path(tempfile.gettempdir()) / f"indistill-scratch-{os.getpid()}"
+        import atexit
+        atexit.register(shutil.rmtree, self.scratch, True)
         self.uploads = self.runs_root / ".uploads"
 
     def context(self, session: dict | None) -> FormContext:
@@ -100,8 +104,11 @@ def shown(text: str) -> str:
         return text
     from app.data import default_cache_dir
     import tempfile
-    for path, name in ((s.uploads, "<your upload>"), (s.runs_root, "<runs>"), (ASSETS, "<assets>"),
-                       (default_cache_dir(), "<cache>"), (Path(tempfile.gettempdir()), "<tmp>")):
+    places = [(s.uploads, "<your upload>"), (s.runs_root, "<runs>"), (ASSETS, "assets"),
+              (default_cache_dir(), "<cache>"), (Path(tempfile.gettempdir()), "<tmp>")]
+    if policy.data_root() is not None:
+        places.append((policy.data_root(), "<data root>"))
+    for path, name in places:
         text = text.replace(str(path.resolve()), name).replace(str(path), name)
     return text
 
@@ -122,10 +129,14 @@ def session_of(value: Any) -> dict:
     except runfolder.RunIdError:
         run = None
     upload = value.get("upload")
-    s = studio()
-    home = (s.uploads / runfolder.owner_digest(value["secret"])[:16]).resolve()
-    if not (isinstance(upload, str) and Path(upload).is_dir() and Path(upload).resolve().is_relative_to(home)):
-        upload = None  # only this session's own uploaded dataset
+    home = studio().uploads / runfolder.owner_digest(value["secret"])[:16]
+    try:  # only this session's own uploaded dataset (checked as text before the file system is asked)
+        ok = isinstance(upload, str) and len(upload) < 1024 and Path(upload).is_relative_to(home) \
+            and ".." not in Path(upload).parts and Path(upload).is_dir()
+    except (OSError, ValueError):
+        ok = False
+    if not ok:
+        upload = None
     return {"secret": value["secret"], "run": run, "upload": upload}
 
 
@@ -222,6 +233,10 @@ def _plan_for(session: dict, values: tuple) -> tuple[ExperimentConfig, Plan, pol
 def _admit(cfg: ExperimentConfig, session: dict) -> tuple[Plan, policy.Estimate | None]:
     """Plan the config; in public mode also the server's rules and the budget."""
     s = studio()
+    if s.public:  # size caps first: planning builds the networks (a wide auxiliary teacher can take GBs)
+        problems = policy.network_problems(cfg, s.budget)
+        if problems:
+            raise ConfigError("not allowed on this public server:\n  - " + "\n  - ".join(problems))
     plan = make_plan(cfg)
     plan.raise_if_invalid()
     if not s.public:
@@ -316,20 +331,27 @@ def run_grid(session: Any, a_text: str, b_text: str, epochs, *values):
         if epochs:
             cfg = cfg.with_overrides({"student.epochs": epochs})
         a_values, b_values = parse_values(str(a_text or ""), "a values"), parse_values(str(b_text or ""), "b values")
-        est = None
-        if studio().public:
-            cells = len(a_values) * len(b_values) + 1
-            one = cfg.with_overrides({"phases.baseline": False, "phases.kd": False, "seeds": 1})
-            _, est1 = _admit(one, session)
-            est = policy.Estimate(est1.seconds * cells, est1.step_mb, est1.train_images)
-            problems = policy.check_budget(one, est, studio().budget)
-            if problems:
-                raise ConfigError(f"the grid's {cells} runs together are over the public budget: " + "; ".join(problems))
+        est = _grid_estimate(cfg, a_values, b_values, session) if studio().public else None
         job = _submit(session, cfg, est, grid=(a_values, b_values))
     except (ConfigError, JobRefused) as exc:
-        return session, remembered(session), f"Grid not started: {exc}"
+        return session, remembered(session), shown(f"Grid not started: {exc}")
     session = {**session, "run": job.id}
     return session, remembered(session), f"Started grid `{job.id}` ({len(job.experiment.cells)} runs); progress in the Train tab."
+
+
+def _grid_estimate(cfg: ExperimentConfig, a_values: list[float], b_values: list[float], session: dict):
+    """The whole grid's estimate: every cell (its own a, b) admitted and summed against the budget."""
+    from app.grid import CurriculumGrid
+    if not all(0 <= a <= 10 for a in a_values) or not all(-3 <= b <= 5 for b in b_values):
+        raise ConfigError("grid values: a must be 0 to 10 and b −3 to 5 on a public server (as on the sliders)")
+    grid = CurriculumGrid(cfg, a_values, b_values, studio().runs_root / "unused")
+    cells = [_admit(c, session)[1] for c in grid.configs]
+    est = policy.Estimate(sum(c.seconds for c in cells), max(c.step_mb for c in cells), cells[0].train_images,
+                          fixed_seconds=sum(c.fixed_seconds for c in cells))
+    problems = policy.check_budget(cfg.with_overrides({"seeds": 1}), est, studio().budget)
+    if problems:
+        raise ConfigError(f"the grid's {len(cells)} runs together are over the public budget: " + "; ".join(problems))
+    return est
 
 
 def cancel(session: Any) -> str:
@@ -425,22 +447,46 @@ def _scratch_dir() -> Path:
     return path
 
 
+def _downloads(folder: runfolder.RunFolder, results: dict) -> tuple[list[str], str]:
+    """Copies of the run's results and student checkpoints for Gradio to serve; one copy per run version
+    (reused while fresh), checkpoints only while they fit ``DOWNLOAD_MAX_BYTES``."""
+    import hashlib
+    s = studio()
+    runfolder.reap_old(s.scratch, SCRATCH_MAX_AGE_S)
+    version = f"{folder.id}:{folder.results.stat().st_mtime_ns}"
+    out = s.scratch / ("run-" + hashlib.sha1(version.encode()).hexdigest()[:16])
+    ckpts = folder.student_checkpoints()
+    size = sum(p.stat().st_size for p in ckpts)
+    note = "" if size <= DOWNLOAD_MAX_BYTES else \
+        f"Student checkpoints ({size / 1e6:.0f} MB) are over the {DOWNLOAD_MAX_BYTES / 1e6:.0f} MB download limit: results only."
+    names = ["results.json", "results.csv"] + ([p.name for p in ckpts] if not note else [])
+    if not out.is_dir():
+        tmp = s.scratch / f"tmp-{secrets.token_hex(6)}"
+        tmp.mkdir(parents=True)
+        public_results = {k: v for k, v in results.items() if k != "run_dir"}
+        (tmp / "results.json").write_text(shown(json.dumps(public_results, indent=2, default=str)))
+        (tmp / "results.csv").write_text(views.results_csv(results))
+        if not note:
+            for p in ckpts:
+                shutil.copyfile(p, tmp / p.name)
+        try:
+            tmp.rename(out)
+        except OSError:  # another request made the same copy first
+            shutil.rmtree(tmp, ignore_errors=True)
+    os.utime(out)
+    return [str(out / n) for n in names], note
+
+
 def compare(session: Any):
-    """Comparison table, scatter, and downloads (copies made per request for whoever may see the run)."""
+    """Comparison table, scatter, and downloads (copies handed out per request to whoever may see the run)."""
     session = session_of(session)
     folder = _folder(session)
     results = (folder.read_results() or {}) if folder else {}
     rows = views.compare_rows(results)
-    files = []
+    files, note = [], ""
     if results.get("phases") and folder is not None:
-        out = _scratch_dir()
-        (out / "results.csv").write_text(views.results_csv(results))
-        (out / "results.json").write_text(json.dumps(results, indent=2, default=str))
-        files = [str(out / "results.json"), str(out / "results.csv")]
-        for ckpt in folder.student_checkpoints():
-            shutil.copyfile(ckpt, out / ckpt.name)
-            files.append(str(out / ckpt.name))
-    note = "" if rows else "No results yet: finished phases appear here (Train tab)."
+        files, note = _downloads(folder, results)
+    note = note if rows else "No results yet: finished phases appear here (Train tab)."
     return gr.update(value=rows, headers=views.COMPARE_HEADERS), views.scatter_figure(results), files, note
 
 
@@ -465,7 +511,7 @@ def export_config(session: Any, *values):
     except ConfigError as exc:
         return None, f"Cannot export: {exc}"
     path = _scratch_dir() / "indistill-config.json"
-    path.write_text(cfg.to_json())
+    path.write_text(shown(cfg.to_json()))
     return str(path), "Exported the configuration."
 
 
@@ -486,7 +532,7 @@ def import_config(session: Any, file):
         return fail + ["Import failed: the JSON is nested too deeply. Expected a configuration exported here or a "
                        "run folder's config.json."]
     except (ConfigError, ValueError, OSError, UnicodeDecodeError) as exc:
-        return fail + [f"Import failed: {exc}. Expected a JSON file exported here or a run folder's config.json."]
+        return fail + [shown(f"Import failed: {exc}. Expected a JSON file exported here or a run folder's config.json.")]
     vals = values_from(cfg, studio().context(session))
     return [vals[k] for k in CONTROL_KEYS] + [f"Imported {cfg.name!r}."]
 
@@ -523,6 +569,7 @@ def upload_dataset(session: Any, file):
 # ---------------------------------------------------------------- retrieval and pruning views
 
 _MODEL_SETS: OrderedDict = OrderedDict()
+_BUILD_LOCK = threading.Lock()
 MAX_MODEL_SETS = 3
 
 
@@ -538,16 +585,17 @@ def model_set(session: dict):
         make = lambda: ModelSet.from_files({f"teacher:{t['arch']}": ASSETS / t["file"]  # noqa: E731
                                             for t in shipped_teachers().values()},
                                            {"dataset": "folder", "data_dir": str(SAMPLE_DATA)})
-    with _LOCK:
-        if key in _MODEL_SETS:
-            _MODEL_SETS.move_to_end(key)
-            return _MODEL_SETS[key]
-    made = make()
-    with _LOCK:
-        _MODEL_SETS[key] = made
-        while len(_MODEL_SETS) > MAX_MODEL_SETS:
-            _MODEL_SETS.popitem(last=False)
-    return made
+    with _BUILD_LOCK:  # one build at a time: concurrent requests for the same run wait and share it
+        with _LOCK:
+            if key in _MODEL_SETS:
+                _MODEL_SETS.move_to_end(key)
+                return _MODEL_SETS[key]
+        made = make()
+        with _LOCK:
+            _MODEL_SETS[key] = made
+            while len(_MODEL_SETS) > MAX_MODEL_SETS:
+                _MODEL_SETS.popitem(last=False)
+        return made
 
 
 SHORT = {"teacher": "T", "aux": "Aux", "baseline": "Base", "kd": "KD", "indistill": "InD"}

@@ -13,7 +13,7 @@ from PIL import Image
 from app.augment import Normalizer
 from app.checkpoint import load_checkpoint, load_into
 from app.config import DataConfig
-from app.data import Dataset, load_dataset
+from app.data import Dataset, Split, load_dataset
 from app.device import Runtime
 from app.evaluate import predict
 from app.features import FeatureTap
@@ -38,8 +38,11 @@ def load_model(path: Path, key: str) -> LoadedModel:
     return LoadedModel(key, LABELS.get(key, key), model.eval(), meta)
 
 
+MAX_DATABASE = 5000  # training images searched per model (evenly spaced over the split when larger)
+
+
 class ModelSet:
-    """Models to compare on an uploaded picture, and their database (a training split)."""
+    """Models to compare on an uploaded picture, and their database (a training split, at most MAX_DATABASE)."""
 
     def __init__(self, models: list[LoadedModel], data_cfg: dict) -> None:
         self.models = models
@@ -70,10 +73,18 @@ class ModelSet:
             self._data = load_dataset(DataConfig(**self.data_cfg))
         return self._data
 
+    @property
+    def db_index(self) -> torch.Tensor:
+        """Indices into the training split that form the database."""
+        n = len(self.data.train)
+        return torch.arange(n) if n <= MAX_DATABASE else torch.linspace(0, n - 1, MAX_DATABASE).round().long()
+
     def database(self, m: LoadedModel) -> torch.Tensor:
         with self.lock:
             if m.key not in self._db:
-                _, self._db[m.key] = predict(m.model, self.data.train, self.data, Runtime(torch.device("cpu")))
+                idx = self.db_index
+                split = Split(self.data.train.images[idx], self.data.train.labels[idx])
+                _, self._db[m.key] = predict(m.model, split, self.data, Runtime(torch.device("cpu")))
             return self._db[m.key]
 
     def query(self, picture: Image.Image, k: int = 8, metric: str = "cosine") -> list[dict]:
@@ -90,7 +101,7 @@ class ModelSet:
                 d = 1 - torch.nn.functional.normalize(e, dim=1) @ torch.nn.functional.normalize(db, dim=1).t()
             else:
                 d = torch.cdist(e, db)
-            nearest = d[0].topk(min(k, len(db)), largest=False).indices.tolist()
+            nearest = self.db_index[d[0].topk(min(k, len(db)), largest=False).indices].tolist()
             out.append({"model": m, "probs": probs, "nearest": nearest})
         return out
 

@@ -167,7 +167,7 @@ def api_endpoints(session) -> None:
         overrides_in = gr.Textbox(value="")
         run_in = gr.Textbox(value="")
         image_in = gr.Image(type="filepath")
-        k_in = gr.Number(value=8, precision=0)
+        k_in = gr.Number(value=8)
         metric_in = gr.Textbox(value="cosine")
         out = gr.JSON()
         buttons = {name: gr.Button(name) for name in ("start", "cancel", "status", "open", "retrieve")}
@@ -266,7 +266,10 @@ def wire(demo, c, s, d, t, pr, cm, r, i, session, stored, seen, seen_charts) -> 
 
 
 def browser_key() -> str:
-    """A stable key for the browser-stored session, so a server restart still finds it (kept beside the runs)."""
+    """A stable key for the browser-stored session, so a restarted server's page can still decode it.
+
+    Not a secret: Gradio hands it to every page, which encrypts in the browser. What protects a
+    run is the session secret inside (128 random bits, checked by its digest on the server)."""
     import secrets
     path = h.studio().runs_root / ".browser-key"
     try:
@@ -279,7 +282,6 @@ def browser_key() -> str:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(key)
-        path.chmod(0o600)
     except OSError:
         pass
     return key
