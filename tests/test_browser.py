@@ -100,7 +100,10 @@ def status_text(page) -> str:
 def test_train_cancel_retrieve_and_screenshots(page):
     tab(page, "Setup")
     page.get_by_role("button", name="quick-cpu").click()
+    # the preset's values land asynchronously: wait for them before changing the dataset
+    page.wait_for_function("() => document.querySelector('#field-train_per_class input').value === '400'")
     page.get_by_label("Embedded sample", exact=False).check()
+    page.wait_for_function("() => document.querySelector('#field-dataset input:checked').value.startsWith('Embedded')")
     fill_number(page, "Train images per class", 40)
     fill_number(page, "Test images per class", 4)
     tab(page, "Distill")
