@@ -58,7 +58,8 @@ def _config(args) -> ExperimentConfig:
         args.data_dir = os.environ["INDISTILL_DATA_DIR"]
     for key, attr in (("data.data_dir", "data_dir"), ("data.dataset", "dataset"), ("data.cache_dir", "cache_dir"),
                       ("data.train_per_class", "train_per_class"), ("data.test_per_class", "test_per_class"),
-                      ("epochs_scale", "epochs_scale"), ("seeds", "seeds"), ("device", "device")):
+                      ("epochs_scale", "epochs_scale"), ("seeds", "seeds"), ("device", "device"),
+                      ("precision", "precision")):
         value = getattr(args, attr, None)
         if value is not None:
             overrides[key] = value
@@ -156,7 +157,8 @@ def cmd_train_teacher(args) -> int:
     cfg = cfg.with_overrides({k: v for k, v in {"data.data_dir": data_dir, "data.dataset": args.dataset,
                                                  "data.train_per_class": args.train_per_class,
                                                  "data.test_per_class": args.test_per_class,
-                                                 "device": args.device, "optim.batch_size": args.batch_size}.items()
+                                                 "device": args.device, "precision": args.precision,
+                                                 "optim.batch_size": args.batch_size}.items()
                               if v is not None})
     cfg = cfg.with_overrides(args.set or [])
     progress = Progress(args.quiet)
@@ -196,6 +198,8 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--train-per-class", type=int)
     p.add_argument("--test-per-class", type=int)
     p.add_argument("--device", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--precision", choices=["auto", "fp32", "bf16"],
+                   help="bf16 autocast or fp32 (auto: bf16 on CUDA, fp32 on the CPU)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override any setting, e.g. indistill.a=3")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 

@@ -137,8 +137,9 @@ class Experiment:
                              "status": "running", "run_dir": str(self.run_dir)})
         phase = None
         try:
-            self.rt: Runtime = resolve(self.cfg.device)
+            self.rt: Runtime = resolve(self.cfg.device, self.cfg.precision)
             self.results["device"] = self.rt.describe()
+            self.results["precision"] = self.rt.precision
             self.log(f"device: {self.rt.describe()}")
             self.data: Dataset = load_dataset(self.cfg.data, self.log)
             d = self.data
