@@ -7,6 +7,7 @@ Progress is published as :mod:`app.events`; nothing here knows about the UI.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import statistics
@@ -58,6 +59,14 @@ def write_json(obj: dict, path: Path) -> None:
 
 def mean_sd(values: list[float]) -> tuple[float, float]:
     return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def _is_stats(values) -> bool:
+    return isinstance(values, (list, tuple)) and len(values) == 3 and all(isinstance(v, (int, float)) for v in values)
+
+
+def _fmt(values) -> str:
+    return "(" + ", ".join(f"{v:.4f}" for v in values) + ")"
 
 
 class Experiment:
@@ -141,7 +150,7 @@ class Experiment:
             self.results["device"] = self.rt.describe()
             self.results["precision"] = self.rt.precision
             self.log(f"device: {self.rt.describe()}")
-            self.data: Dataset = load_dataset(self.cfg.data, self.log)
+            self.data: Dataset = self.normalisation(load_dataset(self.cfg.data, self.log))
             d = self.data
             self.results["data"] = {"name": d.name, "description": d.description, "classes": d.classes,
                                     "train": len(d.train), "test": len(d.test), "val": len(d.val) if d.val else 0,
@@ -183,6 +192,28 @@ class Experiment:
             self.emit(ev.Failed(str(exc) if isinstance(exc, ValueError) else f"{type(exc).__name__}: {exc}", phase))
             raise
         return self.results
+
+    def normalisation(self, data: Dataset) -> Dataset:
+        """``data`` with the statistics every model of the run is fed with.
+
+        A run that starts from a teacher checkpoint uses the statistics stored with it (the
+        teacher, auxiliary teacher and students see the same batches); otherwise those of
+        the training selection, computed when the data was decoded.
+        """
+        ckpt = self.cfg.teacher.checkpoint
+        self.teacher_blob = load_checkpoint(ckpt) if ckpt else None
+        source = f"training selection ({len(data.train):,} images of {data.description})"
+        if self.teacher_blob is not None:
+            meta = self.teacher_blob.get("meta", {})
+            mean, std = meta.get("mean"), meta.get("std")
+            if _is_stats(mean) and _is_stats(std):
+                data = dataclasses.replace(data, mean=tuple(map(float, mean)), std=tuple(map(float, std)))
+                source = f"teacher checkpoint {Path(ckpt).name}" + (f" (trained on {meta['data']})" if meta.get("data") else "")
+            else:
+                source += f"; teacher checkpoint {Path(ckpt).name} stores no statistics"
+        self.results["normalisation"] = {"mean": list(data.mean), "std": list(data.std), "source": source}
+        self.log(f"normalisation: mean {_fmt(data.mean)}, std {_fmt(data.std)} from the {source}")
+        return data
 
     def _count_steps(self) -> int:
         spe = steps_per_epoch(len(self.data.train), self.cfg.optim.batch_size)
@@ -238,7 +269,7 @@ class Experiment:
         teacher = self.build(cfg.arch)
         history: list = []
         if cfg.checkpoint:
-            blob = load_checkpoint(cfg.checkpoint)
+            blob = self.teacher_blob
             meta = blob.get("meta", {})
             if meta.get("arch") not in (None, cfg.arch):
                 raise CheckpointError(f"teacher.checkpoint {cfg.checkpoint} is a {meta['arch']}, not a {cfg.arch}; "
