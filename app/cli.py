@@ -16,6 +16,7 @@ import sys
 import time
 from pathlib import Path
 
+from . import events as ev
 from .config import PRESETS, ConfigError, ExperimentConfig, preset
 from .data import DataError
 from .checkpoint import CheckpointError
@@ -83,11 +84,11 @@ class Progress:
             self.last = f"{e.segment} ep {e.epoch:.2f} loss {e.losses['total']:.4f}"
             self._bar()
         elif e.kind == "epoch":
-            self.last = f"epoch {e.epoch} {e.metrics['eval_split']} acc {e.metrics['eval_acc']:.4f}"
+            self.last = f"epoch {e.epoch} {ev.eval_text(e.metrics)}"
             self._bar()
         elif e.kind == "phase_result":
             self._line(f"{e.phase}" + (f" seed {e.seed}" if e.seed is not None else "") +
-                       f": test acc {e.result['test_acc']:.4f}, {e.result['train_seconds']:.1f} s")
+                       f": {ev.test_text(e.result)}, {e.result['train_seconds']:.1f} s")
         elif e.kind == "channel_maps":
             kept = ", ".join(f"{len(s['kept'])}/{s['teacher_channels']}" for s in e.stages)
             self._line(f"pruning {e.pruned_arch}: kept channels per stage {kept}")
@@ -121,7 +122,9 @@ def results_table(results: dict) -> str:
                      "-" if m is None else f"{m * 100:.2f}", f"{r['params']:,}", f"{r['flops'] / 1e6:.2f}",
                      f"{r['latency_ms_cpu_b1']:.3f}", f"{r['train_seconds']:.1f}"))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    return "\n".join("  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths))) for row in rows)
+    table = "\n".join("  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths))) for row in rows)
+    where = results.get("data", {}).get("test_data")
+    return table + (f"\ntest acc on the {where}" if where and len(rows) > 1 else "")
 
 
 def cmd_run(args) -> int:

@@ -25,7 +25,7 @@ from . import events as ev
 from .augment import BatchStream, steps_per_epoch
 from .checkpoint import CheckpointError, atomic_save, load_checkpoint, load_into, save_model
 from .config import ConfigError, ExperimentConfig
-from .data import Dataset, load_dataset
+from .data import Dataset, Split, load_dataset
 from .device import Runtime, resolve, seed_everything
 from .evaluate import eval_accuracy, evaluate_model, fixed_batch, layer_information
 from .features import FeatureTap
@@ -152,10 +152,13 @@ class Experiment:
             self.log(f"device: {self.rt.describe()}")
             self.data: Dataset = self.normalisation(load_dataset(self.cfg.data, self.log))
             d = self.data
+            eval_split = "val" if d.val is not None and len(d.val) else "test"
             self.results["data"] = {"name": d.name, "description": d.description, "classes": d.classes,
                                     "train": len(d.train), "test": len(d.test), "val": len(d.val) if d.val else 0,
                                     "skipped": d.skipped[:50], "skipped_count": len(d.skipped),
-                                    "eval_split": "val" if d.val is not None and len(d.val) else "test"}
+                                    "eval_split": eval_split, "eval_images": len(d.eval_split),
+                                    "test_data": self.split_label("test", d.test),
+                                    "eval_data": self.split_label(eval_split, d.eval_split)}
             self.info_batch = fixed_batch(d.eval_split, self.cfg.eval.info_batch)
             self.total_steps = self._count_steps()
             self.save_results()
@@ -192,6 +195,10 @@ class Experiment:
             self.emit(ev.Failed(str(exc) if isinstance(exc, ValueError) else f"{type(exc).__name__}: {exc}", phase))
             raise
         return self.results
+
+    def split_label(self, name: str, split: Split) -> str:
+        """Which data an accuracy is measured on, e.g. 'test split, 1,000 images (folder from x.tar.gz)'."""
+        return f"{name} split, {len(split):,} images ({self.data.description})"
 
     def normalisation(self, data: Dataset) -> Dataset:
         """``data`` with the statistics every model of the run is fed with.
@@ -244,7 +251,8 @@ class Experiment:
         e = self.cfg.eval
         result = evaluate_model(model, self.data, self.rt, retrieval=e.retrieval, max_queries=e.max_queries,
                                 latency_runs=e.latency_runs, input_size=self.cfg.data.input_size)
-        result.update({"train_seconds": round(train_seconds, 3), "epochs": epochs, "history": history})
+        result.update({"test_data": self.results["data"]["test_data"], "train_seconds": round(train_seconds, 3),
+                       "epochs": epochs, "history": history})
         if e.info_flow:
             result["info_flow"] = layer_information(model, self.info_batch, self.data, self.rt)
         return result
@@ -252,7 +260,7 @@ class Experiment:
     def _epoch_callback(self, model, history: list) -> Callable[[int], dict]:
         def on_epoch(epoch: int) -> dict:
             metrics = {"eval_acc": round(eval_accuracy(model, self.data.eval_split, self.data, self.rt), 5),
-                       "eval_split": self.results["data"]["eval_split"]}
+                       "eval_split": self.results["data"]["eval_split"], "eval_images": len(self.data.eval_split)}
             if self.cfg.eval.info_flow:
                 metrics["info_flow"] = layer_information(model, self.info_batch, self.data, self.rt)
             history.append({"epoch": epoch, **metrics})

@@ -43,7 +43,7 @@ def shipped_teachers() -> dict[str, dict]:
     out = {}
     for t in manifest.get("teachers", []):
         if (ASSETS / t["file"]).is_file():
-            out[f"shipped {t['arch']} ({t['test_acc'] * 100:.1f}% on CIFAR-10 JPEG copy)"] = t
+            out[views.shipped_label(t)] = t
     return out
 
 
@@ -297,7 +297,7 @@ def compare(job_id: str | None):
         (run_dir / "results.csv").write_text(views.results_csv(results))
         files = [str(run_dir / "results.json"), str(run_dir / "results.csv")]
         files += [str(p) for p in sorted((run_dir / "checkpoints").glob("*-s*.pt")) if "warmup" not in p.name]
-    note = "" if rows else "No results yet: finished phases appear here (Train tab)."
+    note = views.compare_note(results) if rows else "No results yet: finished phases appear here (Train tab)."
     return gr.update(value=rows, headers=views.COMPARE_HEADERS), views.scatter_figure(results), files, note
 
 
