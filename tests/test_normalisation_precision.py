@@ -208,7 +208,11 @@ def test_information_estimate_is_computed_in_fp32_under_autocast():
 
 # ---------------------------------------------------------------- a whole tiny run, bf16 vs fp32
 
-def test_tiny_run_in_bf16_agrees_with_fp32(cache_dir, tmp_path):
+CUDA = pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU"))
+
+
+@pytest.mark.parametrize("device", ["cpu", CUDA])
+def test_tiny_run_in_bf16_agrees_with_fp32(cache_dir, tmp_path, device):
     def run(precision):
         losses: dict[str, list[float]] = {}
 
@@ -216,7 +220,7 @@ def test_tiny_run_in_bf16_agrees_with_fp32(cache_dir, tmp_path):
             if e.kind == "step":
                 losses.setdefault(e.phase, []).append(e.losses["total"])
         cfg = preset("workshop").with_overrides({
-            "data.cache_dir": str(cache_dir), "data.train_per_class": 8, "data.test_per_class": 20, "device": "cpu",
+            "data.cache_dir": str(cache_dir), "data.train_per_class": 8, "data.test_per_class": 20, "device": device,
             "precision": precision, "student.epochs": 1, "optim.batch_size": 20, "eval.retrieval": False,
             "eval.latency_runs": 1, "eval.info_batch": 32})
         results = Experiment(cfg, runs_root=tmp_path / precision, emit=emit).run()
