@@ -16,6 +16,7 @@ import sys
 import time
 from pathlib import Path
 
+from . import events as ev
 from .config import PRESETS, ConfigError, ExperimentConfig, preset
 from .data import DataError
 from .checkpoint import CheckpointError
@@ -59,7 +60,8 @@ def _config(args) -> ExperimentConfig:
         args.data_dir = os.environ["INDISTILL_DATA_DIR"]
     for key, attr in (("data.data_dir", "data_dir"), ("data.dataset", "dataset"), ("data.cache_dir", "cache_dir"),
                       ("data.train_per_class", "train_per_class"), ("data.test_per_class", "test_per_class"),
-                      ("epochs_scale", "epochs_scale"), ("seeds", "seeds"), ("device", "device")):
+                      ("epochs_scale", "epochs_scale"), ("seeds", "seeds"), ("device", "device"),
+                      ("precision", "precision")):
         value = getattr(args, attr, None)
         if value is not None:
             overrides[key] = value
@@ -97,11 +99,11 @@ class Progress:
             self.last = f"{e.segment} ep {e.epoch:.2f} loss {e.losses['total']:.4f}"
             self._bar()
         elif e.kind == "epoch":
-            self.last = f"epoch {e.epoch} {e.metrics['eval_split']} acc {e.metrics['eval_acc']:.4f}"
+            self.last = f"epoch {e.epoch} {ev.eval_text(e.metrics)}"
             self._bar()
         elif e.kind == "phase_result":
             self._line(f"{e.phase}" + (f" seed {e.seed}" if e.seed is not None else "") +
-                       f": test acc {e.result['test_acc']:.4f}, {e.result['train_seconds']:.1f} s")
+                       f": {ev.test_text(e.result)}, {e.result['train_seconds']:.1f} s")
         elif e.kind == "channel_maps":
             kept = ", ".join(f"{len(s['kept'])}/{s['teacher_channels']}" for s in e.stages)
             self._line(f"pruning {e.pruned_arch}: kept channels per stage {kept}")
@@ -135,7 +137,9 @@ def results_table(results: dict) -> str:
                      "-" if m is None else f"{m * 100:.2f}", f"{r['params']:,}", f"{r['flops'] / 1e6:.2f}",
                      f"{r['latency_ms_cpu_b1']:.3f}", f"{r['train_seconds']:.1f}"))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    return "\n".join("  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths))) for row in rows)
+    table = "\n".join("  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths))) for row in rows)
+    where = results.get("data", {}).get("test_data")
+    return table + (f"\ntest acc on the {where}" if where and len(rows) > 1 else "")
 
 
 def cmd_run(args) -> int:
@@ -171,7 +175,8 @@ def cmd_train_teacher(args) -> int:
     cfg = cfg.with_overrides({k: v for k, v in {"data.data_dir": data_dir, "data.dataset": args.dataset,
                                                  "data.train_per_class": args.train_per_class,
                                                  "data.test_per_class": args.test_per_class,
-                                                 "device": args.device, "optim.batch_size": args.batch_size}.items()
+                                                 "device": args.device, "precision": args.precision,
+                                                 "optim.batch_size": args.batch_size}.items()
                               if v is not None})
     cfg = cfg.with_overrides(args.set or [])
     progress = Progress(args.quiet)
@@ -211,6 +216,8 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--train-per-class", type=int)
     p.add_argument("--test-per-class", type=int)
     p.add_argument("--device", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--precision", choices=["auto", "fp32", "bf16"],
+                   help="bf16 autocast or fp32 (auto: bf16 on CUDA, fp32 on the CPU)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override any setting, e.g. indistill.a=3")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 

@@ -107,6 +107,7 @@ class ExperimentConfig:
     seeds: int = 1
     equal_epochs: bool = True         # baseline/KD students get warm-up + KD epochs
     device: str = "auto"              # auto | cpu | cuda
+    precision: str = "auto"           # auto | fp32 | bf16 (auto: bf16 autocast on CUDA, fp32 on the CPU)
     epochs_scale: float = 1.0
 
     # ------------------------------------------------------------ (de)serialisation

@@ -93,3 +93,15 @@ class Failed(Event):
 class Cancelled(Event):
     phase: str | None = None
     kind: str = field(init=False, default="cancelled")
+
+
+def eval_text(metrics: dict) -> str:
+    """An epoch's evaluation accuracy with the data it was measured on, for log lines."""
+    n = metrics.get("eval_images")
+    return f"{metrics['eval_split']} acc {metrics['eval_acc']:.4f}" + (f" ({n:,} images)" if n else "")
+
+
+def test_text(result: dict) -> str:
+    """A phase's test accuracy with the data it was measured on, for log lines."""
+    where = result.get("test_data")
+    return f"test acc {result['test_acc']:.4f}" + (f" on the {where}" if where else "")

@@ -7,6 +7,7 @@ Progress is published as :mod:`app.events`; nothing here knows about the UI.
 """
 from __future__ import annotations
 
+import dataclasses
 import statistics
 import threading
 from pathlib import Path
@@ -20,7 +21,7 @@ from . import events as ev
 from .augment import BatchStream, steps_per_epoch
 from .checkpoint import CheckpointError, atomic_save, load_checkpoint, load_into, save_model
 from .config import ConfigError, ExperimentConfig
-from .data import Dataset, load_dataset
+from .data import Dataset, Split, load_dataset
 from .device import Runtime, resolve, seed_everything
 from .evaluate import eval_accuracy, evaluate_model, fixed_batch, layer_information
 from .features import FeatureTap
@@ -44,6 +45,14 @@ def new_run_dir(root: str | Path, name: str) -> Path:
 
 def mean_sd(values: list[float]) -> tuple[float, float]:
     return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def _is_stats(values) -> bool:
+    return isinstance(values, (list, tuple)) and len(values) == 3 and all(isinstance(v, (int, float)) for v in values)
+
+
+def _fmt(values) -> str:
+    return "(" + ", ".join(f"{v:.4f}" for v in values) + ")"
 
 
 class Experiment:
@@ -146,15 +155,19 @@ class Experiment:
                              "status": "running", "run_dir": str(self.run_dir)})
         phase = None
         try:
-            self.rt: Runtime = resolve(self.cfg.device)
+            self.rt: Runtime = resolve(self.cfg.device, self.cfg.precision)
             self.results["device"] = self.rt.describe()
+            self.results["precision"] = self.rt.precision
             self.log(f"device: {self.rt.describe()}")
-            self.data: Dataset = load_dataset(self.cfg.data, self.log)
+            self.data: Dataset = self.normalisation(load_dataset(self.cfg.data, self.log))
             d = self.data
+            eval_split = "val" if d.val is not None and len(d.val) else "test"
             self.results["data"] = {"name": d.name, "description": d.description, "classes": d.classes,
                                     "train": len(d.train), "test": len(d.test), "val": len(d.val) if d.val else 0,
                                     "skipped": d.skipped[:50], "skipped_count": len(d.skipped),
-                                    "eval_split": "val" if d.val is not None and len(d.val) else "test"}
+                                    "eval_split": eval_split, "eval_images": len(d.eval_split),
+                                    "test_data": self.split_label("test", d.test),
+                                    "eval_data": self.split_label(eval_split, d.eval_split)}
             self.info_batch = fixed_batch(d.eval_split, self.cfg.eval.info_batch)
             self.total_steps = self._count_steps()
             self.save_results()
@@ -192,6 +205,32 @@ class Experiment:
             raise
         return self.results
 
+    def split_label(self, name: str, split: Split) -> str:
+        """Which data an accuracy is measured on, e.g. 'test split, 1,000 images (folder from x.tar.gz)'."""
+        return f"{name} split, {len(split):,} images ({self.data.description})"
+
+    def normalisation(self, data: Dataset) -> Dataset:
+        """``data`` with the statistics every model of the run is fed with.
+
+        A run that starts from a teacher checkpoint uses the statistics stored with it (the
+        teacher, auxiliary teacher and students see the same batches); otherwise those of
+        the training selection, computed when the data was decoded.
+        """
+        ckpt = self.cfg.teacher.checkpoint
+        self.teacher_blob = load_checkpoint(ckpt) if ckpt else None
+        source = f"training selection ({len(data.train):,} images of {data.description})"
+        if self.teacher_blob is not None:
+            meta = self.teacher_blob.get("meta", {})
+            mean, std = meta.get("mean"), meta.get("std")
+            if _is_stats(mean) and _is_stats(std):
+                data = dataclasses.replace(data, mean=tuple(map(float, mean)), std=tuple(map(float, std)))
+                source = f"teacher checkpoint {Path(ckpt).name}" + (f" (trained on {meta['data']})" if meta.get("data") else "")
+            else:
+                source += f"; teacher checkpoint {Path(ckpt).name} stores no statistics"
+        self.results["normalisation"] = {"mean": list(data.mean), "std": list(data.std), "source": source}
+        self.log(f"normalisation: mean {_fmt(data.mean)}, std {_fmt(data.std)} from the {source}")
+        return data
+
     def _count_steps(self) -> int:
         spe = steps_per_epoch(len(self.data.train), self.cfg.optim.batch_size)
         total = 0
@@ -221,7 +260,8 @@ class Experiment:
         e = self.cfg.eval
         result = evaluate_model(model, self.data, self.rt, retrieval=e.retrieval, max_queries=e.max_queries,
                                 latency_runs=e.latency_runs, input_size=self.cfg.data.input_size)
-        result.update({"train_seconds": round(train_seconds, 3), "epochs": epochs, "history": history})
+        result.update({"test_data": self.results["data"]["test_data"], "train_seconds": round(train_seconds, 3),
+                       "epochs": epochs, "history": history})
         if e.info_flow:
             result["info_flow"] = layer_information(model, self.info_batch, self.data, self.rt)
         return result
@@ -229,7 +269,7 @@ class Experiment:
     def _epoch_callback(self, model, history: list) -> Callable[[int], dict]:
         def on_epoch(epoch: int) -> dict:
             metrics = {"eval_acc": round(eval_accuracy(model, self.data.eval_split, self.data, self.rt), 5),
-                       "eval_split": self.results["data"]["eval_split"]}
+                       "eval_split": self.results["data"]["eval_split"], "eval_images": len(self.data.eval_split)}
             if self.cfg.eval.info_flow:
                 metrics["info_flow"] = layer_information(model, self.info_batch, self.data, self.rt)
             history.append({"epoch": epoch, **metrics})
@@ -246,7 +286,7 @@ class Experiment:
         teacher = self.build(cfg.arch)
         history: list = []
         if cfg.checkpoint:
-            blob = load_checkpoint(cfg.checkpoint)
+            blob = self.teacher_blob
             meta = blob.get("meta", {})
             if meta.get("arch") not in (None, cfg.arch):
                 raise CheckpointError(f"teacher.checkpoint {cfg.checkpoint} is a {meta['arch']}, not a {cfg.arch}; "

@@ -5,6 +5,8 @@ Every loss is an ``nn.Module`` built from the student's and teacher's
 ``loss(student_out, teacher_out, target, epoch)``. It returns its *weighted* components
 by name; the trainer adds ``ce_weight · CE`` and sums everything. Parameters are
 declared once (default, range, meaning) so the CLI, the app and validation share them.
+Every loss computes in fp32 with autocast off (:func:`app.device.in_fp32`), also when the
+networks run in bf16.
 """
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ from torch import nn
 
 from models import ModelSpec
 
+from .device import in_fp32
 from .features import Outputs
 
 EPS = 1e-7
@@ -47,6 +50,7 @@ class KDLoss(nn.Module):
     def ce_weight(self) -> float:
         return 1.0
 
+    @in_fp32
     def forward(self, s: Outputs, t: Outputs, target: torch.Tensor, epoch: float = 0.0) -> dict[str, torch.Tensor]:
         return self.components(s, t, target, epoch)
 
@@ -108,11 +112,13 @@ def prob_kl(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
     return (p * torch.log((p + EPS) / (q + EPS))).mean()
 
 
+@in_fp32
 def pkt_loss(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
     """Standard PKT: KL(teacher ‖ student) of row-normalised cosine kernels."""
     return prob_kl(row_normalise(cosine_kernel(teacher)), row_normalise(cosine_kernel(student)))
 
 
+@in_fp32
 def pkt_indistill_loss(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
     """InDistill PKT: Jeffreys divergence of cosine and 1/(1+d) kernels, averaged."""
     total = student.new_zeros((), dtype=torch.float32)
@@ -134,6 +140,12 @@ def match_spatial(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch
     if (hb, wb) != size:
         b = F.adaptive_avg_pool2d(b, size)
     return a, b
+
+
+@in_fp32
+def feature_mse(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """MSE between two feature maps, the larger pooled to the smaller's spatial size (fp32)."""
+    return F.mse_loss(*match_spatial(a, b))
 
 
 def pair_stages(n_student: int, n_teacher: int) -> list[tuple[int, int]]:
@@ -208,8 +220,7 @@ class FitNets(KDLoss):
         self.regressor = nn.Identity() if c_s == c_t else nn.Sequential(nn.Conv2d(c_s, c_t, 1, bias=False), nn.BatchNorm2d(c_t))
 
     def components(self, s, t, target, epoch):
-        fs, ft = match_spatial(self.regressor(s.features[self.s_idx]), t.features[self.t_idx])
-        return {"hint": self.hp["weight"] * F.mse_loss(fs.float(), ft.float())}
+        return {"hint": self.hp["weight"] * feature_mse(self.regressor(s.features[self.s_idx]), t.features[self.t_idx])}
 
 
 class AttentionTransfer(KDLoss):

@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from .device import in_fp32
+
 RECALL_POINTS = torch.linspace(0, 1, 11)
 
 
@@ -67,6 +69,7 @@ def renyi2_entropy(a: torch.Tensor) -> float:
 
 
 @torch.no_grad()
+@in_fp32
 def information_with_labels(features: torch.Tensor, labels: torch.Tensor) -> float:
     """Kernel estimate of I(X; Y) between a representation and the class labels (bits).
 

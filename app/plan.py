@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from models import MODELS, ModelSpec
 
 from .config import ConfigError, ExperimentConfig
+from .device import PRECISIONS
 from .losses import LOSSES, ParamError, resolve_params
 from .pairing import PairVerdict, assess_pair, spec_of
 from .schedule import WARMUP_MODES, Phase, check_curriculum, student_schedules
@@ -98,6 +99,9 @@ def make_plan(cfg: ExperimentConfig) -> Plan:
         p.append(f"data.dataset must be cifar10, cifar100 or folder, got {cfg.data.dataset!r}")
     if cfg.device not in ("auto", "cpu", "cuda"):
         p.append(f"device must be auto, cpu or cuda, got {cfg.device!r}")
+    if cfg.precision not in PRECISIONS:
+        p.append(f"precision must be {', '.join(PRECISIONS)} (auto: bf16 on CUDA, fp32 on the CPU), "
+                 f"got {cfg.precision!r}")
     size = cfg.data.input_size
     if cfg.student.arch in MODELS and 16 <= size <= 256:
         plan.student = spec_of(cfg.student.arch, 10, 1.0, size)

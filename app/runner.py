@@ -206,7 +206,7 @@ class Job:
                 r["epoch"].append(e.epoch)
                 r["acc"].append(e.metrics.get("eval_acc"))
                 r["info_flow"].append(e.metrics.get("info_flow"))
-                self.log.append(f"  {e.phase} epoch {e.epoch}: {e.metrics['eval_split']} acc {e.metrics['eval_acc']:.4f}")
+                self.log.append(f"  {e.phase} epoch {e.epoch}: {ev.eval_text(e.metrics)}")
             elif e.kind == "channel_maps":
                 v["channel_maps"] = {"pruned_arch": e.pruned_arch, "stages": e.stages}
                 self.maps_revision += 1
@@ -214,7 +214,7 @@ class Job:
                                                                              for s in e.stages))
             elif e.kind == "phase_result":
                 self.log.append(f"✔ {e.phase}" + (f" seed {e.seed}" if e.seed is not None else "")
-                                + f": test acc {e.result['test_acc']:.4f} in {e.result['train_seconds']:.1f} s")
+                                + f": {ev.test_text(e.result)} in {e.result['train_seconds']:.1f} s")
                 v["results"] = copy.deepcopy(self.experiment.results.get("phases", {}))
             elif e.kind == "finished":
                 self.state = "finished"

@@ -22,7 +22,7 @@ from . import events as ev
 from .augment import BatchStream
 from .device import Runtime
 from .features import FeatureTap
-from .losses import KDLoss, match_spatial
+from .losses import KDLoss, feature_mse
 from .pruning import PrunedFeatures
 
 Objective = Callable[[torch.Tensor, torch.Tensor, float], dict[str, torch.Tensor]]
@@ -160,8 +160,7 @@ def warmup_objective(student: FeatureTap, pruned: FeatureTap, select: PrunedFeat
         s_out = student(x, upto=upto, features=bool(layers))
         parts = {}
         for l in layers:
-            fs, ft = match_spatial(s_out.features[l - 1], t_feats[l - 1])
-            parts[f"mse_l{l}"] = F.mse_loss(fs.float(), ft.float())
+            parts[f"mse_l{l}"] = feature_mse(s_out.features[l - 1], t_feats[l - 1])
         if embed_loss is not None:
             parts["pkt"] = embed_loss(s_out.embedding, t_out.embedding)
         return parts

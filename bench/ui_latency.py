@@ -34,8 +34,8 @@ def main() -> None:
     args = p.parse_args()
     os.environ.setdefault("INDISTILL_RUNS", tempfile.mkdtemp(prefix="indistill-bench-"))
     t0 = time.time()
+    from app.ui import handlers, layout, views
     from app.ui import main as ui
-    from app.ui import views
     ui._warm_up_plotting()
     demo = ui.build_app()
     demo.queue()
@@ -49,13 +49,13 @@ def main() -> None:
 
     def watch() -> None:
         while not stop.is_set():
-            for job in list(ui.manager().jobs.values()):
-                with job.lock:  # read the live view without copying it (a copy every tick would skew timing)
-                    view = job.view
-                    last = views.last_step(view)
-                    if last and (views.LABELS.get(view["phase"]), last[1]) not in steps_at:
-                        steps_at[(views.LABELS.get(view["phase"]), last[1])] = time.time()
-                    n = sum(len(s["step"]) for s in view["series"].values())
+            for job in list(handlers.studio().manager.jobs.values()):
+                last = job.last_step()  # read without a snapshot (a copy every tick would skew timing)
+                phase = views.LABELS.get(job.view["phase"])
+                if last and (phase, last[1]) not in steps_at:
+                    steps_at[(phase, last[1])] = time.time()
+                with job.lock:
+                    n = sum(len(s) for s in job.series.values())
                 points_at.setdefault(n, time.time())
             time.sleep(0.005)
     threading.Thread(target=watch, daemon=True).start()
@@ -85,7 +85,7 @@ def main() -> None:
             if n:
                 chart_seen.setdefault(n, now)
             time.sleep(0.01)
-        for job in ui.manager().jobs.values():
+        for job in handlers.studio().manager.jobs.values():
             job.cancel()
         browser.close()
     stop.set()
@@ -96,7 +96,7 @@ def main() -> None:
 
     def top(v):
         return round(max(v), 3) if v else None
-    out = {"app_build_and_serve_s": round(startup, 2), "page_load_s": round(page_ready, 2), "poll_s": ui.POLL_SECONDS,
+    out = {"app_build_and_serve_s": round(startup, 2), "page_load_s": round(page_ready, 2), "poll_s": layout.POLL_SECONDS,
            "status_updates": len(status_lags), "step_to_status_median_s": med(status_lags),
            "step_to_status_max_s": top(status_lags),
            "chart_updates": len(chart_lags), "step_to_chart_median_s": med(chart_lags),

@@ -19,6 +19,8 @@ from app.config import ASSETS, SAMPLE_DATA, ConfigError, ExperimentConfig
 from app.losses import LOSSES
 from models import MODELS
 
+from . import views
+
 SCRATCH = "train from scratch"
 SAMPLE_LABEL = "Embedded sample (CIFAR-10, 300/class)"
 UPLOAD_LABEL = "Your uploaded dataset"
@@ -93,7 +95,7 @@ def shipped_teachers() -> dict[str, dict]:
     out = {}
     for t in manifest.get("teachers", []):
         if (ASSETS / t["file"]).is_file():
-            out[f"shipped {t['arch']} ({t['test_acc'] * 100:.1f}% on CIFAR-10 JPEG copy, 10,000 test images)"] = t
+            out[views.shipped_label(t)] = t
     return out
 
 

@@ -486,7 +486,8 @@ def compare(session: Any):
     files, note = [], ""
     if results.get("phases") and folder is not None:
         files, note = _downloads(folder, results)
-    note = note if rows else "No results yet: finished phases appear here (Train tab)."
+    note = " ".join(x for x in (views.compare_note(results), note) if x) if rows else \
+        "No results yet: finished phases appear here (Train tab)."
     return gr.update(value=rows, headers=views.COMPARE_HEADERS), views.scatter_figure(results), files, note
 
 

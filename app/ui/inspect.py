@@ -2,6 +2,7 @@
 predictions for an uploaded picture, nearest database images, feature-map thumbnails."""
 from __future__ import annotations
 
+import dataclasses
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -80,11 +81,13 @@ class ModelSet:
         return torch.arange(n) if n <= MAX_DATABASE else torch.linspace(0, n - 1, MAX_DATABASE).round().long()
 
     def database(self, m: LoadedModel) -> torch.Tensor:
+        """Embeddings of the database images, normalised with the statistics stored with ``m``."""
         with self.lock:
             if m.key not in self._db:
                 idx = self.db_index
-                split = Split(self.data.train.images[idx], self.data.train.labels[idx])
-                _, self._db[m.key] = predict(m.model, split, self.data, Runtime(torch.device("cpu")))
+                data = dataclasses.replace(self.data, **stats_of(m.meta))
+                split = Split(data.train.images[idx], data.train.labels[idx])
+                _, self._db[m.key] = predict(m.model, split, data, Runtime(torch.device("cpu")))
             return self._db[m.key]
 
     def query(self, picture: Image.Image, k: int = 8, metric: str = "cosine") -> list[dict]:
@@ -110,11 +113,17 @@ class ModelSet:
         return Image.fromarray(img).resize((32 * scale, 32 * scale), Image.NEAREST)
 
 
+def stats_of(meta: dict) -> dict[str, tuple[float, ...]]:
+    """The normalisation a saved model was trained with (mean 0.5, std 0.25 if it stores none)."""
+    return {"mean": tuple(meta.get("mean") or (0.5,) * 3), "std": tuple(meta.get("std") or (0.25,) * 3)}
+
+
 def to_input(picture: Image.Image, meta: dict) -> torch.Tensor:
     """A picture as the normalised ``[1, 3, S, S]`` batch the model was trained on."""
     size = meta.get("input_size", 32)
     x = torch.from_numpy(np.asarray(picture.resize((size, size), Image.BILINEAR)).copy()).permute(2, 0, 1)[None]
-    return Normalizer(meta.get("mean", (0.5,) * 3), meta.get("std", (0.25,) * 3), torch.device("cpu"))(x)
+    stats = stats_of(meta)
+    return Normalizer(stats["mean"], stats["std"], torch.device("cpu"))(x)
 
 
 def feature_grid(fmap: torch.Tensor, channels: list[int] | None = None, cell: int = 40, cols: int = 8) -> Image.Image:

@@ -3,12 +3,15 @@ plotly figures, markdown and table rows. No Gradio here, so each view is unit-te
 from __future__ import annotations
 
 import csv
+import functools
 import io
+import json
 import math
 
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
+from app.config import ASSETS
 from app.pairing import spec_of
 from app.plan import Plan
 from app.profile import flops as count_flops, param_count, size_mb
@@ -35,6 +38,28 @@ def _empty(title: str, note: str) -> go.Figure:
 _CARDS: dict[str, str] = {}
 
 
+@functools.lru_cache(maxsize=1)
+def _manifest() -> dict:
+    try:
+        return json.loads((ASSETS / "manifest.json").read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def shipped_by_arch() -> dict[str, dict]:
+    """Architecture → manifest entry of each teacher checkpoint shipped in assets/."""
+    return {t["arch"]: t for t in _manifest().get("teachers", []) if (ASSETS / t["file"]).is_file()}
+
+
+def shipped_label(entry: dict) -> str:
+    """A shipped teacher as a choice: its manifest accuracy and the data it was measured on."""
+    return f"shipped {entry['arch']} ({entry['test_acc'] * 100:.1f}% on the {_test_set(entry)})"
+
+
+def _test_set(entry: dict) -> str:
+    return entry.get("test_set", "CIFAR-10 (JPEG copy) test split")
+
+
 def model_card(arch: str, num_classes: int = 10) -> str:
     """Params, FLOPs, size and stage widths of a registered architecture (cached)."""
     if arch not in MODELS:
@@ -45,6 +70,12 @@ def model_card(arch: str, num_classes: int = 10) -> str:
         _CARDS[arch] = (f"**{arch}** — {MODELS[arch].summary}  \n{param_count(model):,} params · "
                         f"{count_flops(model) / 1e6:.1f} MFLOPs · {size_mb(model):.2f} MB  \nstages: {stages} · "
                         f"embedding {spec.embed_dim}")
+        shipped = shipped_by_arch().get(arch)
+        if shipped:
+            sample = _manifest().get("sample", {}).get("images", {}).get("test")
+            _CARDS[arch] += (f"  \nshipped weights: {shipped['test_acc'] * 100:.2f}% on the {_test_set(shipped)}; "
+                             "a run reports the teacher's accuracy on its own test selection"
+                             + (f" (the embedded sample: {sample:,} test images)" if sample else ""))
     return _CARDS[arch]
 
 
@@ -190,12 +221,13 @@ def accuracy_figure(snap: dict | None) -> go.Figure:
     if not keys:
         return _empty("Accuracy per epoch", "evaluation accuracy appears after the first epoch")
     fig = go.Figure()
-    split = ((snap or {}).get("data") or {}).get("eval_split", "test")
+    data = (snap or {}).get("data") or {}
+    split = data.get("eval_split", "test") + (f", {data['eval_images']:,} images" if data.get("eval_images") else "")
     for key in keys:
         phase, seed = key.split("/")
         fig.add_trace(go.Scatter(x=ev[key]["epoch"], y=[a * 100 for a in ev[key]["acc"]], mode="lines+markers",
                                  name=_unit_title(key), line=dict(color=COLORS.get(phase), dash="dot" if seed != "0" else None)))
-    fig.update_layout(template="plotly_white", height=340, title=f"{split} accuracy per epoch (%)", xaxis_title="epoch",
+    fig.update_layout(template="plotly_white", height=340, title=f"Accuracy per epoch (%), {split}", xaxis_title="epoch",
                       yaxis_title="accuracy %", uirevision="acc", margin=dict(l=10, r=10, t=40, b=40))
     return fig
 
@@ -234,6 +266,20 @@ def _fmt_pm(mean: float | None, sd: float | None, scale: float = 100.0) -> str:
 
 COMPARE_HEADERS = ["model", "arch", "accuracy %", "mAP cos %", "mAP euc %", "params", "size MB", "MFLOPs",
                    "CPU ms (b1)", "GPU ms (b1)", "img/s (b256)", "train s"]
+
+
+def measured_on(results: dict | None) -> str:
+    """The data test accuracies were measured on, e.g. 'test split, 1,000 images (…)'; '' for older runs."""
+    return ((results or {}).get("data") or {}).get("test_data", "")
+
+
+def compare_note(results: dict | None) -> str:
+    """Which data the comparison table's accuracy and retrieval figures come from."""
+    where = measured_on(results)
+    if not where:
+        return ""
+    return (f"Accuracy on the {where}, every model on the same images; retrieval queries are those test images, "
+            f"the database the {results['data']['train']:,} training images.")
 
 
 def compare_rows(results: dict | None) -> list[list]:
@@ -286,7 +332,9 @@ def scatter_figure(results: dict | None) -> go.Figure:
             marker=dict(size=14 + 46 * math.sqrt(r["size_mb"] / biggest), color=COLORS[p], opacity=0.75,
                         line=dict(width=1, color="#111827")),
             hovertemplate=f"{LABELS[p]}<br>%{{y:.2f}}% · %{{x:.3f}} ms · {r['size_mb']:.3f} MB<extra></extra>"))
-    fig.update_layout(template="plotly_white", height=380, title="Accuracy vs CPU latency (bubble area ∝ size)",
+    where = measured_on(results)
+    fig.update_layout(template="plotly_white", height=380, title="Accuracy vs CPU latency (bubble area ∝ size)"
+                      + (f"<br><sup>accuracy on the {where}</sup>" if where else ""),
                       xaxis_title="CPU latency, batch 1 (ms)", yaxis_title="test accuracy %", showlegend=False,
                       margin=dict(l=10, r=10, t=40, b=40))
     return fig
