@@ -12,6 +12,8 @@ and the manager keeps at most ``max_kept`` finished jobs (they stay openable fro
 from __future__ import annotations
 
 import copy
+import ctypes
+import gc
 import threading
 import time
 from collections import OrderedDict, deque
@@ -25,6 +27,16 @@ from .grid import CurriculumGrid
 
 LOG_LINES = 300
 MAX_POINTS = 2000
+
+
+def return_memory() -> None:
+    """Collect garbage and hand freed heap pages back to the OS (glibc ``malloc_trim``), so a
+    long-running server's RSS follows what it holds rather than its high-water mark."""
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: nothing to trim
+        pass
 
 
 class JobRefused(ValueError):
@@ -170,6 +182,7 @@ class Job:
     def _done(self) -> None:
         """Free the dataset and models; the results stay in the snapshot and on disk."""
         self.experiment.release()
+        return_memory()
         with self.lock:
             self.ended = self.ended or time.time()
             if self.state in runfolder.LIVE_STATES:  # ended without an event (cancelled while queued)
@@ -252,6 +265,23 @@ class Job:
                 return max(0.0, elapsed * (total - done) / done)
             return max(0.0, (self.estimate_s or 0.0) - elapsed)
         return self.estimate_s or 0.0
+
+    def summary(self) -> dict:
+        """The status line's facts without copying the curves (what a script polls)."""
+        position, wait_s = self.manager.queue_place(self) if self.manager else (0, 0.0)
+        last = self.last_step()
+        with self.lock:
+            done, total = self.experiment.done_steps, self.experiment.total_steps
+            elapsed = (time.time() - self.started) if self.started else 0.0
+            frac = done / total if total else (1.0 if self.state == "finished" else 0.0)
+            eta = wait_s + (self.estimate_s or 0.0) if self.state == "queued" else \
+                (elapsed / frac - elapsed if 0 < frac < 1 else None)
+            results = {p: {"test_acc": r.get("test_acc"), "test_acc_std": r.get("test_acc_std")}
+                       for p, r in self.view["results"].items() if isinstance(r, dict) and "test_acc" in r}
+            return {"run": self.id, "state": self.state, "progress": round(frac, 4), "queue_position": position,
+                    "eta_s": None if eta is None else round(eta, 1), "phase": self.view["phase"],
+                    "step": last[1] if last else None, "loss": last[2] if last else None, "results": results,
+                    "error": self.view["error"]}
 
     def snapshot(self) -> dict:
         """A JSON-ready copy of the job's state, safe to read from any thread."""

@@ -98,7 +98,7 @@ class Sampler(threading.Thread):
             time.sleep(0.2)
 
 
-def visitor(url: str, deadline: float, out: dict) -> None:
+def visitor(url: str, deadline: float, out: dict, interval: float = 1.0) -> None:
     """Start a tiny run, poll until it ends, leave; record waits and poll latencies."""
     from gradio_client import Client
     try:
@@ -118,7 +118,7 @@ def visitor(url: str, deadline: float, out: dict) -> None:
             if status["state"] not in ("queued", "running"):
                 out["state"] = status["state"]
                 break
-            time.sleep(0.5)
+            time.sleep(interval)
         out["queue_wait"] = (running_at or time.time()) - t0
     except Exception as exc:  # a lost visitor is a result, not a crash of the benchmark
         out["error"] = f"{type(exc).__name__}: {exc}"

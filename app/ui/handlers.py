@@ -160,25 +160,36 @@ def restore(stored: Any, query_run: str | None = None) -> tuple[dict, str]:
     return session, session["run"] or ""
 
 
-def _view(session: dict) -> tuple[dict | None, str]:
-    """(snapshot, refusal): a live run only for its owner; an ended run for anyone with its id."""
+def _access(session: dict):
+    """(job in memory | None, results on disk | None, refusal): the ownership rule, applied once.
+
+    A live run is visible only to its owner; an ended run to anyone with its id."""
     run_id = session.get("run")
     if not run_id:
-        return None, ""
+        return None, None, ""
     s = studio()
     job = s.manager.get(run_id)
     if job is not None:
         if job.live and job.owner != owner(session):
-            return None, (f"Run `{run_id}` is still training and belongs to another session; its share link opens it "
-                          "read-only once it has finished.")
+            return None, None, (f"Run `{run_id}` is still training and belongs to another session; its share link "
+                                "opens it read-only once it has finished.")
+        return job, None, ""
+    results = s.manager.load_results(run_id)
+    if results is None:
+        return None, None, f"No run `{run_id}` on this server."
+    return None, results, ""
+
+
+def _view(session: dict) -> tuple[dict | None, str]:
+    """(snapshot, refusal) of the run on show, if this session may see it."""
+    job, results, refusal = _access(session)
+    if job is not None:
         snap = job.snapshot()
         snap["read_only"] = job.owner != owner(session)
         return snap, ""
-    results = s.manager.load_results(run_id)
-    if results is None:
-        return None, f"No run `{run_id}` on this server."
-    snap = runfolder.snapshot_from_results(run_id, results)
-    return snap, ""
+    if results is not None:
+        return runfolder.snapshot_from_results(session["run"], results), ""
+    return None, refusal
 
 
 def snapshot_of(session: Any) -> dict | None:
@@ -187,11 +198,11 @@ def snapshot_of(session: Any) -> dict | None:
 
 def _folder(session: dict) -> runfolder.RunFolder | None:
     """The run folder on show, if this session may see it."""
-    snap, refusal = _view(session)
-    if snap is None:
+    job, results, _ = _access(session)
+    if job is None and results is None:
         return None
     try:
-        return runfolder.RunFolder(runfolder.resolve(studio().runs_root, snap["id"]))
+        return runfolder.RunFolder(runfolder.resolve(studio().runs_root, session["run"]))
     except runfolder.RunIdError:
         return None
 
@@ -424,6 +435,10 @@ def tick_charts(session: Any, seen):
 def status_dict(session: Any) -> dict:
     """The run on show as plain data (the ``status`` API endpoint)."""
     session = session_of(session)
+    job, _, _ = _access(session)
+    if job is not None:  # live or recent: read the job's facts without copying its curves
+        out = job.summary()
+        return {**out, "read_only": job.owner != owner(session), "error": shown(out["error"] or "") or None}
     snap, refusal = _view(session)
     if snap is None:
         return {"run": session.get("run"), "state": None, "message": refusal or "no run yet"}

@@ -173,7 +173,7 @@ def api_endpoints(session) -> None:
         buttons = {name: gr.Button(name) for name in ("start", "cancel", "status", "open", "retrieve")}
     buttons["start"].click(h.api_start, [session, preset_in, overrides_in], [session, out], api_name="start")
     buttons["cancel"].click(h.api_cancel, session, [session, out], api_name="cancel")
-    buttons["status"].click(h.status_dict, session, out, api_name="status")
+    buttons["status"].click(h.status_dict, session, out, api_name="status", queue=False)  # cheap: no queue round trip
     buttons["open"].click(h.api_open, [session, run_in], [session, out], api_name="open")
     buttons["retrieve"].click(h.api_retrieve, [session, image_in, k_in, metric_in], out, api_name="retrieve")
 
