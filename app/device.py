@@ -69,8 +69,21 @@ def resolve(device: str = "auto", precision: str = "auto") -> Runtime:
     if device == "cuda" or (device == "auto" and torch.cuda.is_available()):
         torch.backends.cudnn.benchmark = True
         return Runtime(torch.device("cuda"), "bf16" if precision == "auto" else precision)
-    torch.set_num_threads(max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1))
+    torch.set_num_threads(train_threads())
     return Runtime(torch.device("cpu"), "fp32" if precision == "auto" else precision)
+
+
+def cpu_cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def train_threads() -> int:
+    """Threads a CPU training uses: ``INDISTILL_TRAIN_THREADS`` if set (a public server keeps one
+    core for its pages), else every core."""
+    try:
+        return max(1, min(cpu_cores(), int(os.environ.get("INDISTILL_TRAIN_THREADS", "0")) or cpu_cores()))
+    except ValueError:
+        return cpu_cores()
 
 
 # ---------------------------------------------------------------- fp32 islands inside autocast

@@ -13,6 +13,7 @@ an effective rate; frozen networks (teacher, auxiliary teacher) cost one forward
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import os
 from dataclasses import dataclass, field
@@ -48,15 +49,22 @@ class CostModel:
     decode_s: float = 150e-6        # decoding one image (×(size/32)² when resized)
 
 
-# Fitted on this project's 2-core VM: CNN 8/16/32 6,800 img/s and ResNet-20 479 img/s (fwd+bwd, batch 128).
+# Fitted on this project's 2-core VM, 2 threads: CNN 8/16/32 6,800 img/s and ResNet-20 479 img/s (fwd+bwd,
+# batch 128). With fewer training threads (a public server keeps a core for its pages) the FLOP rate scales down.
 CPU_MODEL = CostModel()
+
+
+def cost_model() -> CostModel:
+    """The CPU cost model for this server's training threads (fitted at 2)."""
+    from .device import train_threads
+    return dataclasses.replace(CPU_MODEL, flops_per_s=CPU_MODEL.flops_per_s * min(train_threads(), 2) / 2)
 
 
 @dataclass(frozen=True)
 class Budget:
     """Limits of one public job; each refusal names the limit it broke."""
 
-    max_minutes: float = 10.0       # estimated training time on 2 CPU cores
+    max_minutes: float = 10.0       # estimated run time on this server (fitted on 2 CPU cores)
     max_step_mb: float = 3072.0     # estimated activation memory of one training step
     max_batch: int = 512            # on the CPU
     max_seeds: int = 5
@@ -106,10 +114,11 @@ def _net_cost(arch: str, num_classes: int, width: float, input_size: int) -> tup
 
 
 def estimate(cfg: ExperimentConfig, plan: Plan, num_classes: int, train_images: int, eval_images: int,
-             test_images: int | None = None, model: CostModel = CPU_MODEL) -> Estimate:
+             test_images: int | None = None, model: CostModel | None = None) -> Estimate:
     """Training time (every phase, arm and seed, plus per-epoch evaluation) and step memory."""
     size, n = cfg.data.input_size, num_classes
     test_images = eval_images if test_images is None else test_images
+    model = model or cost_model()
 
     def cost(arch: str, width: float = 1.0) -> tuple[float, float]:
         return _net_cost(arch, n, width, size)
@@ -186,7 +195,7 @@ def check_budget(cfg: ExperimentConfig, est: Estimate, budget: Budget) -> list[s
             fits.append(f"seeds {max(1, int(cfg.seeds * f))}")
         if est.train_images:
             fits.append(f"about {int(est.train_images * f):,} training images")
-        problems.append(f"this run is estimated at {est.minutes:.1f} min on 2 CPU cores, over the public limit of "
+        problems.append(f"this run is estimated at {est.minutes:.1f} min on this server, over the public limit of "
                         f"{budget.max_minutes:g} min; what would fit: " + ", or ".join(fits))
     return problems
 

@@ -281,7 +281,7 @@ def check(session: Any, *values) -> tuple[str, dict, object, str]:
         return msg, gr.update(interactive=False), views.timeline_figure(Plan(ExperimentConfig())), msg
     verdict = views.verdict_markdown(plan)
     if est is not None:
-        verdict += (f"\n\nEstimated training time: **{est.minutes:.1f} min** on 2 CPU cores "
+        verdict += (f"\n\nEstimated run time: **{est.minutes:.1f} min** on this server "
                     f"(public limit {studio().budget.max_minutes:g} min).")
     return "", gr.update(interactive=True), views.timeline_figure(plan), verdict
 

@@ -26,6 +26,9 @@ def _warm_up_plotting() -> None:
 def launch(**kwargs):
     threading.Thread(target=_warm_up_plotting, daemon=True).start()
     s = handlers.studio()
+    if s.public:  # visitors' pages keep a core: training takes the others (on 2 cores: one)
+        from app.device import cpu_cores
+        os.environ.setdefault("INDISTILL_TRAIN_THREADS", str(max(1, cpu_cores() - 1)))
     demo = build_app()
     demo.queue(default_concurrency_limit=8)
     demo.launch(server_name=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"),
