@@ -15,6 +15,7 @@ def tiny(cifar_jpeg, cache_dir, **extra):
     items = {"data.data_dir": str(cifar_jpeg), "data.cache_dir": str(cache_dir), "data.train_per_class": 12,
              "data.test_per_class": 4, "teacher.epochs": 1, "student.epochs": 1, "indistill.a": 0.5,
              "indistill.b": 0.25, "optim.batch_size": 24, "eval.latency_runs": 2, "eval.info_batch": 32,
+             "data.val_per_class": 3,
              "device": "cpu"}
     items.update(extra)
     return preset("quick-cpu").with_overrides(items)
@@ -42,6 +43,25 @@ def test_whole_experiment_writes_results(cifar_jpeg, cache_dir, tmp_path):
     # equal-epoch control: baseline and KD students trained as long as warm-up + KD
     assert on_disk["phases"]["baseline"]["epochs"] == pytest.approx(ind["epochs"])
     assert (tmp_path / on_disk["run_dir"].split("/")[-1] / "checkpoints" / "indistill-s1.pt").is_file()
+    # one latency figure per architecture: the three students share the one measurement
+    students = [on_disk["phases"][p] for p in ("baseline", "kd", "indistill")]
+    assert {s["cost_key"] for s in students} == {"cnn_8_16_32@1"}
+    assert len({s["latency_ms_cpu_b1"] for s in students}) == 1
+    assert set(on_disk["costs"]) == {"cnn_16_32_64@1", "cnn_8_16_32@1"}
+    assert on_disk["costs"]["cnn_8_16_32@1"]["latency_ms_cpu_b1_spread"]["runs"] == 2
+    # intervals: a t-interval over the two seeds, paired differences with verdicts
+    lo, hi = ind["test_acc_ci"]
+    assert lo <= ind["test_acc"] <= hi and "t-interval" in ind["test_acc_ci_method"]
+    unit = ind["units"]["0"]
+    assert unit["test_images"] == 40 and unit["test_acc_ci"][0] <= unit["test_acc"] <= unit["test_acc_ci"][1]
+    assert "map_ci" in ind["retrieval"]["cosine"] and "map_reference" in ind["retrieval"]["cosine"]
+    pairs = {(c["a"], c["b"], c["metric"]): c for c in on_disk["comparisons"]}
+    assert set(pairs) >= {("baseline", "kd", "test_acc"), ("kd", "indistill", "test_acc"), ("kd", "indistill", "map_cosine")}
+    for c in pairs.values():
+        assert c["verdict"] in ("better", "worse", "within noise") and len(c["per_seed"]) == 2
+    # per-epoch curves on the validation split; the test split only at the end
+    assert on_disk["data"]["eval_split"] == "val" and on_disk["data"]["val"] == 30
+    assert all(h["eval_split"] == "val" for h in unit["history"])
 
 
 def test_cancel_stops_within_one_step_and_resume_finishes(cifar_jpeg, cache_dir, tmp_path):
