@@ -202,9 +202,11 @@ def cmd_grid(args) -> int:
     grid = CurriculumGrid(cfg, parse_values(args.a, "--a"), parse_values(args.b, "--b"), run_dir, emit=progress)
     progress.experiment = grid
     results = grid.run()
-    print("mode        a     b   test acc %")
+    print("mode        a     b   warm-up + KD epochs   test acc % [95 % interval]")
     for c in results["grid"]["cells"]:
-        print(f"{c['mode']:10s} {c['a']:5g} {c['b']:5g}   {c['test_acc'] * 100:.2f}")
+        ci = c.get("test_acc_ci") or [c["test_acc"]] * 2
+        print(f"{c['mode']:10s} {c['a']:5g} {c['b']:5g}   {c['warmup_epochs']:7.2f} + {c['kd_epochs']:<7.2f}     "
+              f"{c['test_acc'] * 100:.2f} [{ci[0] * 100:.1f}, {ci[1] * 100:.1f}]")
     print(f"grid folder: {run_dir}")
     return 0 if results["status"] == "finished" else 1
 
@@ -241,12 +243,13 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--seeds", type=int, help="seeds for the student phases")
         _common(p)
         p.set_defaults(func=func)
-    p = sub.add_parser("grid", help="the a × b curriculum grid (InDistill student only) plus a joint run")
+    p = sub.add_parser("grid", help="the a × b curriculum grid (InDistill student only) plus joint and no-warm-up "
+                                    "controls, every run student.epochs in all (warm-up included)")
     src = p.add_mutually_exclusive_group()
     src.add_argument("--preset", default="quick-cpu", choices=list(PRESETS))
     src.add_argument("--config")
-    p.add_argument("--a", default="0,1,2", help="comma-separated a values")
-    p.add_argument("--b", default="0,1", help="comma-separated b values")
+    p.add_argument("--a", default="0.25,0.5", help="comma-separated a values")
+    p.add_argument("--b", default="0,0.25", help="comma-separated b values")
     p.add_argument("--out", default="runs")
     p.add_argument("--epochs-scale", type=float)
     p.add_argument("--seeds", type=int)

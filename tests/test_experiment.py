@@ -133,18 +133,26 @@ def test_cli_reports_bad_settings_without_a_traceback(capsys):
     assert "negative" in err and "Traceback" not in err
 
 
-def test_curriculum_grid_runs_every_cell_and_a_joint_run(cifar_jpeg, cache_dir, tmp_path):
+def test_curriculum_grid_cells_and_controls_have_equal_totals_and_share_the_teachers(cifar_jpeg, cache_dir, tmp_path):
     from app.grid import CurriculumGrid
     from app.ui.views import grid_figures
-    grid = CurriculumGrid(tiny(cifar_jpeg, cache_dir), [0.5, 1.0], [0.0], tmp_path / "grid")
+    cfg = tiny(cifar_jpeg, cache_dir, **{"student.epochs": 3, "indistill.aux": "on", "indistill.aux_epochs": 0.5,
+                                         "epochs_scale": 0.5})
+    grid = CurriculumGrid(cfg, [0.25, 0.5], [0.0], tmp_path / "grid")
     out = grid.run()
     cells = out["grid"]["cells"]
     assert out["status"] == "finished" and [(c["mode"], c["a"], c["b"]) for c in cells] == [
-        ("curriculum", 0.5, 0.0), ("curriculum", 1.0, 0.0), ("joint", 0.5, 0.0)]
-    # the teacher is trained once, by the first cell, and reused
-    assert not (tmp_path / "grid" / "cell-1" / "checkpoints" / "teacher.pt").exists() or \
-        json.loads((tmp_path / "grid" / "cell-1" / "results.json").read_text())["phases"]["teacher"]["train_seconds"] == 0
-    assert cells[0]["warmup_epochs"] < cells[1]["warmup_epochs"]  # S_l = a + b·l grows with a
+        ("curriculum", 0.25, 0.0), ("curriculum", 0.5, 0.0), ("joint", 0.25, 0.0), ("off", 0.25, 0.0)]
+    # equal totals: the warm-up comes out of the budget T = 3 epochs (× epochs_scale 0.5)
+    assert [c["total_epochs"] for c in cells] == pytest.approx([1.5] * 4)
+    assert cells[0]["warmup_epochs"] == pytest.approx(0.5) and cells[1]["warmup_epochs"] == pytest.approx(1.0)
+    assert cells[2]["warmup_epochs"] == cells[0]["warmup_epochs"] and cells[3]["warmup_epochs"] == 0
+    assert [c["kd_epochs"] for c in cells] == pytest.approx([1.0, 0.5, 1.0, 1.5])
+    # one teacher and one auxiliary teacher, trained by the first cell and loaded by the others
+    for i in (1, 2, 3):
+        later = json.loads((tmp_path / "grid" / f"cell-{i}" / "results.json").read_text())
+        assert later["phases"]["teacher"]["train_seconds"] == 0 and later["phases"]["aux"]["train_seconds"] == 0
+        assert later["config"]["indistill"]["aux_checkpoint"].endswith("cell-0/checkpoints/aux.pt")
     heat, flow = grid_figures(out["grid"])
     assert heat.data[0].z[0][0] == pytest.approx(cells[0]["test_acc"] * 100)
     assert len(flow.data) > 0
@@ -154,4 +162,7 @@ def test_grid_rejects_cells_that_cannot_run(cifar_jpeg, cache_dir, tmp_path):
     from app.config import ConfigError
     from app.grid import CurriculumGrid
     with pytest.raises(ConfigError, match="negative"):
-        CurriculumGrid(tiny(cifar_jpeg, cache_dir), [0.0], [-1.0], tmp_path / "g")
+        CurriculumGrid(tiny(cifar_jpeg, cache_dir, **{"student.epochs": 30}), [0.0], [-1.0], tmp_path / "g")
+    # S_l = 2 + l over 3 layers and the embedding: 14 epochs, more than the budget of 10
+    with pytest.raises(ConfigError, match="leaves no KD epochs"):
+        CurriculumGrid(tiny(cifar_jpeg, cache_dir, **{"student.epochs": 10}), [2.0], [1.0], tmp_path / "g")

@@ -345,8 +345,10 @@ def test_a_huge_auxiliary_teacher_is_refused_before_any_network_is_built(public_
 
 
 def test_a_grid_is_estimated_cell_by_cell(public_studio):
-    _, _, msg = ui.run_grid(None, "10,10,10,10,10,10", "5,5,5,5,5,5", 4, *controls(train_per_class=0))
-    assert "Grid not started" in msg and "37 runs together are over the public budget" in msg
+    _, _, msg = ui.run_grid(None, "10,10,10,10,10,10", "5,5,5,5,5,5", 400, *controls(train_per_class=0))
+    assert "Grid not started" in msg and "38 runs together are over the public budget" in msg
+    _, _, msg = ui.run_grid(None, "10", "5", 4, *controls())
+    assert "Grid not started" in msg and "leaves no KD epochs" in msg
     _, _, msg = ui.run_grid(None, "100", "0", 4, *controls())
     assert "a must be 0 to 10" in msg
 
