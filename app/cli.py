@@ -127,17 +127,24 @@ class Progress:
 
 
 def results_table(results: dict) -> str:
-    rows = [("phase", "test acc", "± sd", "mAP cos", "params", "MFLOPs", "CPU ms b1", "train s")]
+    rows = [("phase", "test acc", "± sd", "95% interval", "mAP cos", "params", "MFLOPs", "CPU ms b1", "train s")]
     for phase in ("teacher", "aux", "baseline", "kd", "indistill"):
         r = results.get("phases", {}).get(phase)
         if not r or "test_acc" not in r:
             continue
         m = r.get("retrieval", {}).get("cosine", {}).get("map")
+        ci = r.get("test_acc_ci")
         rows.append((phase, f"{r['test_acc'] * 100:.2f}", f"{r.get('test_acc_std', 0) * 100:.2f}",
+                     f"[{ci[0] * 100:.1f}, {ci[1] * 100:.1f}]" if ci else "-",
                      "-" if m is None else f"{m * 100:.2f}", f"{r['params']:,}", f"{r['flops'] / 1e6:.2f}",
                      f"{r['latency_ms_cpu_b1']:.3f}", f"{r['train_seconds']:.1f}"))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     table = "\n".join("  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths))) for row in rows)
+    for c in results.get("comparisons") or []:
+        if c.get("diff") is not None:
+            ci = f" [{c['ci'][0] * 100:+.1f}, {c['ci'][1] * 100:+.1f}]" if c.get("ci") else ""
+            table += (f"\n{c['b']} − {c['a']}, {c['metric']}: {c['diff'] * 100:+.2f} points{ci} — {c['verdict']} "
+                      f"({c['method']})")
     where = results.get("data", {}).get("test_data")
     return table + (f"\ntest acc on the {where}" if where and len(rows) > 1 else "")
 

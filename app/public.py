@@ -304,6 +304,7 @@ def _class_counts(path: str, _stamp: tuple) -> tuple[dict[str, int], dict[str, i
 
 def dataset_size(cfg: ExperimentConfig) -> tuple[int, int, int, int]:
     """(classes, training images, images evaluated each epoch, test images) the config selects, without decoding."""
+    from .data import held_out
     d = cfg.data
     if d.dataset in CIFAR_COUNTS and (d.data_dir is None or not Path(d.data_dir).exists()):
         classes, tr, te = CIFAR_COUNTS[d.dataset]
@@ -313,7 +314,7 @@ def dataset_size(cfg: ExperimentConfig) -> tuple[int, int, int, int]:
         st = path.stat()
         train, test = _class_counts(str(path.resolve()), (st.st_mtime_ns, st.st_size))
     val = d.val_per_class or 0
-    n_train = sum(max(0, min(c - val, d.train_per_class or c)) for c in train.values())
+    n_train = sum(max(0, min(c - held_out(c, val), d.train_per_class or c)) for c in train.values())
     n_test = sum(min(c, d.test_per_class or c) for c in test.values())
-    n_eval = sum(min(c, val) for c in train.values()) if val else n_test
+    n_eval = sum(held_out(c, val) for c in train.values()) if val else n_test
     return len(train), n_train, n_eval, n_test

@@ -67,8 +67,8 @@ def test_loss_change_relabels_the_parameter_inputs():
     assert len(ups) == form.MAX_PARAMS
     assert [u.get("visible") for u in ups][:4] == [True, True, True, True]
     assert ups[1]["label"].startswith("beta") and ups[1]["value"] == 8.0
-    ups = ui.param_updates("pkt")
-    assert [u.get("visible") for u in ups] == [True] + [False] * (form.MAX_PARAMS - 1)
+    ups = ui.param_updates("pkt")   # weight, and the CE weight beside it
+    assert [u.get("visible") for u in ups] == [True, True] + [False] * (form.MAX_PARAMS - 2)
 
 
 def test_export_then_import_restores_the_controls(tmp_path):
