@@ -203,6 +203,7 @@ class Experiment:
                 pruned = self.aux_phase(teacher)
             # the reference procedure: the auxiliary teacher also teaches stage 2 (both arms)
             stage2 = pruned if self.reference else teacher
+            self.results["procedure"] = self.procedure_record()
             maps = None
             if self.cfg.phases.indistill:
                 size, ind = self.cfg.data.input_size, self.cfg.indistill
@@ -237,6 +238,17 @@ class Experiment:
     @property
     def reference(self) -> bool:
         return self.cfg.indistill.procedure == "reference"
+
+    def procedure_record(self) -> dict:
+        """``results["procedure"]``: which chain ran — who teaches the warm-up and stage 2, with what."""
+        aux = self.plan.use_aux
+        name, params = stage2_loss(self.cfg)
+        return {"name": self.cfg.indistill.procedure,
+                "aux": [p.to_dict() for p in self.aux_segments()] if aux and not self.cfg.indistill.aux_checkpoint
+                else ("loaded from indistill.aux_checkpoint" if aux else None),
+                "warmup_source": "aux" if aux else "teacher",
+                "stage2_teacher": "aux" if aux and self.reference else "teacher",
+                "stage2_loss": name, "stage2_params": params}
 
     @property
     def aux_spec(self):

@@ -166,3 +166,25 @@ def test_grid_rejects_cells_that_cannot_run(cifar_jpeg, cache_dir, tmp_path):
     # S_l = 2 + l over 3 layers and the embedding: 14 epochs, more than the budget of 10
     with pytest.raises(ConfigError, match="leaves no KD epochs"):
         CurriculumGrid(tiny(cifar_jpeg, cache_dir, **{"student.epochs": 10}), [2.0], [1.0], tmp_path / "g")
+
+
+def test_reference_procedure_chain(cifar_jpeg, cache_dir, tmp_path):
+    """aux: CE then PKT from the teacher; it teaches the warm-up and stage 2 (InDistill PKT, no CE)."""
+    seen = []
+    cfg = tiny(cifar_jpeg, cache_dir, **{"indistill.procedure": "reference", "indistill.aux": "on",
+                                         "indistill.aux_epochs": 0.5, "phases.baseline": False,
+                                         "eval.retrieval": False, "eval.info_flow": False})
+    exp = Experiment(cfg, runs_root=tmp_path, emit=seen.append)
+    out = exp.run()
+    assert out["status"] == "finished"
+    proc = out["procedure"]
+    assert [(p["kind"], p["loss"]) for p in proc["aux"]] == [("ce", "ce"), ("kd", "pkt")]
+    assert proc["warmup_source"] == "aux" and proc["stage2_teacher"] == "aux"
+    assert proc["stage2_loss"] == "pkt_indistill" and proc["stage2_params"]["ce"] == 0.0
+    assert out["schedule"]["indistill"][-1]["loss"] == "pkt_indistill" and out["schedule"]["kd"][0]["loss"] == "pkt_indistill"
+    # no CE term in stage 2, nor in the auxiliary teacher's PKT segment
+    kd_steps = [e for e in seen if e.kind == "step" and e.segment == "KD"]
+    assert kd_steps and all("ce" not in e.losses for e in kd_steps)
+    aux_pkt = [e for e in seen if e.kind == "step" and e.phase == "aux" and e.segment == "embedding PKT"]
+    assert aux_pkt and all(set(e.losses) == {"pkt", "total"} for e in aux_pkt)
+    assert [e.name for e in seen if e.kind == "layer_switch" and e.phase == "aux"] == ["CE", "embedding PKT"]
