@@ -90,25 +90,18 @@ class Progress:
         self.quiet, self.total, self.done, self.start = quiet, 0, 0, time.time()
         self.label, self.last = "", ""
 
-    def __call__(self, e) -> None:
-        if e.kind == "log":
-            self._line(e.message)
-        elif e.kind == "phase_started":
+    def __call__(self, e: ev.Event) -> None:
+        """Steps and epochs go to the bar; every other described event is printed as its line."""
+        if isinstance(e, ev.PhaseStarted):
             self.label = f"{e.phase}" + (f" seed {e.seed}" if e.phase not in ("teacher", "aux") else "")
-        elif e.kind == "step":
+        if isinstance(e, ev.StepLoss):
             self.last = f"{e.segment} ep {e.epoch:.2f} loss {e.losses['total']:.4f}"
             self._bar()
-        elif e.kind == "epoch":
+        elif isinstance(e, ev.EpochMetrics):
             self.last = f"epoch {e.epoch} {ev.eval_text(e.metrics)}"
             self._bar()
-        elif e.kind == "phase_result":
-            self._line(f"{e.phase}" + (f" seed {e.seed}" if e.seed is not None else "") +
-                       f": {ev.test_text(e.result)}, {e.result['train_seconds']:.1f} s")
-        elif e.kind == "channel_maps":
-            kept = ", ".join(f"{len(s['kept'])}/{s['teacher_channels']}" for s in e.stages)
-            self._line(f"pruning {e.pruned_arch}: kept channels per stage {kept}")
-        elif e.kind in ("failed", "cancelled"):
-            self._line(f"{e.kind}: {getattr(e, 'message', '')}")
+        elif not isinstance(e, (ev.LayerSwitch, ev.Finished)) and e.describe() is not None:
+            self._line(e.describe())
 
     def _bar(self) -> None:
         if self.quiet:

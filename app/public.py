@@ -137,16 +137,19 @@ def estimate(cfg: ExperimentConfig, plan: Plan, num_classes: int, train_images: 
     if not cfg.teacher.checkpoint:
         ep = cfg.scaled(cfg.teacher.epochs)
         parts["teacher"] += ep * (train_images * train_s(teacher) + eval_images * fwd_s(teacher))
+    reference = cfg.indistill.procedure == "reference"
     if plan.use_aux:
         ep = cfg.scaled(cfg.indistill.aux_epochs if cfg.indistill.aux_epochs is not None else cfg.student.epochs)
+        ep = 0.0 if cfg.indistill.aux_checkpoint else ep * (2 if reference else 1)  # reference: CE, then PKT
         fixed += evaluation(student, aux_width)
         parts["aux"] = evaluation(student, aux_width) + ep * (
             train_images * (train_s(student, aux_width) + fwd_s(teacher)) + eval_images * fwd_s(student, aux_width))
     pruned = (student, aux_width) if plan.use_aux else (teacher, 1.0)
+    stage2 = pruned if reference else (teacher, 1.0)
     for arm, schedule in plan.schedules.items():
         per_seed = evaluation(student)
         for p in schedule:
-            frozen = {"kd": fwd_s(teacher), "ce": 0.0}.get(p.kind, fwd_s(*pruned))
+            frozen = {"kd": fwd_s(*stage2), "ce": 0.0}.get(p.kind, fwd_s(*pruned))
             per_seed += p.epochs * (train_images * (train_s(student) + frozen) + eval_images * fwd_s(student))
         parts[arm] = per_seed * cfg.seeds
         fixed += evaluation(student) * cfg.seeds
