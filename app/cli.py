@@ -207,6 +207,9 @@ def cmd_grid(args) -> int:
         ci = c.get("test_acc_ci") or [c["test_acc"]] * 2
         print(f"{c['mode']:10s} {c['a']:5g} {c['b']:5g}   {c['warmup_epochs']:7.2f} + {c['kd_epochs']:<7.2f}     "
               f"{c['test_acc'] * 100:.2f} [{ci[0] * 100:.1f}, {ci[1] * 100:.1f}]")
+    for c in results["grid"].get("comparisons", []):
+        print(f"{c['mode']} a={c['a']:g} b={c['b']:g} − no warm-up: {c['diff'] * 100:+.2f} points "
+              f"[{c['ci'][0] * 100:+.1f}, {c['ci'][1] * 100:+.1f}] — {c['verdict']}")
     print(f"grid folder: {run_dir}")
     return 0 if results["status"] == "finished" else 1
 

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Callable
 
 from . import events as ev
+from . import stats
 from .config import ConfigError, ExperimentConfig
 from .experiment import Experiment
 from models import MODELS
@@ -135,10 +136,28 @@ class CurriculumGrid:
                     self.results["phases"][shared] = out["phases"][shared]
             self.finished_cells += 1
             RunFolder(self.run_dir).write_results(self.results)
+        self.results["grid"]["comparisons"] = self.compare(self.results["grid"]["cells"])
         self.results["status"] = "finished"
         RunFolder(self.run_dir).write_results(self.results)
         self.emit(ev.Finished(str(self.run_dir), self.results))
         return self.results
+
+    @staticmethod
+    def compare(cells: list[dict]) -> list[dict]:
+        """Each cell's accuracy minus the no-warm-up control's, at the same total, on the same
+        test images: a McNemar-style 95 % interval and a verdict (one seed per cell)."""
+        off = next((c for c in cells if c["mode"] == "off" and c.get("correct")), None)
+        if off is None:
+            return []
+        base = stats.unpack_bits(off["correct"], off["test_images"])
+        out = []
+        for c in cells:
+            if c is off or not c.get("correct"):
+                continue
+            d, lo, hi = stats.paired_correct(base, stats.unpack_bits(c["correct"], c["test_images"]))
+            out.append({"mode": c["mode"], "a": c["a"], "b": c["b"], "versus": "off", "diff": d, "ci": [lo, hi],
+                        "verdict": stats.verdict(lo, hi)})
+        return out
 
     def _forward(self, e: ev.Event) -> None:
         if e.kind not in ("finished",):  # the grid announces its own end

@@ -153,6 +153,11 @@ def test_curriculum_grid_cells_and_controls_have_equal_totals_and_share_the_teac
         later = json.loads((tmp_path / "grid" / f"cell-{i}" / "results.json").read_text())
         assert later["phases"]["teacher"]["train_seconds"] == 0 and later["phases"]["aux"]["train_seconds"] == 0
         assert later["config"]["indistill"]["aux_checkpoint"].endswith("cell-0/checkpoints/aux.pt")
+    # every cell and the joint control against the no-warm-up control, paired on the same test images
+    comps = out["grid"]["comparisons"]
+    assert [(c["mode"], c["a"]) for c in comps] == [("curriculum", 0.25), ("curriculum", 0.5), ("joint", 0.25)]
+    assert comps[0]["diff"] == pytest.approx(cells[0]["test_acc"] - cells[3]["test_acc"])
+    assert all(c["verdict"] in ("better", "worse", "within noise") for c in comps)
     heat, flow = grid_figures(out["grid"])
     assert heat.data[0].z[0][0] == pytest.approx(cells[0]["test_acc"] * 100)
     assert len(flow.data) > 0

@@ -492,11 +492,16 @@ def grid_figures(grid: dict | None) -> tuple[go.Figure, go.Figure]:
     a_vals, b_vals = grid["a"], grid["b"]
     z = [[next((c["test_acc"] * 100 for c in cur if c["a"] == a and c["b"] == b), None) for a in a_vals] for b in b_vals]
     half = {(c["a"], c["b"]): (c["test_acc_ci"][1] - c["test_acc_ci"][0]) * 50 for c in cur if c.get("test_acc_ci")}
+    vs = {(c["a"], c["b"]): f"{c['diff'] * 100:+.1f} points vs no warm-up [{c['ci'][0] * 100:+.1f}, "
+                            f"{c['ci'][1] * 100:+.1f}]: {c['verdict']}"
+          for c in grid.get("comparisons", []) if c["mode"] == "curriculum"}
     heat = go.Figure(go.Heatmap(z=z, x=[f"a={a:g}" for a in a_vals], y=[f"b={b:g}" for b in b_vals],
                                 colorscale="Viridis",
                                 text=[[(f"{v:.1f}" + (f" ±{half[(a, b)]:.1f}" if (a, b) in half else ""))
                                        if v is not None else "" for a, v in zip(a_vals, row)] for b, row in zip(b_vals, z)],
-                                texttemplate="%{text}", colorbar=dict(title="acc %")))
+                                texttemplate="%{text}", colorbar=dict(title="acc %"),
+                                hovertext=[[vs.get((a, b), "") for a in a_vals] for b in b_vals],
+                                hovertemplate="%{x} %{y}: %{z:.1f}%<br>%{hovertext}<extra></extra>"))
     joint = next((c for c in cells if c["mode"] == "joint"), None)
     off = next((c for c in cells if c["mode"] == "off"), None)
     controls = [f"{name}: {c['test_acc'] * 100:.1f}%" + (f" [{c['test_acc_ci'][0] * 100:.1f}, "
