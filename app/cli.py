@@ -90,25 +90,18 @@ class Progress:
         self.quiet, self.total, self.done, self.start = quiet, 0, 0, time.time()
         self.label, self.last = "", ""
 
-    def __call__(self, e) -> None:
-        if e.kind == "log":
-            self._line(e.message)
-        elif e.kind == "phase_started":
+    def __call__(self, e: ev.Event) -> None:
+        """Steps and epochs go to the bar; every other described event is printed as its line."""
+        if isinstance(e, ev.PhaseStarted):
             self.label = f"{e.phase}" + (f" seed {e.seed}" if e.phase not in ("teacher", "aux") else "")
-        elif e.kind == "step":
+        if isinstance(e, ev.StepLoss):
             self.last = f"{e.segment} ep {e.epoch:.2f} loss {e.losses['total']:.4f}"
             self._bar()
-        elif e.kind == "epoch":
+        elif isinstance(e, ev.EpochMetrics):
             self.last = f"epoch {e.epoch} {ev.eval_text(e.metrics)}"
             self._bar()
-        elif e.kind == "phase_result":
-            self._line(f"{e.phase}" + (f" seed {e.seed}" if e.seed is not None else "") +
-                       f": {ev.test_text(e.result)}, {e.result['train_seconds']:.1f} s")
-        elif e.kind == "channel_maps":
-            kept = ", ".join(f"{len(s['kept'])}/{s['teacher_channels']}" for s in e.stages)
-            self._line(f"pruning {e.pruned_arch}: kept channels per stage {kept}")
-        elif e.kind in ("failed", "cancelled"):
-            self._line(f"{e.kind}: {getattr(e, 'message', '')}")
+        elif not isinstance(e, (ev.LayerSwitch, ev.Finished)) and e.describe() is not None:
+            self._line(e.describe())
 
     def _bar(self) -> None:
         if self.quiet:
@@ -127,17 +120,24 @@ class Progress:
 
 
 def results_table(results: dict) -> str:
-    rows = [("phase", "test acc", "± sd", "mAP cos", "params", "MFLOPs", "CPU ms b1", "train s")]
+    rows = [("phase", "test acc", "± sd", "95% interval", "mAP cos", "params", "MFLOPs", "CPU ms b1", "train s")]
     for phase in ("teacher", "aux", "baseline", "kd", "indistill"):
         r = results.get("phases", {}).get(phase)
         if not r or "test_acc" not in r:
             continue
         m = r.get("retrieval", {}).get("cosine", {}).get("map")
+        ci = r.get("test_acc_ci")
         rows.append((phase, f"{r['test_acc'] * 100:.2f}", f"{r.get('test_acc_std', 0) * 100:.2f}",
+                     f"[{ci[0] * 100:.1f}, {ci[1] * 100:.1f}]" if ci else "-",
                      "-" if m is None else f"{m * 100:.2f}", f"{r['params']:,}", f"{r['flops'] / 1e6:.2f}",
                      f"{r['latency_ms_cpu_b1']:.3f}", f"{r['train_seconds']:.1f}"))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     table = "\n".join("  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths))) for row in rows)
+    for c in results.get("comparisons") or []:
+        if c.get("diff") is not None:
+            ci = f" [{c['ci'][0] * 100:+.1f}, {c['ci'][1] * 100:+.1f}]" if c.get("ci") else ""
+            table += (f"\n{c['b']} − {c['a']}, {c['metric']}: {c['diff'] * 100:+.2f} points{ci} — {c['verdict']} "
+                      f"({c['method']})")
     where = results.get("data", {}).get("test_data")
     return table + (f"\ntest acc on the {where}" if where and len(rows) > 1 else "")
 
@@ -202,9 +202,14 @@ def cmd_grid(args) -> int:
     grid = CurriculumGrid(cfg, parse_values(args.a, "--a"), parse_values(args.b, "--b"), run_dir, emit=progress)
     progress.experiment = grid
     results = grid.run()
-    print("mode        a     b   test acc %")
+    print("mode        a     b   warm-up + KD epochs   test acc % [95 % interval]")
     for c in results["grid"]["cells"]:
-        print(f"{c['mode']:10s} {c['a']:5g} {c['b']:5g}   {c['test_acc'] * 100:.2f}")
+        ci = c.get("test_acc_ci") or [c["test_acc"]] * 2
+        print(f"{c['mode']:10s} {c['a']:5g} {c['b']:5g}   {c['warmup_epochs']:7.2f} + {c['kd_epochs']:<7.2f}     "
+              f"{c['test_acc'] * 100:.2f} [{ci[0] * 100:.1f}, {ci[1] * 100:.1f}]")
+    for c in results["grid"].get("comparisons", []):
+        print(f"{c['mode']} a={c['a']:g} b={c['b']:g} − no warm-up: {c['diff'] * 100:+.2f} points "
+              f"[{c['ci'][0] * 100:+.1f}, {c['ci'][1] * 100:+.1f}] — {c['verdict']}")
     print(f"grid folder: {run_dir}")
     return 0 if results["status"] == "finished" else 1
 
@@ -241,12 +246,13 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--seeds", type=int, help="seeds for the student phases")
         _common(p)
         p.set_defaults(func=func)
-    p = sub.add_parser("grid", help="the a × b curriculum grid (InDistill student only) plus a joint run")
+    p = sub.add_parser("grid", help="the a × b curriculum grid (InDistill student only) plus joint and no-warm-up "
+                                    "controls, every run student.epochs in all (warm-up included)")
     src = p.add_mutually_exclusive_group()
     src.add_argument("--preset", default="quick-cpu", choices=list(PRESETS))
     src.add_argument("--config")
-    p.add_argument("--a", default="0,1,2", help="comma-separated a values")
-    p.add_argument("--b", default="0,1", help="comma-separated b values")
+    p.add_argument("--a", default="0.25,0.5", help="comma-separated a values")
+    p.add_argument("--b", default="0,0.25", help="comma-separated b values")
     p.add_argument("--out", default="runs")
     p.add_argument("--epochs-scale", type=float)
     p.add_argument("--seeds", type=int)

@@ -28,7 +28,7 @@ class DataConfig:
     download: bool = True
     train_per_class: int | None = None
     test_per_class: int | None = None
-    val_per_class: int = 0            # held out of train, watched every epoch
+    val_per_class: int = 0            # held out of train, watched every epoch (every preset sets one)
     input_size: int = 32
 
 
@@ -73,8 +73,10 @@ class InDistillConfig:
     aux: str = "auto"                 # auto | on | off
     aux_width: float = 2.0
     aux_epochs: float | None = None   # default: the student's stage-2 epochs
-    aux_loss: str = "kd"
+    aux_loss: str = "kd"              # studio procedure: the auxiliary teacher's KD loss
+    aux_checkpoint: str | None = None  # load the auxiliary teacher instead of training it (the grid shares one)
     ratio_threshold: float = 4.0      # teacher/student width ratio above which auto uses an aux
+    procedure: str = "studio"         # studio | reference (see README: "Procedures")
 
 
 @dataclass
@@ -91,6 +93,7 @@ class EvalConfig:
     info_batch: int = 256
     latency_runs: int = 50
     max_queries: int | None = None    # retrieval queries (test images); None = all
+    query_batch: int = 128            # query batch of the reference-compatible mAP
 
 
 @dataclass
@@ -216,13 +219,17 @@ def _build(cls, d: dict, prefix: str):
 
 # ---------------------------------------------------------------- presets
 
+# Every preset holds out a validation split of the training images (``data.val_per_class``:
+# 10 % of the per-class training count — 30 of the sample's 300, 40 beside quick-cpu's 400,
+# 500 of CIFAR's 5,000): per-epoch curves and the information batch use it, and the test
+# split is used once, at the end of each unit.
 PRESETS: dict[str, dict[str, Any]] = {
     "workshop": {
         "summary": "Shipped CNN 16/32/64 teacher → CNN 8/16/32 on the embedded CIFAR-10 sample; ~1.5 min on 2 CPU cores",
         "data.dataset": "folder", "data.data_dir": str(SAMPLE_DATA),
         "teacher.arch": "cnn_16_32_64", "teacher.checkpoint": str(ASSETS / "teachers" / "cnn_16_32_64.pt"),
         "teacher.epochs": 0, "student.arch": "cnn_8_16_32", "student.epochs": 30,
-        "indistill.a": 1.0, "indistill.b": 0.5, "eval.latency_runs": 50,
+        "indistill.a": 1.0, "indistill.b": 0.5, "eval.latency_runs": 50, "data.val_per_class": 30,
     },
     "quick-cpu": {
         "summary": "CNN 16/32/64 → CNN 8/16/32 on 400 images/class; a few minutes on 2 CPU cores",
@@ -230,31 +237,31 @@ PRESETS: dict[str, dict[str, Any]] = {
         "student.arch": "cnn_8_16_32", "student.epochs": 8,
         "data.train_per_class": 400, "data.test_per_class": 100,
         "indistill.a": 1.0, "indistill.b": 0.5, "optim.batch_size": 128,
-        "eval.latency_runs": 50,
+        "eval.latency_runs": 50, "data.val_per_class": 40,
     },
     "paper-cnn": {
         "summary": "InDistill reference: ResNet-18 → auxiliary CNN 16/32/64 → CNN 8/16/32",
         "teacher.arch": "resnet18", "teacher.epochs": 200, "teacher.lr": 0.1,
         "student.arch": "cnn_8_16_32", "student.epochs": 50,
         "indistill.aux": "on", "indistill.aux_width": 2.0, "indistill.a": 2.0, "indistill.b": 1.0,
-        "kd.loss": "pkt",
+        "indistill.procedure": "reference", "kd.loss": "pkt_indistill", "data.val_per_class": 500,
     },
     "resnet56-resnet20": {
         "summary": "CIFAR ResNet-56 → ResNet-20 (same widths, no pruning needed beyond identity)",
-        "teacher.arch": "resnet56", "student.arch": "resnet20", "teacher.epochs": 240, "student.epochs": 240,
+        "teacher.arch": "resnet56", "student.arch": "resnet20", "teacher.epochs": 240, "student.epochs": 240, "data.val_per_class": 500,
     },
     "wrn40_2-wrn16_2": {
         "summary": "WRN-40-2 → WRN-16-2",
-        "teacher.arch": "wrn40_2", "student.arch": "wrn16_2", "teacher.epochs": 240, "student.epochs": 240,
+        "teacher.arch": "wrn40_2", "student.arch": "wrn16_2", "teacher.epochs": 240, "student.epochs": 240, "data.val_per_class": 500,
     },
     "resnet32x4-resnet8x4": {
         "summary": "ResNet-32x4 → ResNet-8x4",
-        "teacher.arch": "resnet32x4", "student.arch": "resnet8x4", "teacher.epochs": 240, "student.epochs": 240,
+        "teacher.arch": "resnet32x4", "student.arch": "resnet8x4", "teacher.epochs": 240, "student.epochs": 240, "data.val_per_class": 500,
     },
     "seed-pair": {
         "summary": "ResNet-18 → the 4-block CNN 16/32/64/128 (width ratio 4: direct pruning)",
         "teacher.arch": "resnet18", "teacher.epochs": 200, "teacher.lr": 0.1,
-        "student.arch": "cnn4", "student.epochs": 60,
+        "student.arch": "cnn4", "student.epochs": 60, "data.val_per_class": 500,
     },
 }
 

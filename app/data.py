@@ -43,7 +43,7 @@ MAX_MEMBER_BYTES = 5_000_000              # per archive member; larger ones are 
 MAX_ARCHIVE_HELD_BYTES = 1_000_000_000    # archive members are held in memory until decoded
 MIN_CLASSES = 2
 TEST_DIRS = ("test", "val")
-CACHE_VERSION = 2  # 2: the blob carries the training split's channel statistics
+CACHE_VERSION = 3  # 2: the blob carries the training split's channel statistics; 3: validation capped at half a class
 
 
 class DataError(ValueError):
@@ -203,12 +203,20 @@ def _list_archive(path: Path, skipped: list[str], max_member_bytes: int = MAX_ME
     return {k: _Listing({c: sorted(v) for c, v in sorted(cls.items())}) for k, cls in splits.items()}
 
 
-def _select(listing: _Listing, classes: list[str], per_class: int | None, skip: int = 0
+def held_out(n: int, val_per_class: int | None) -> int:
+    """Validation images taken from a class with ``n`` training images: ``val_per_class``,
+    but never more than half of them (a small uploaded dataset keeps images to train on)."""
+    return min(val_per_class or 0, n // 2)
+
+
+def _select(listing: _Listing, classes: list[str], per_class: int | None, skip: int = 0, val: bool = False
             ) -> list[tuple[int, str, Callable]]:
+    """Per class, the first ``held_out(n, skip)`` files (``val``) or up to ``per_class`` after them."""
     out = []
     for label, cls in enumerate(classes):
         files = listing.files.get(cls, [])
-        files = files[skip:] if per_class is None else files[skip:skip + per_class]
+        k = held_out(len(files), skip)
+        files = files[:k] if val else files[k:] if per_class is None else files[k:k + per_class]
         out += [(label, f"{cls}/{name}", load) for name, load in files]
     return out
 
@@ -280,14 +288,19 @@ def read_cifar(name: str, cfg: DataConfig, root: Path) -> dict:
             "test": (test.data, np.asarray(test.targets))}
 
 
-def _per_class(labels: np.ndarray, n_classes: int, per_class: int | None, skip: int = 0) -> np.ndarray:
-    idx = [np.flatnonzero(labels == c)[skip:None if per_class is None else skip + per_class] for c in range(n_classes)]
+def _per_class(labels: np.ndarray, n_classes: int, per_class: int | None, skip: int = 0, val: bool = False
+               ) -> np.ndarray:
+    idx = []
+    for c in range(n_classes):
+        rows = np.flatnonzero(labels == c)
+        k = held_out(len(rows), skip)
+        idx.append(rows[:k] if val else rows[k:None if per_class is None else k + per_class])
     return np.sort(np.concatenate(idx)) if idx else np.zeros(0, dtype=np.int64)
 
 
-def _cifar_split(arrays: tuple[np.ndarray, np.ndarray], n_classes: int, per_class, skip, size) -> Split:
+def _cifar_split(arrays: tuple[np.ndarray, np.ndarray], n_classes: int, per_class, skip, size, val=False) -> Split:
     data, labels = arrays
-    idx = _per_class(labels, n_classes, per_class, skip)
+    idx = _per_class(labels, n_classes, per_class, skip, val)
     images = [decode_resize(a, size) for a in data[idx]] if data.shape[1] != size else list(data[idx])
     return Split(_stack(images, size), torch.from_numpy(labels[idx]).long())
 
@@ -347,7 +360,7 @@ def load_dataset(cfg: DataConfig, log: Callable[[str], None] = lambda _m: None) 
         val = cfg.val_per_class or 0
         train = _cifar_split(source["train"], n, cfg.train_per_class, val, cfg.input_size)
         test = _cifar_split(source["test"], n, cfg.test_per_class, 0, cfg.input_size)
-        val_split = _cifar_split(source["train"], n, val, 0, cfg.input_size) if val else None
+        val_split = _cifar_split(source["train"], n, None, val, cfg.input_size, val=True) if val else None
         skipped: list[str] = []
     else:
         source = read_image_folder(data_dir)
@@ -356,7 +369,8 @@ def load_dataset(cfg: DataConfig, log: Callable[[str], None] = lambda _m: None) 
         log(f"data: decoding {data_dir.name} ({len(classes)} classes)")
         train = _decode_all(_select(listing["train"], classes, cfg.train_per_class, val), cfg.input_size, skipped)
         test = _decode_all(_select(listing[source["test_name"]], classes, cfg.test_per_class), cfg.input_size, skipped)
-        val_split = _decode_all(_select(listing["train"], classes, val), cfg.input_size, skipped) if val else None
+        val_split = _decode_all(_select(listing["train"], classes, None, val, val=True), cfg.input_size, skipped) \
+            if val else None
         if skipped:
             log(f"data: skipped {len(skipped)} unreadable or too large image(s): {', '.join(skipped[:5])}"
                 + (" …" if len(skipped) > 5 else ""))

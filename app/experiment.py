@@ -1,41 +1,65 @@
 """An experiment: teacher → (auxiliary teacher) → baseline, KD and InDistill+KD students.
 
-Each phase unit (a phase for one seed) trains, evaluates, writes its checkpoint
-atomically and records its result in ``results.json`` before the next starts, so a
-cancelled or crashed run resumes from the last finished unit (``Experiment(resume=...)``).
+Every unit (one phase for one seed) goes through one runner, :meth:`Experiment.run_unit`:
+build → stream → started → run segments → evaluate → save → record, so a cancelled or
+crashed run resumes from the last finished unit (``Experiment(resume=...)``). Cost is
+measured once per architecture and width (``results["costs"]``); after the students,
+``results["comparisons"]`` holds the paired differences KD − baseline and
+InDistill+KD − KD with their intervals and verdicts (:mod:`app.stats`).
 Progress is published as :mod:`app.events`; nothing here knows about the UI.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import statistics
 import threading
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-import torch
+from torch import nn
 
 from models import build_model
 
 from . import events as ev
+from . import stats
 from .augment import BatchStream, steps_per_epoch
-from .checkpoint import CheckpointError, atomic_save, load_checkpoint, load_into, save_model
+from .checkpoint import CheckpointError, load_checkpoint, load_into, save_model
 from .config import ConfigError, ExperimentConfig
 from .data import Dataset, Split, load_dataset
 from .device import Runtime, resolve, seed_everything
 from .evaluate import eval_accuracy, evaluate_model, fixed_batch, layer_information
 from .features import FeatureTap
-from .losses import build_loss, pkt_indistill_loss, pkt_loss
+from .losses import KDLoss, build_loss
 from .pairing import spec_of
-from .plan import Plan, make_plan
+from .plan import Plan, make_plan, stage2_loss
+from .profile import profile
 from .pruning import PrunedFeatures, plan_pruning
 from .runfolder import RunFolder, new_run_id, read_json, unit_name, write_json
-from .schedule import Phase
-from .train import (CancelledError, LoopContext, Segment, ce_objective, kd_objective, run_segments, steps_for,
-                    trainable, warmup_objective)
+from .schedule import SegmentPlan
+from .train import WARMUP_KINDS, CancelledError, LoopContext, Taps, run_segments, segment_for, steps_for
 
 STUDENT_PHASES = ("baseline", "kd", "indistill")
-EMBED_LOSSES = {"pkt": pkt_loss, "pkt_indistill": pkt_indistill_loss}
+# the paired differences reported: (A, B) → B − A, the arms sharing seeds and test images
+COMPARISONS = (("baseline", "kd"), ("kd", "indistill"))
+
+
+@dataclass
+class Unit:
+    """One phase for one seed: what to build, what it learns from, and its segments."""
+    phase: str
+    seed: int | None
+    arch: str
+    width: float = 1.0
+    segments: list[SegmentPlan] = field(default_factory=list)
+    lr: float = 0.05
+    teacher: nn.Module | None = None          # read by kd segments
+    pruned: nn.Module | None = None           # read by warm-up segments, through ``maps``
+    maps: list | None = None
+    kd_loss: KDLoss | None = None
+    load: dict | None = None                  # a checkpoint to load instead of training
+    load_what: str = ""
 
 
 def new_run_dir(root: str | Path, name: str) -> Path:
@@ -43,8 +67,7 @@ def new_run_dir(root: str | Path, name: str) -> Path:
     return Path(root) / new_run_id(name)
 
 
-def mean_sd(values: list[float]) -> tuple[float, float]:
-    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+mean_sd = stats.mean_sd
 
 
 def _is_stats(values) -> bool:
@@ -177,19 +200,21 @@ class Experiment:
             if self.plan.use_aux:
                 phase = "aux"
                 pruned = self.aux_phase(teacher)
+            # the reference procedure: the auxiliary teacher also teaches stage 2 (both arms)
+            stage2 = pruned if self.reference else teacher
+            self.results["procedure"] = self.procedure_record()
             maps = None
             if self.cfg.phases.indistill:
                 size, ind = self.cfg.data.input_size, self.cfg.indistill
-                pruned_spec = spec_of(self.cfg.student.arch, d.num_classes, ind.aux_width, size) if self.plan.use_aux \
-                    else self.spec(self.cfg.teacher.arch)
+                pruned_spec = self.aux_spec if self.plan.use_aux else self.spec(self.cfg.teacher.arch)
                 maps = plan_pruning(pruned, pruned_spec, self.spec(self.cfg.student.arch))
                 self.results["channel_maps"] = {"pruned_arch": pruned.arch, "stages": [m.to_dict() for m in maps]}
                 self.emit(ev.ChannelMaps(pruned.arch, self.results["channel_maps"]["stages"]))
             for phase in self.plan.schedules:
                 for seed in range(self.cfg.seeds):
-                    if not self.unit_done(phase, seed):
-                        self.student_phase(phase, seed, teacher, pruned, maps)
+                    self.student_phase(phase, seed, stage2, pruned, maps)
                 self.aggregate(phase)
+            self.compare()
             self.results["status"] = "finished"
             self.save_results()
             self.emit(ev.Finished(str(self.run_dir), self.results))
@@ -208,6 +233,26 @@ class Experiment:
     def split_label(self, name: str, split: Split) -> str:
         """Which data an accuracy is measured on, e.g. 'test split, 1,000 images (folder from x.tar.gz)'."""
         return f"{name} split, {len(split):,} images ({self.data.description})"
+
+    @property
+    def reference(self) -> bool:
+        return self.cfg.indistill.procedure == "reference"
+
+    def procedure_record(self) -> dict:
+        """``results["procedure"]``: which chain ran — who teaches the warm-up and stage 2, with what."""
+        aux = self.plan.use_aux
+        name, params = stage2_loss(self.cfg)
+        return {"name": self.cfg.indistill.procedure,
+                "aux": [p.to_dict() for p in self.aux_segments()] if aux and not self.cfg.indistill.aux_checkpoint
+                else ("loaded from indistill.aux_checkpoint" if aux else None),
+                "warmup_source": "aux" if aux else "teacher",
+                "stage2_teacher": "aux" if aux and self.reference else "teacher",
+                "stage2_loss": name, "stage2_params": params}
+
+    @property
+    def aux_spec(self):
+        ind = self.cfg.indistill
+        return spec_of(self.cfg.student.arch, self.data.num_classes, ind.aux_width, self.cfg.data.input_size)
 
     def normalisation(self, data: Dataset) -> Dataset:
         """``data`` with the statistics every model of the run is fed with.
@@ -236,8 +281,8 @@ class Experiment:
         total = 0
         if not self.cfg.teacher.checkpoint and not self.unit_done("teacher", None):
             total += steps_for(self.cfg.scaled(self.cfg.teacher.epochs), spe)
-        if self.plan.use_aux and not self.unit_done("aux", None):
-            total += steps_for(self.cfg.scaled(self.aux_epochs), spe)
+        if self.plan.use_aux and not self.cfg.indistill.aux_checkpoint and not self.unit_done("aux", None):
+            total += sum(steps_for(p.epochs, spe) for p in self.aux_segments())
         for phase, schedule in self.plan.schedules.items():
             per_seed = sum(steps_for(p.epochs, spe) for p in schedule)
             total += per_seed * sum(not self.unit_done(phase, s) for s in range(self.cfg.seeds))
@@ -247,7 +292,56 @@ class Experiment:
     def aux_epochs(self) -> float:
         return self.cfg.indistill.aux_epochs if self.cfg.indistill.aux_epochs is not None else self.cfg.student.epochs
 
-    # ------------------------------------------------------------ phases
+    def aux_segments(self) -> list[SegmentPlan]:
+        """studio: Hinton KD (``indistill.aux_loss``) from scratch; reference: CE, then PKT on
+        the embedding from the teacher (no CE), each for the auxiliary epochs."""
+        epochs = self.cfg.scaled(self.aux_epochs)
+        if self.reference:
+            return [SegmentPlan("CE", "ce", (), "ce", epochs), SegmentPlan("embedding PKT", "kd", (), "pkt", epochs)]
+        return [SegmentPlan("KD", "kd", (), self.cfg.indistill.aux_loss, epochs)]
+
+    # ------------------------------------------------------------ the unit runner
+    def run_unit(self, u: Unit) -> nn.Module:
+        """build → stream → started → run → evaluate → save → record; a finished unit is reloaded."""
+        name = unit_name(u.phase, u.seed)
+        model = self.build(u.arch, u.width, u.seed or 0)
+        if self.unit_done(u.phase, u.seed):
+            load_into(model, load_checkpoint(self.ckpt(name)), f"{name} (resumed)")
+            self.log(f"{name}: resumed from checkpoint")
+            return model.eval()
+        history: list = []
+        if u.load is not None:
+            load_into(model, u.load, u.load_what)
+            seconds, epochs = 0.0, 0.0
+        else:
+            seconds, epochs = self._train(model, u, history), sum(p.epochs for p in u.segments)
+        result = self._evaluate(model, u.arch, u.width, seconds, epochs, history)
+        save_model(model, self.ckpt(name), self.meta(u.arch, u.width, u.phase, u.seed, result["test_acc"]))
+        self._record(u.phase, u.seed, result)
+        return model.eval()
+
+    def _train(self, model, u: Unit, history: list) -> float:
+        seed = u.seed or 0
+        stream = self.stream(seed)
+        steps = [steps_for(p.epochs, stream.steps_per_epoch) for p in u.segments]
+        self.emit(ev.PhaseStarted(u.phase, seed, [p.to_dict() for p in u.segments], sum(steps)))
+        with contextlib.ExitStack() as stack:
+            def tap(m):
+                return stack.enter_context(FeatureTap(m)) if m is not None else None
+            taps = Taps(tap(model), tap(u.teacher), tap(u.pruned),
+                        PrunedFeatures(u.maps, self.rt.device) if u.maps else None)
+            segments = [segment_for(p, n, model, taps, lr=u.lr, warmup_lr=self.cfg.indistill.lr, kd_loss=u.kd_loss)
+                        for p, n in zip(u.segments, steps)]
+            last_warm = max((i for i, p in enumerate(u.segments) if p.kind in WARMUP_KINDS), default=None)
+
+            def after_segment(index: int, _seg) -> None:  # keep the student as the warm-up left it
+                if index == last_warm:
+                    save_model(model, self.ckpt(unit_name(u.phase, u.seed) + "-warmup"),
+                               self.meta(u.arch, u.width, f"{u.phase}-warmup", u.seed, None))
+            return run_segments(model, stream, segments, self.loop(u.phase, seed), self._epoch_callback(model, history),
+                                after_segment)
+
+    # ------------------------------------------------------------ results
     def _record(self, phase: str, seed: int | None, result: dict) -> None:
         entry = self.results["phases"].setdefault(phase, {"units": {}})
         entry["units"]["single" if seed is None else str(seed)] = result
@@ -256,12 +350,22 @@ class Experiment:
         self.save_results()
         self.emit(ev.PhaseResult(phase, seed, result))
 
-    def _evaluate(self, model, train_seconds: float, epochs: float, history: list) -> dict:
+    def cost(self, model, arch: str, width: float) -> dict:
+        """Params, size, FLOPs, latency (median and quartiles) and throughput of ``arch`` at
+        ``width``, measured once per run: every model of one architecture shows one figure."""
+        key = f"{arch}@{width:g}"
+        costs = self.results.setdefault("costs", {})
+        if key not in costs:
+            costs[key] = profile(model, self.rt.device, self.cfg.data.input_size, self.cfg.eval.latency_runs)
+        return {"cost_key": key} | costs[key]
+
+    def _evaluate(self, model, arch: str, width: float, train_seconds: float, epochs: float, history: list) -> dict:
         e = self.cfg.eval
         result = evaluate_model(model, self.data, self.rt, retrieval=e.retrieval, max_queries=e.max_queries,
-                                latency_runs=e.latency_runs, input_size=self.cfg.data.input_size)
-        result.update({"test_data": self.results["data"]["test_data"], "train_seconds": round(train_seconds, 3),
-                       "epochs": epochs, "history": history})
+                                query_batch=e.query_batch)
+        result.update(self.cost(model, arch, width))
+        result.update({"arch": arch, "test_data": self.results["data"]["test_data"],
+                       "train_seconds": round(train_seconds, 3), "epochs": epochs, "history": history})
         if e.info_flow:
             result["info_flow"] = layer_information(model, self.info_batch, self.data, self.rt)
         return result
@@ -276,125 +380,108 @@ class Experiment:
             return metrics
         return on_epoch
 
+    # ------------------------------------------------------------ the phases as units
+    def _checked(self, path: str, arch: str, role: str) -> dict:
+        blob = self.teacher_blob if role == "teacher.checkpoint" else load_checkpoint(path)
+        meta = blob.get("meta", {})
+        if meta.get("arch") not in (None, arch):
+            raise CheckpointError(f"{role} {path} is a {meta['arch']}, not a {arch}; "
+                                  f"set the architecture to {meta['arch']} or pick another checkpoint")
+        if meta.get("classes") not in (None, self.data.classes):
+            raise CheckpointError(f"{role} was trained on classes {meta['classes'][:5]}…, "
+                                  f"but the data has {self.data.classes[:5]}…")
+        self.log(f"{'teacher' if role.startswith('teacher') else 'aux'}: loaded {path}")
+        return blob
+
     def teacher_phase(self):
         cfg = self.cfg.teacher
-        if self.unit_done("teacher", None):
-            teacher = self.build(cfg.arch)
-            load_into(teacher, load_checkpoint(self.ckpt("teacher")), "teacher (resumed)")
-            self.log("teacher: resumed from checkpoint")
-            return teacher.eval()
-        teacher = self.build(cfg.arch)
-        history: list = []
-        if cfg.checkpoint:
-            blob = self.teacher_blob
-            meta = blob.get("meta", {})
-            if meta.get("arch") not in (None, cfg.arch):
-                raise CheckpointError(f"teacher.checkpoint {cfg.checkpoint} is a {meta['arch']}, not a {cfg.arch}; "
-                                      f"set teacher.arch={meta['arch']} or pick another checkpoint")
-            if meta.get("classes") not in (None, self.data.classes):
-                raise CheckpointError(f"teacher.checkpoint was trained on classes {meta['classes'][:5]}…, "
-                                      f"but the data has {self.data.classes[:5]}…")
-            load_into(teacher, blob, "teacher.checkpoint")
-            seconds, epochs = 0.0, 0.0
-            self.log(f"teacher: loaded {cfg.checkpoint}")
+        u = Unit("teacher", None, cfg.arch, lr=cfg.lr)
+        if cfg.checkpoint and not self.unit_done("teacher", None):
+            u.load, u.load_what = self._checked(cfg.checkpoint, cfg.arch, "teacher.checkpoint"), "teacher.checkpoint"
         else:
-            epochs = self.cfg.scaled(cfg.epochs)
-            seconds = self._train_plain("teacher", None, teacher, epochs, cfg.lr, history)
-        result = self._evaluate(teacher, seconds, epochs, history) | {"arch": cfg.arch}
-        save_model(teacher, self.ckpt("teacher"), self.meta(cfg.arch, 1.0, "teacher", None, result["test_acc"]))
-        self._record("teacher", None, result)
-        return teacher.eval()
-
-    def _train_plain(self, phase: str, seed: int | None, model, epochs: float, lr: float, history: list) -> float:
-        stream = self.stream(seed or 0)
-        steps = steps_for(epochs, stream.steps_per_epoch)
-        schedule = [Phase("CE", "ce", (), "ce", epochs).to_dict()]
-        self.emit(ev.PhaseStarted(phase, seed or 0, schedule, steps))
-        seg = Segment("CE", steps, ce_objective(model), trainable(model), "sgd", lr)
-        return run_segments(model, stream, [seg], self.loop(phase, seed or 0), self._epoch_callback(model, history))
+            u.segments = [SegmentPlan("CE", "ce", (), "ce", self.cfg.scaled(cfg.epochs))]
+        return self.run_unit(u)
 
     def aux_phase(self, teacher):
-        arch, width = self.cfg.student.arch, self.cfg.indistill.aux_width
-        aux = self.build(arch, width)
-        if self.unit_done("aux", None):
-            load_into(aux, load_checkpoint(self.ckpt("aux")), "auxiliary teacher (resumed)")
-            self.log("aux: resumed from checkpoint")
-            return aux.eval()
-        epochs = self.cfg.scaled(self.aux_epochs)
-        stream = self.stream(0)
-        steps = steps_for(epochs, stream.steps_per_epoch)
-        loss = build_loss(self.cfg.indistill.aux_loss, spec_of(arch, self.data.num_classes, width, self.cfg.data.input_size),
-                          self.spec(self.cfg.teacher.arch)).to(self.rt.device)
-        self.emit(ev.PhaseStarted("aux", 0, [Phase("KD", "kd", (), loss.name, epochs).to_dict()], steps))
-        history: list = []
-        with FeatureTap(aux) as s_tap, FeatureTap(teacher) as t_tap:
-            seg = Segment("KD", steps, kd_objective(s_tap, t_tap, loss), trainable(aux, loss), "sgd", self.cfg.optim.lr)
-            seconds = run_segments(aux, stream, [seg], self.loop("aux", 0), self._epoch_callback(aux, history))
-        result = self._evaluate(aux, seconds, epochs, history) | {"arch": aux.arch}
-        save_model(aux, self.ckpt("aux"), self.meta(arch, width, "aux", None, result["test_acc"]))
-        self._record("aux", None, result)
-        return aux.eval()
+        ind = self.cfg.indistill
+        u = Unit("aux", None, self.cfg.student.arch, ind.aux_width, self.aux_segments(), self.cfg.optim.lr, teacher)
+        if ind.aux_checkpoint and not self.unit_done("aux", None):
+            u.segments, u.load_what = [], "indistill.aux_checkpoint"
+            u.load = self._checked(ind.aux_checkpoint, self.cfg.student.arch, "indistill.aux_checkpoint")
+        else:
+            kd = u.segments[-1]
+            params = {"ce": 0.0} if self.reference else {}
+            u.kd_loss = build_loss(kd.loss, self.aux_spec, self.spec(self.cfg.teacher.arch), params).to(self.rt.device)
+        return self.run_unit(u)
 
     def student_phase(self, phase: str, seed: int, teacher, pruned, maps) -> None:
         cfg = self.cfg
-        student = self.build(cfg.student.arch, 1.0, seed)
-        s_spec, t_spec = self.spec(cfg.student.arch), self.spec(cfg.teacher.arch)
-        schedule = self.plan.schedules[phase]
-        stream = self.stream(seed)
-        spe = stream.steps_per_epoch
-        steps = [steps_for(p.epochs, spe) for p in schedule]
-        self.emit(ev.PhaseStarted(phase, seed, [p.to_dict() for p in schedule], sum(steps)))
-        kd_loss = build_loss(cfg.kd.loss, s_spec, t_spec, cfg.kd.params).to(self.rt.device)
-        select = PrunedFeatures(maps, self.rt.device) if maps else None
-        history: list = []
-        with FeatureTap(student) as s_tap, FeatureTap(teacher) as t_tap, FeatureTap(pruned) as p_tap:
-            segments = []
-            for p, n in zip(schedule, steps):
-                if p.kind == "ce":
-                    segments.append(Segment(p.name, n, ce_objective(student), trainable(student), "sgd", cfg.optim.lr))
-                elif p.kind == "kd":
-                    segments.append(Segment(p.name, n, kd_objective(s_tap, t_tap, kd_loss), trainable(student, kd_loss),
-                                            "sgd", cfg.optim.lr))
-                else:  # warm-up: layer | embed | joint, Adam (the loss scales differ by layer)
-                    embed = EMBED_LOSSES[cfg.indistill.embed_loss] if p.kind == "embed" or (
-                        p.kind == "joint" and cfg.indistill.embed) else None
-                    segments.append(Segment(p.name, n, warmup_objective(s_tap, p_tap, select, p.layers, embed),
-                                            trainable(student), "adam", cfg.indistill.lr))
-            last_warm = max((i for i, p in enumerate(schedule) if p.kind in ("layer", "embed", "joint")), default=None)
-
-            def after_segment(index: int, _seg) -> None:  # keep the student as the warm-up left it
-                if index == last_warm:
-                    save_model(student, self.ckpt(unit_name(phase, seed) + "-warmup"),
-                               self.meta(cfg.student.arch, 1.0, f"{phase}-warmup", seed, None))
-            seconds = run_segments(student, stream, segments, self.loop(phase, seed), self._epoch_callback(student, history),
-                                   after_segment)
-        result = self._evaluate(student, seconds, sum(p.epochs for p in schedule), history) | {"arch": cfg.student.arch}
-        save_model(student, self.ckpt(unit_name(phase, seed)), self.meta(cfg.student.arch, 1.0, phase, seed, result["test_acc"]))
-        self._record(phase, seed, result)
+        if self.unit_done(phase, seed):
+            return
+        t_spec = self.aux_spec if (self.reference and self.plan.use_aux) else self.spec(cfg.teacher.arch)
+        name, params = stage2_loss(cfg)
+        kd_loss = build_loss(name, self.spec(cfg.student.arch), t_spec, params).to(self.rt.device)
+        self.run_unit(Unit(phase, seed, cfg.student.arch, 1.0, self.plan.schedules[phase], cfg.optim.lr, teacher,
+                           pruned, maps, kd_loss))
 
     def aggregate(self, phase: str) -> None:
-        """Mean ± sd over seeds of accuracy and retrieval; cost from the first seed."""
+        """Over seeds: accuracy and mAP as mean ± sd with a 95 % interval (Wilson for one seed's
+        accuracy, the bootstrap over queries for one seed's mAP, a t-interval for several);
+        cost is the architecture's one figure."""
         entry = self.results["phases"][phase]
         units = [entry["units"][str(s)] for s in range(self.cfg.seeds) if str(s) in entry["units"]]
         if not units:
             return
-        accs = [u["test_acc"] for u in units]
-        mean, sd = mean_sd(accs)
         first = units[0]
-        entry.update({k: v for k, v in first.items() if k not in ("history", "retrieval", "test_acc", "info_flow")})
-        entry.update({"test_acc": mean, "test_acc_std": sd, "test_acc_seeds": accs,
+        accs = [u["test_acc"] for u in units]
+        acc = stats.seeds_summary(accs, first.get("test_images"))
+        entry.update({k: v for k, v in first.items()
+                      if k not in ("history", "retrieval", "test_acc", "info_flow", "correct", "test_acc_ci")})
+        entry.update({"test_acc": acc["mean"], "test_acc_std": acc["sd"], "test_acc_seeds": accs,
+                      "test_acc_ci": acc["ci"], "test_acc_ci_method": acc["method"],
                       "train_seconds": statistics.fmean(u["train_seconds"] for u in units)})
         if "retrieval" in first:
             entry["retrieval"] = {}
             for metric in first["retrieval"]:
-                maps_ = [u["retrieval"][metric]["map"] for u in units]
-                curves = [u["retrieval"][metric]["pr_curve"]["precision"] for u in units]
-                m, s = mean_sd(maps_)
+                rs = [u["retrieval"][metric] for u in units]
+                maps_ = [r["map"] for r in rs]
+                m = stats.seeds_summary(maps_)
+                ci, method = (m["ci"], m["method"]) if len(rs) > 1 else \
+                    (rs[0].get("map_ci"), f"bootstrap over {rs[0].get('queries', 0):,} queries, 1 seed")
                 entry["retrieval"][metric] = {
-                    "map": m, "map_std": s, "map_seeds": maps_,
-                    "precision_at_100": statistics.fmean(u["retrieval"][metric].get("precision_at_100", 0.0) for u in units),
-                    "pr_curve": {"recall": first["retrieval"][metric]["pr_curve"]["recall"],
-                                 "precision": [statistics.fmean(c) for c in zip(*curves)]}}
+                    "map": m["mean"], "map_std": m["sd"], "map_seeds": maps_, "map_ci": ci, "map_ci_method": method,
+                    "map_reference": statistics.fmean(r.get("map_reference", r["map"]) for r in rs),
+                    "map_reference_query_batch": rs[0].get("map_reference_query_batch"),
+                    "precision_at_100": statistics.fmean(r.get("precision_at_100", 0.0) for r in rs),
+                    "pr_curve": {"recall": rs[0]["pr_curve"]["recall"],
+                                 "precision": [statistics.fmean(c) for c in zip(*(r["pr_curve"]["precision"] for r in rs))]}}
         if "info_flow" in first:
             entry["info_flow"] = [statistics.fmean(v) for v in zip(*(u["info_flow"] for u in units))]
+        self.save_results()
+
+    def compare(self) -> None:
+        """``results["comparisons"]``: B − A for KD − baseline and InDistill+KD − KD, on test
+        accuracy and on each retrieval mAP, per seed, with a 95 % interval and a verdict."""
+        phases, out = self.results["phases"], []
+        for a, b in COMPARISONS:
+            if a not in phases or b not in phases:
+                continue
+            seeds = [str(s) for s in range(self.cfg.seeds) if str(s) in phases[a]["units"] and str(s) in phases[b]["units"]]
+            ua, ub = [phases[a]["units"][s] for s in seeds], [phases[b]["units"][s] for s in seeds]
+            if not seeds:
+                continue
+            one = len(seeds) == 1
+            items = (stats.unpack_bits(ua[0]["correct"], ua[0]["test_images"]),
+                     stats.unpack_bits(ub[0]["correct"], ub[0]["test_images"])) if one and "correct" in ua[0] else (None, None)
+            d = stats.paired_difference([u["test_acc"] for u in ua], [u["test_acc"] for u in ub],
+                                        a_items=items[0], b_items=items[1], kind="correct")
+            out.append({"a": a, "b": b, "metric": "test_acc"} | d)
+            for metric in (ua[0].get("retrieval") or {}):
+                ra, rb = [u["retrieval"][metric] for u in ua], [u["retrieval"][metric] for u in ub]
+                aps = (stats.unpack_unit(ra[0]["ap"]), stats.unpack_unit(rb[0]["ap"])) if one and "ap" in ra[0] \
+                    else (None, None)
+                d = stats.paired_difference([r["map"] for r in ra], [r["map"] for r in rb],
+                                            a_items=aps[0], b_items=aps[1], kind="ap")
+                out.append({"a": a, "b": b, "metric": f"map_{metric}"} | d)
+        self.results["comparisons"] = out
         self.save_results()

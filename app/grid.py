@@ -1,8 +1,13 @@
-"""The a × b curriculum grid (InDistill's Fig. 5 on a small budget), plus the same
-warm-up without the curriculum (``joint``) for the with/without comparison of Fig. 4.
+"""The a × b curriculum grid (InDistill's Fig. 5 on a small budget), plus two controls:
+the same warm-up without the curriculum (``joint``, Fig. 4's with/without comparison)
+and no warm-up at all (``off``: KD only).
 
-Every cell is an ordinary :class:`~app.experiment.Experiment` with only the InDistill
-student, sharing one teacher checkpoint (trained by the first cell when none is given).
+Equal totals, as in the reference: every cell and control trains its student for the same
+budget T (``student.epochs``); the warm-up Σ S_l comes out of it and KD gets the rest,
+T − Σ S_l. A cell whose warm-up leaves no KD epochs is refused. Every cell is an ordinary
+:class:`~app.experiment.Experiment` with only the InDistill student; all share one teacher
+and one auxiliary teacher (trained by the first cell unless given, then passed on as
+``teacher.checkpoint`` and ``indistill.aux_checkpoint``).
 """
 from __future__ import annotations
 
@@ -11,10 +16,15 @@ from pathlib import Path
 from typing import Callable
 
 from . import events as ev
+from . import stats
 from .config import ConfigError, ExperimentConfig
 from .experiment import Experiment
+from models import MODELS
+
+from .pairing import spec_of
 from .plan import make_plan
 from .runfolder import RunFolder
+from .schedule import curriculum_epochs
 
 
 def parse_values(text: str, name: str) -> list[float]:
@@ -32,25 +42,46 @@ class CurriculumGrid:
 
     def __init__(self, cfg: ExperimentConfig, a_values: list[float], b_values: list[float], run_dir: str | Path, *,
                  emit: Callable[[ev.Event], None] | None = None, cancel: threading.Event | None = None,
-                 include_joint: bool = True) -> None:
+                 include_joint: bool = True, include_off: bool = True) -> None:
         self.cfg, self.run_dir = cfg, Path(run_dir)
         self.emit = emit or (lambda e: None)
         self.cancel = cancel or threading.Event()
+        self.total = cfg.student.epochs           # T: every cell's student epochs, warm-up included
+        ind = cfg.indistill
         base = cfg.with_overrides({"phases.baseline": False, "phases.kd": False, "phases.indistill": True,
-                                   "seeds": 1, "eval.retrieval": False, "eval.latency_runs": 3})
+                                   "seeds": 1, "eval.retrieval": False, "eval.latency_runs": 3,
+                                   "indistill.aux_epochs": ind.aux_epochs if ind.aux_epochs is not None
+                                   else cfg.student.epochs})
         self.cells = [("curriculum", a, b) for a in a_values for b in b_values]
         if include_joint:
             self.cells.append(("joint", a_values[0], b_values[0]))
-        self.configs = [base.with_overrides({"indistill.mode": m, "indistill.a": a, "indistill.b": b,
-                                             "name": f"grid-{i}"}) for i, (m, a, b) in enumerate(self.cells)]
-        problems = [f"{m} a={a:g} b={b:g}: {p}" for (m, a, b), c in zip(self.cells, self.configs)
-                    for p in make_plan(c).problems]
+        if include_off:
+            self.cells.append(("off", a_values[0], b_values[0]))
+        problems, self.configs = [], []
+        for i, (m, a, b) in enumerate(self.cells):
+            warm = self.warmup_epochs(m, a, b)
+            if warm >= self.total:
+                problems.append(f"{m} a={a:g} b={b:g}: the warm-up (Σ S_l = {warm:g} epochs) leaves no KD epochs of "
+                                f"the budget T = student.epochs = {self.total:g}; lower a or b, or raise student.epochs")
+                continue
+            c = base.with_overrides({"indistill.mode": m, "indistill.a": a, "indistill.b": b,
+                                     "student.epochs": self.total - warm, "name": f"grid-{i}"})
+            self.configs.append(c)
+            problems += [f"{m} a={a:g} b={b:g}: {p}" for p in make_plan(c).problems]
         if problems:
             raise ConfigError("grid cells that cannot run:\n  - " + "\n  - ".join(problems))
-        self.results: dict = {"grid": {"a": a_values, "b": b_values, "cells": []}, "status": "queued",
-                              "run_dir": str(self.run_dir), "phases": {}}
+        self.results: dict = {"grid": {"a": a_values, "b": b_values, "total_epochs": self.total, "cells": []},
+                              "status": "queued", "run_dir": str(self.run_dir), "phases": {}}
         self.current: Experiment | None = None
         self.finished_cells = 0
+
+    def warmup_epochs(self, mode: str, a: float, b: float) -> float:
+        """Σ S_l of a cell (0 for the no-warm-up control), unscaled, as in ``student.epochs``."""
+        if mode == "off":
+            return 0.0
+        arch = self.cfg.student.arch
+        n = len(spec_of(arch, 10, 1.0, self.cfg.data.input_size).stages) if arch in MODELS else 0
+        return sum(v for v in curriculum_epochs(a, b, n + (1 if self.cfg.indistill.embed else 0)) if v > 0)
 
     @property
     def done_steps(self) -> int:
@@ -68,10 +99,12 @@ class CurriculumGrid:
     def run(self) -> dict:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.results["status"] = "running"
-        teacher_ckpt = self.cfg.teacher.checkpoint
+        teacher_ckpt, aux_ckpt = self.cfg.teacher.checkpoint, self.cfg.indistill.aux_checkpoint
         for i, ((mode, a, b), cfg) in enumerate(zip(self.cells, self.configs)):
             if teacher_ckpt:
                 cfg = cfg.with_overrides({"teacher.checkpoint": teacher_ckpt})
+            if aux_ckpt:
+                cfg = cfg.with_overrides({"indistill.aux_checkpoint": aux_ckpt})
             self.emit(ev.Log(f"grid cell {i + 1}/{len(self.cells)}: {mode} a={a:g} b={b:g}"))
             self.current = Experiment(cfg, self.run_dir / f"cell-{i}", emit=self._forward, cancel=self.cancel)
             try:
@@ -85,20 +118,46 @@ class CurriculumGrid:
                 RunFolder(self.run_dir).write_results(self.results)
                 return self.results
             teacher_ckpt = teacher_ckpt or str(self.current.ckpt("teacher"))
+            if "aux" in out["phases"] and not aux_ckpt:
+                aux_ckpt = str(self.current.ckpt("aux"))
             ind = out["phases"]["indistill"]
             unit = ind["units"]["0"]
+            schedule = out["schedule"]["indistill"]
             self.results["grid"]["cells"].append({
-                "mode": mode, "a": a, "b": b, "test_acc": ind["test_acc"],
-                "warmup_epochs": sum(p["epochs"] for p in out["schedule"]["indistill"][:-1]),
+                "mode": mode, "a": a, "b": b, "test_acc": ind["test_acc"], "test_acc_ci": ind.get("test_acc_ci"),
+                "test_images": unit.get("test_images"), "correct": unit.get("correct"),
+                "warmup_epochs": sum(p["epochs"] for p in schedule if p["kind"] != "kd"),
+                "kd_epochs": sum(p["epochs"] for p in schedule if p["kind"] == "kd"),
+                "total_epochs": sum(p["epochs"] for p in schedule),
                 "info_flow": [h.get("info_flow") for h in unit.get("history", [])],
                 "epochs": [h["epoch"] for h in unit.get("history", [])]})
-            self.results["phases"]["teacher"] = out["phases"].get("teacher", {})
+            for shared in ("teacher", "aux"):
+                if shared in out["phases"] and shared not in self.results["phases"]:
+                    self.results["phases"][shared] = out["phases"][shared]
             self.finished_cells += 1
             RunFolder(self.run_dir).write_results(self.results)
+        self.results["grid"]["comparisons"] = self.compare(self.results["grid"]["cells"])
         self.results["status"] = "finished"
         RunFolder(self.run_dir).write_results(self.results)
         self.emit(ev.Finished(str(self.run_dir), self.results))
         return self.results
+
+    @staticmethod
+    def compare(cells: list[dict]) -> list[dict]:
+        """Each cell's accuracy minus the no-warm-up control's, at the same total, on the same
+        test images: a McNemar-style 95 % interval and a verdict (one seed per cell)."""
+        off = next((c for c in cells if c["mode"] == "off" and c.get("correct")), None)
+        if off is None:
+            return []
+        base = stats.unpack_bits(off["correct"], off["test_images"])
+        out = []
+        for c in cells:
+            if c is off or not c.get("correct"):
+                continue
+            d, lo, hi = stats.paired_correct(base, stats.unpack_bits(c["correct"], c["test_images"]))
+            out.append({"mode": c["mode"], "a": c["a"], "b": c["b"], "versus": "off", "diff": d, "ci": [lo, hi],
+                        "verdict": stats.verdict(lo, hi)})
+        return out
 
     def _forward(self, e: ev.Event) -> None:
         if e.kind not in ("finished",):  # the grid announces its own end

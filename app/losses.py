@@ -185,9 +185,14 @@ class HintonKD(KDLoss):
 class PKT(KDLoss):
     name = "pkt"
     summary = "Passalis & Tefas 2018: match cosine-kernel probability distributions of embeddings"
-    params = {"weight": Param(30000.0, 0.0, 1e6, "weight of the PKT term")}
+    params = {"weight": Param(30000.0, 0.0, 1e6, "weight of the PKT term"),
+              "ce": Param(1.0, 0.0, 1.0, "weight of cross-entropy beside it (0: PKT alone, as the reference)")}
     needs_embedding = True
     kernel_loss = staticmethod(pkt_loss)
+
+    @property
+    def ce_weight(self) -> float:
+        return self.hp["ce"]
 
     def components(self, s, t, target, epoch):
         return {"pkt": self.hp["weight"] * self.kernel_loss(s.embedding, t.embedding)}
@@ -198,7 +203,8 @@ class PKTInDistill(PKT):
     summary = "InDistill's PKT: cosine + Euclidean kernels, symmetric (Jeffreys) divergence"
     # The warm-up uses it alone (with Adam, where the scale is immaterial); as a stage-2
     # loss beside CE its Euclidean term is larger than plain PKT's, hence a smaller weight.
-    params = {"weight": Param(1000.0, 0.0, 1e6, "weight of the PKT term")}
+    params = {"weight": Param(1000.0, 0.0, 1e6, "weight of the PKT term"),
+              "ce": Param(1.0, 0.0, 1.0, "weight of cross-entropy beside it (0: PKT alone, as the reference)")}
     kernel_loss = staticmethod(pkt_indistill_loss)
 
 
@@ -288,6 +294,11 @@ class DKD(KDLoss):
         ramp = min(epoch / self.hp["warmup"], 1.0) if self.hp["warmup"] > 0 else 1.0
         return {"tckd": ramp * self.hp["alpha"] * tckd, "nckd": ramp * self.hp["beta"] * nckd}
 
+
+# The warm-up's losses between a student tensor and its pruned-teacher counterpart:
+# ``mse`` for the layers, the others for the embedding (``indistill.embed_loss``).
+WARMUP_LOSSES = {"mse": feature_mse, "pkt": pkt_loss, "pkt_indistill": pkt_indistill_loss}
+EMBED_LOSSES = ("pkt", "pkt_indistill")
 
 LOSSES: dict[str, type[KDLoss]] = {cls.name: cls for cls in (HintonKD, PKT, PKTInDistill, FitNets, AttentionTransfer, RKD, DKD)}
 

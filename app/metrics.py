@@ -25,13 +25,14 @@ def retrieval_metrics(queries: torch.Tensor, q_labels: torch.Tensor, database: t
 
     mAP is the 11-point interpolated average precision (precision interpolated as the
     best precision at any recall ≥ r, for r = 0, 0.1, …, 1) averaged over queries.
-    Also returns precision@k and the mean interpolated precision–recall curve.
+    Also returns precision@k, the mean interpolated precision–recall curve and ``ap``,
+    every counted query's AP in query order (for the bootstrap over queries).
     """
     queries, database = queries.float().cpu(), database.float().cpu()
     q_labels, db_labels = q_labels.cpu(), db_labels.cpu()
     n_rel = (q_labels[:, None] == db_labels[None, :]).sum(1).float()
     k = min(k, len(database))
-    ap_sum, p_at_k_sum, curve_sum, counted = 0.0, 0.0, torch.zeros(11), 0
+    ap_all, p_at_k_sum, curve_sum = [], 0.0, torch.zeros(11)
     for start in range(0, len(queries), chunk):
         q, ql, nr = queries[start:start + chunk], q_labels[start:start + chunk], n_rel[start:start + chunk]
         order = _distances(q, database, metric).argsort(dim=1, stable=True)
@@ -47,13 +48,48 @@ def retrieval_metrics(queries: torch.Tensor, q_labels: torch.Tensor, database: t
         idx = idx.clamp_max(rel.shape[1] - 1)
         interp = best_after.gather(1, idx)
         curve_sum += interp.sum(0)
-        ap_sum += interp.mean(1).sum().item()
+        ap_all += interp.mean(1).tolist()
         p_at_k_sum += rel[:, :k].mean(1).sum().item()
-        counted += len(rel)
-    counted = max(counted, 1)
-    return {"metric": metric, "map": ap_sum / counted, f"precision_at_{k}": p_at_k_sum / counted,
+    counted = max(len(ap_all), 1)
+    return {"metric": metric, "map": sum(ap_all) / counted, f"precision_at_{k}": p_at_k_sum / counted,
             "pr_curve": {"recall": RECALL_POINTS.tolist(), "precision": (curve_sum / counted).tolist()},
-            "queries": counted, "database": len(database)}
+            "queries": len(ap_all), "database": len(database), "ap": ap_all}
+
+
+@torch.no_grad()
+def reference_map(database: torch.Tensor, db_labels: torch.Tensor, queries: torch.Tensor, q_labels: torch.Tensor,
+                  metric: str = "cosine", query_batch: int = 128) -> float:
+    """mAP as the reference InDistill code computes it, for comparing with published figures.
+
+    Queries go in batches of ``query_batch``; within a batch the backward "precision =
+    max(precision, precision of the next rank)" pass runs over as many ranks as the batch
+    has queries instead of over all ranks, so only the first ``len(batch)`` ranks are
+    interpolated and later ranks keep their raw precision. Each of the 11 recall points
+    then reads that precision at the first rank reaching the recall. Equal to
+    :func:`retrieval_metrics`' mAP when a batch is at least as long as the database;
+    otherwise lower or equal. Queries without a relevant item are skipped (as there).
+    """
+    if query_batch < 1:
+        raise ValueError("query_batch must be at least 1")
+    queries, database = queries.float().cpu(), database.float().cpu()
+    q_labels, db_labels = q_labels.cpu(), db_labels.cpu()
+    aps: list[float] = []
+    for start in range(0, len(queries), query_batch):
+        q, ql = queries[start:start + query_batch], q_labels[start:start + query_batch]
+        order = _distances(q, database, metric).argsort(dim=1, stable=True)
+        rel = (db_labels[order] == ql[:, None]).float()
+        rel = rel[rel.sum(1) > 0]
+        if not len(rel):
+            continue
+        hits = rel.cumsum(1)
+        precision = hits / torch.arange(1, rel.shape[1] + 1)
+        recall = hits / hits[:, -1:]
+        span = min(len(q), rel.shape[1])                       # the loop's length: the batch, not the ranks
+        head = precision[:, :span].flip(1).cummax(1).values.flip(1)
+        partial = torch.cat([head, precision[:, span:]], 1)
+        idx = torch.searchsorted(recall.contiguous(), RECALL_POINTS.expand(len(recall), 11).contiguous())
+        aps += partial.gather(1, idx.clamp_max(rel.shape[1] - 1)).mean(1).tolist()
+    return sum(aps) / max(len(aps), 1)
 
 
 def _gram_normalised(k: torch.Tensor) -> torch.Tensor:

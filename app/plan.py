@@ -13,9 +13,23 @@ from models import MODELS, ModelSpec
 
 from .config import ConfigError, ExperimentConfig
 from .device import PRECISIONS
-from .losses import LOSSES, ParamError, resolve_params
+from .losses import EMBED_LOSSES, LOSSES, ParamError, resolve_params
 from .pairing import PairVerdict, assess_pair, spec_of
-from .schedule import WARMUP_MODES, Phase, check_curriculum, student_schedules
+from .schedule import WARMUP_MODES, SegmentPlan, check_curriculum, student_schedules
+
+PROCEDURES = ("studio", "reference")
+
+
+def stage2_loss(cfg: ExperimentConfig) -> tuple[str, dict]:
+    """The KD and InDistill arms' stage-2 loss and parameters.
+
+    ``studio``: ``kd.loss`` with ``kd.params``. ``reference``: the InDistill PKT variant
+    without cross-entropy (``kd.params`` apply when ``kd.loss`` is pkt_indistill).
+    """
+    if cfg.indistill.procedure == "reference":
+        params = dict(cfg.kd.params) if cfg.kd.loss == "pkt_indistill" else {}
+        return "pkt_indistill", params | {"ce": 0.0}
+    return cfg.kd.loss, dict(cfg.kd.params)
 
 
 @dataclass
@@ -25,7 +39,7 @@ class Plan:
     teacher: ModelSpec | None = None
     student: ModelSpec | None = None
     verdict: PairVerdict | None = None
-    schedules: dict[str, list[Phase]] = field(default_factory=dict)
+    schedules: dict[str, list[SegmentPlan]] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
@@ -66,8 +80,11 @@ def make_plan(cfg: ExperimentConfig) -> Plan:
         p.append(f"indistill.mode must be one of {', '.join(WARMUP_MODES)}, got {ind.mode!r}")
     if ind.aux not in ("auto", "on", "off"):
         p.append(f"indistill.aux must be auto, on or off, got {ind.aux!r}")
-    if ind.embed_loss not in ("pkt", "pkt_indistill"):
-        p.append(f"indistill.embed_loss must be pkt or pkt_indistill, got {ind.embed_loss!r}")
+    if ind.embed_loss not in EMBED_LOSSES:
+        p.append(f"indistill.embed_loss must be {' or '.join(EMBED_LOSSES)}, got {ind.embed_loss!r}")
+    if ind.procedure not in PROCEDURES:
+        p.append(f"indistill.procedure must be studio (the project's default) or reference (the InDistill code's "
+                 f"chain), got {ind.procedure!r}")
     if ind.aux_loss not in LOSSES:
         p.append(f"indistill.aux_loss: unknown loss {ind.aux_loss!r}; available: {', '.join(LOSSES)}")
     _range(p, "indistill.aux_width", ind.aux_width, 1, 8)
@@ -88,6 +105,7 @@ def make_plan(cfg: ExperimentConfig) -> Plan:
     _range(p, "data.input_size", cfg.data.input_size, 16, 256)
     _range(p, "eval.info_batch", cfg.eval.info_batch, 16, 4096)
     _range(p, "eval.latency_runs", cfg.eval.latency_runs, 1, 100000)
+    _range(p, "eval.query_batch", cfg.eval.query_batch, 1, 10 ** 6)
     if cfg.eval.max_queries is not None:
         _range(p, "eval.max_queries", cfg.eval.max_queries, 1, 10 ** 7)
     for key in ("train_per_class", "test_per_class"):
@@ -119,7 +137,7 @@ def make_plan(cfg: ExperimentConfig) -> Plan:
     if p:
         return plan
     mode = ind.mode if cfg.phases.indistill else "off"
-    plan.schedules = student_schedules(n_layers, cfg.student.epochs, cfg.kd.loss, a=ind.a, b=ind.b, mode=mode,
+    plan.schedules = student_schedules(n_layers, cfg.student.epochs, stage2_loss(cfg)[0], a=ind.a, b=ind.b, mode=mode,
                                        embed=ind.embed, embed_loss=ind.embed_loss, equal_epochs=cfg.equal_epochs,
                                        scale=cfg.epochs_scale)
     plan.schedules = {k: v for k, v in plan.schedules.items() if getattr(cfg.phases, k)}

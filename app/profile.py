@@ -36,9 +36,9 @@ def _sync(device: torch.device) -> None:
 
 
 @torch.no_grad()
-def latency_ms(model: nn.Module, device: torch.device, input_size: int = 32, runs: int = 50, warmup: int = 10,
-               batch: int = 1) -> float:
-    """Median wall time (ms) of ``runs`` forward passes at ``batch`` after ``warmup`` passes."""
+def latency_times(model: nn.Module, device: torch.device, input_size: int = 32, runs: int = 50, warmup: int = 10,
+                  batch: int = 1) -> list[float]:
+    """Wall times (ms) of ``runs`` forward passes at ``batch`` after ``warmup`` passes."""
     m = copy.deepcopy(model).to(device).eval()
     x = torch.randn(batch, 3, input_size, input_size, device=device)
     for _ in range(warmup):
@@ -50,7 +50,21 @@ def latency_ms(model: nn.Module, device: torch.device, input_size: int = 32, run
         m(x)
         _sync(device)
         times.append((time.perf_counter() - t0) * 1000.0)
-    return statistics.median(times)
+    return times
+
+
+def latency_ms(model: nn.Module, device: torch.device, input_size: int = 32, runs: int = 50, warmup: int = 10,
+               batch: int = 1) -> float:
+    """Median wall time (ms) of ``runs`` forward passes at ``batch``."""
+    return statistics.median(latency_times(model, device, input_size, runs, warmup, batch))
+
+
+def spread(times: list[float]) -> dict:
+    """Median and interquartile range (ms) of repeated timings, rounded."""
+    if len(times) < 2:
+        return {"median": round(times[0], 4), "q1": round(times[0], 4), "q3": round(times[0], 4), "runs": len(times)}
+    q1, med, q3 = statistics.quantiles(times, n=4, method="inclusive")
+    return {"median": round(med, 4), "q1": round(q1, 4), "q3": round(q3, 4), "runs": len(times)}
 
 
 def throughput(model: nn.Module, device: torch.device, input_size: int = 32, batch: int = 256, runs: int = 10) -> float:
@@ -59,11 +73,15 @@ def throughput(model: nn.Module, device: torch.device, input_size: int = 32, bat
 
 
 def profile(model: nn.Module, device: torch.device, input_size: int = 32, latency_runs: int = 50) -> dict:
-    """Everything the Compare view shows about a model's cost."""
+    """Everything the Compare view shows about a model's cost; latencies with their spread
+    (``latency_ms_cpu_b1_spread``: median, quartiles and runs). An experiment measures
+    this once per architecture and width, so models of one architecture share one figure."""
+    cpu = spread(latency_times(model, torch.device("cpu"), input_size, latency_runs))
     out = {"params": param_count(model), "size_mb": round(size_mb(model), 4), "flops": flops(model, input_size),
-           "latency_ms_cpu_b1": round(latency_ms(model, torch.device("cpu"), input_size, latency_runs), 4)}
+           "latency_ms_cpu_b1": cpu["median"], "latency_ms_cpu_b1_spread": cpu}
     if device.type == "cuda":
-        out["latency_ms_gpu_b1"] = round(latency_ms(model, device, input_size, latency_runs), 4)
+        gpu = spread(latency_times(model, device, input_size, latency_runs))
+        out["latency_ms_gpu_b1"], out["latency_ms_gpu_b1_spread"] = gpu["median"], gpu
     out["throughput_b256"] = round(throughput(model, device, input_size), 1)
     out["throughput_device"] = device.type
     return out

@@ -146,16 +146,19 @@ def estimate(cfg: ExperimentConfig, plan: Plan, num_classes: int, train_images: 
     if not cfg.teacher.checkpoint:
         ep = cfg.scaled(cfg.teacher.epochs)
         parts["teacher"] += ep * (train_images * train_s(teacher) + eval_images * fwd_s(teacher))
+    reference = cfg.indistill.procedure == "reference"
     if plan.use_aux:
         ep = cfg.scaled(cfg.indistill.aux_epochs if cfg.indistill.aux_epochs is not None else cfg.student.epochs)
+        ep = 0.0 if cfg.indistill.aux_checkpoint else ep * (2 if reference else 1)  # reference: CE, then PKT
         fixed += evaluation(student, aux_width)
         parts["aux"] = evaluation(student, aux_width) + ep * (
             train_images * (train_s(student, aux_width) + fwd_s(teacher)) + eval_images * fwd_s(student, aux_width))
     pruned = (student, aux_width) if plan.use_aux else (teacher, 1.0)
+    stage2 = pruned if reference else (teacher, 1.0)
     for arm, schedule in plan.schedules.items():
         per_seed = evaluation(student)
         for p in schedule:
-            frozen = {"kd": fwd_s(teacher), "ce": 0.0}.get(p.kind, fwd_s(*pruned))
+            frozen = {"kd": fwd_s(*stage2), "ce": 0.0}.get(p.kind, fwd_s(*pruned))
             per_seed += p.epochs * (train_images * (train_s(student) + frozen) + eval_images * fwd_s(student))
         parts[arm] = per_seed * cfg.seeds
         fixed += evaluation(student) * cfg.seeds
@@ -313,6 +316,7 @@ def _class_counts(path: str, _stamp: tuple) -> tuple[dict[str, int], dict[str, i
 
 def dataset_size(cfg: ExperimentConfig) -> tuple[int, int, int, int]:
     """(classes, training images, images evaluated each epoch, test images) the config selects, without decoding."""
+    from .data import held_out
     d = cfg.data
     if d.dataset in CIFAR_COUNTS and (d.data_dir is None or not Path(d.data_dir).exists()):
         classes, tr, te = CIFAR_COUNTS[d.dataset]
@@ -322,7 +326,7 @@ def dataset_size(cfg: ExperimentConfig) -> tuple[int, int, int, int]:
         st = path.stat()
         train, test = _class_counts(str(path.resolve()), (st.st_mtime_ns, st.st_size))
     val = d.val_per_class or 0
-    n_train = sum(max(0, min(c - val, d.train_per_class or c)) for c in train.values())
+    n_train = sum(max(0, min(c - held_out(c, val), d.train_per_class or c)) for c in train.values())
     n_test = sum(min(c, d.test_per_class or c) for c in test.values())
-    n_eval = sum(min(c, val) for c in train.values()) if val else n_test
+    n_eval = sum(held_out(c, val) for c in train.values()) if val else n_test
     return len(train), n_train, n_eval, n_test

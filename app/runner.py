@@ -193,55 +193,62 @@ class Job:
 
     # ------------------------------------------------------------ the reducer
     def apply(self, e: ev.Event) -> None:
+        """Fold one event into the snapshot (dispatched on its type) and log its description."""
         with self.lock:
             self.revision += 1
-            v = self.view
-            if e.kind == "log":
-                self.log.append(e.message)
-            elif e.kind == "phase_started":
-                v.update(phase=e.phase, seed=e.seed, epoch=0, segment=None)
-                key = f"{e.phase}/{e.seed}"
-                v["schedules"][key] = e.schedule
-                self.series[key] = LossSeries()
-                v["segments"][key] = []
-                v["eval"][key] = {"epoch": [], "acc": [], "info_flow": []}
-                self.log.append(f"▶ {e.phase}" + (f" (seed {e.seed})" if e.phase not in ("teacher", "aux") else "")
-                                + f": {' → '.join(p['name'] for p in e.schedule)}")
-            elif e.kind == "layer_switch":
-                v["segment"] = e.name
-                v["segments"][f"{e.phase}/{e.seed}"].append({"name": e.name, "step": e.step})
-                self.log.append(f"  {e.phase}: now training {e.name}")
-            elif e.kind == "step":
-                self.series[f"{e.phase}/{e.seed}"].add(e.step, e.epoch, e.segment, e.losses)
-                v["epoch"] = e.epoch
-            elif e.kind == "epoch":
-                r = v["eval"][f"{e.phase}/{e.seed}"]
-                r["epoch"].append(e.epoch)
-                r["acc"].append(e.metrics.get("eval_acc"))
-                r["info_flow"].append(e.metrics.get("info_flow"))
-                self.log.append(f"  {e.phase} epoch {e.epoch}: {ev.eval_text(e.metrics)}")
-            elif e.kind == "channel_maps":
-                v["channel_maps"] = {"pruned_arch": e.pruned_arch, "stages": e.stages}
-                self.maps_revision += 1
-                self.log.append(f"pruned {e.pruned_arch}: kept " + ", ".join(f"{len(s['kept'])}/{s['teacher_channels']}"
-                                                                             for s in e.stages))
-            elif e.kind == "phase_result":
-                self.log.append(f"✔ {e.phase}" + (f" seed {e.seed}" if e.seed is not None else "")
-                                + f": {ev.test_text(e.result)} in {e.result['train_seconds']:.1f} s")
-                v["results"] = copy.deepcopy(self.experiment.results.get("phases", {}))
-            elif e.kind == "finished":
-                self.state = "finished"
-                v["results"] = copy.deepcopy(e.results.get("phases", {}))
-                if "grid" in e.results:
-                    v["grid"] = copy.deepcopy(e.results["grid"])
-                self.log.append(f"finished — run {self.id}")
-            elif e.kind == "failed":
-                self.state, v["error"] = "failed", e.message
-                self.log.append(f"✖ failed{' in ' + e.phase if e.phase else ''}: {e.message}")
-            elif e.kind == "cancelled":
-                self.state = "cancelled"
-                self.log.append(f"cancelled{' during ' + e.phase if e.phase else ''}; finished phases are kept "
-                                f"and the run can be resumed")
+            reduce = self._REDUCERS.get(type(e))
+            if reduce is not None:
+                reduce(self, self.view, e)
+            line = e.describe()
+            if line is not None:
+                self.log.append(line)
+
+    def _phase_started(self, v: dict, e: ev.PhaseStarted) -> None:
+        v.update(phase=e.phase, seed=e.seed, epoch=0, segment=None)
+        key = f"{e.phase}/{e.seed}"
+        v["schedules"][key] = e.schedule
+        self.series[key] = LossSeries()
+        v["segments"][key] = []
+        v["eval"][key] = {"epoch": [], "acc": [], "info_flow": []}
+
+    def _layer_switch(self, v: dict, e: ev.LayerSwitch) -> None:
+        v["segment"] = e.name
+        v["segments"][f"{e.phase}/{e.seed}"].append({"name": e.name, "step": e.step})
+
+    def _step(self, v: dict, e: ev.StepLoss) -> None:
+        self.series[f"{e.phase}/{e.seed}"].add(e.step, e.epoch, e.segment, e.losses)
+        v["epoch"] = e.epoch
+
+    def _epoch(self, v: dict, e: ev.EpochMetrics) -> None:
+        r = v["eval"][f"{e.phase}/{e.seed}"]
+        r["epoch"].append(e.epoch)
+        r["acc"].append(e.metrics.get("eval_acc"))
+        r["info_flow"].append(e.metrics.get("info_flow"))
+
+    def _channel_maps(self, v: dict, e: ev.ChannelMaps) -> None:
+        v["channel_maps"] = {"pruned_arch": e.pruned_arch, "stages": e.stages}
+        self.maps_revision += 1
+
+    def _phase_result(self, v: dict, e: ev.PhaseResult) -> None:
+        v["results"] = copy.deepcopy(self.experiment.results.get("phases", {}))
+
+    def _finished(self, v: dict, e: ev.Finished) -> None:
+        self.state = "finished"
+        v["results"] = copy.deepcopy(e.results.get("phases", {}))
+        if "grid" in e.results:
+            v["grid"] = copy.deepcopy(e.results["grid"])
+        if "comparisons" in e.results:
+            v["comparisons"] = copy.deepcopy(e.results["comparisons"])
+
+    def _failed(self, v: dict, e: ev.Failed) -> None:
+        self.state, v["error"] = "failed", e.message
+
+    def _cancelled(self, v: dict, e: ev.Cancelled) -> None:
+        self.state = "cancelled"
+
+    _REDUCERS = {ev.PhaseStarted: _phase_started, ev.LayerSwitch: _layer_switch, ev.StepLoss: _step,
+                 ev.EpochMetrics: _epoch, ev.ChannelMaps: _channel_maps, ev.PhaseResult: _phase_result,
+                 ev.Finished: _finished, ev.Failed: _failed, ev.Cancelled: _cancelled}
 
     def last_step(self) -> tuple[str, int, float] | None:
         """(phase unit, step, total loss) of the newest logged step, read without a snapshot."""

@@ -1,4 +1,11 @@
-"""Training schedules as data: a list of phases (what is learned, with which loss, how long).
+"""Training schedules as data: a unit's list of segments (what is learned, with which loss,
+how long).
+
+Vocabulary (used everywhere): a *phase* is a training role — teacher, aux, baseline, kd,
+indistill; a *unit* is one phase for one seed (one checkpoint, one result); a *segment*
+is one part of a unit's schedule ("layer 2", "embedding", "KD"). :class:`SegmentPlan` is
+a segment as data; :class:`app.train.Segment` is its runtime form (steps, objective,
+optimizer).
 
 The InDistill warm-up learns layer l (1-based) for S_l = a + b·l epochs, shallow to deep,
 with MSE to the pruned teacher feature, then (optionally) the embedding with PKT; then
@@ -13,7 +20,7 @@ WARMUP_MODES = ("curriculum", "joint", "off")
 
 
 @dataclass(frozen=True)
-class Phase:
+class SegmentPlan:
     name: str                    # "layer 2", "embedding", "all layers", "KD", "CE"
     kind: str                    # layer | embed | joint | kd | ce
     layers: tuple[int, ...]      # 1-based stages trained against pruned features
@@ -22,6 +29,9 @@ class Phase:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+Phase = SegmentPlan  # the former name, kept for code written before the vocabulary was fixed
 
 
 def curriculum_epochs(a: float, b: float, n_layers: int) -> list[float]:
@@ -47,7 +57,7 @@ def check_curriculum(a: float, b: float, n_layers: int, embed: bool) -> list[str
 
 
 def warmup_phases(n_layers: int, a: float, b: float, mode: str, embed: bool, embed_loss: str,
-                  scale: float = 1.0) -> list[Phase]:
+                  scale: float = 1.0) -> list[SegmentPlan]:
     """The warm-up part of the InDistill schedule (empty when mode is ``off``)."""
     if mode not in WARMUP_MODES:
         raise ValueError(f"warm-up mode must be one of {', '.join(WARMUP_MODES)}, got {mode!r}")
@@ -55,22 +65,22 @@ def warmup_phases(n_layers: int, a: float, b: float, mode: str, embed: bool, emb
         return []
     epochs = [e * scale for e in curriculum_epochs(a, b, n_layers + (1 if embed else 0))]
     if mode == "joint":
-        return [Phase("all layers", "joint", tuple(range(1, n_layers + 1)), "mse" + ("+" + embed_loss if embed else ""),
+        return [SegmentPlan("all layers", "joint", tuple(range(1, n_layers + 1)), "mse" + ("+" + embed_loss if embed else ""),
                       sum(epochs))]
-    phases = [Phase(f"layer {l}", "layer", (l,), "mse", epochs[l - 1]) for l in range(1, n_layers + 1) if epochs[l - 1] > 0]
+    phases = [SegmentPlan(f"layer {l}", "layer", (l,), "mse", epochs[l - 1]) for l in range(1, n_layers + 1) if epochs[l - 1] > 0]
     if embed and epochs[-1] > 0:
-        phases.append(Phase("embedding", "embed", (), embed_loss, epochs[-1]))
+        phases.append(SegmentPlan("embedding", "embed", (), embed_loss, epochs[-1]))
     return phases
 
 
 def student_schedules(n_layers: int, kd_epochs: float, kd_loss: str, *, a: float, b: float, mode: str,
-                      embed: bool, embed_loss: str, equal_epochs: bool, scale: float = 1.0) -> dict[str, list[Phase]]:
+                      embed: bool, embed_loss: str, equal_epochs: bool, scale: float = 1.0) -> dict[str, list[SegmentPlan]]:
     """Schedules of the three student phases: ``baseline`` (CE), ``kd``, ``indistill``."""
     warm = warmup_phases(n_layers, a, b, mode, embed, embed_loss, scale)
     kd = kd_epochs * scale
     total = kd + (sum(p.epochs for p in warm) if equal_epochs else 0.0)
     return {
-        "baseline": [Phase("CE", "ce", (), "ce", total)],
-        "kd": [Phase("KD", "kd", (), kd_loss, total)],
-        "indistill": warm + [Phase("KD", "kd", (), kd_loss, kd)],
+        "baseline": [SegmentPlan("CE", "ce", (), "ce", total)],
+        "kd": [SegmentPlan("KD", "kd", (), kd_loss, total)],
+        "indistill": warm + [SegmentPlan("KD", "kd", (), kd_loss, kd)],
     }

@@ -1,6 +1,7 @@
-"""One training loop for every phase.
+"""One training loop for every unit, and the objectives it trains.
 
-A phase is a list of :class:`Segment` s (e.g. "layer 1", "layer 2", "embedding", "KD"),
+A unit (one phase for one seed) is a list of :class:`Segment` s (e.g. "layer 1", "layer 2",
+"embedding", "KD"), the runtime form of its :class:`~app.schedule.SegmentPlan` s,
 each with its own objective, trainable parameters and optimizer, run back to back over
 one shuffled batch stream. Objectives return named loss components; the loop sums
 them, steps the optimizer, publishes losses, checks for cancellation every step and
@@ -22,9 +23,11 @@ from . import events as ev
 from .augment import BatchStream
 from .device import Runtime
 from .features import FeatureTap
-from .losses import KDLoss, feature_mse
+from .losses import EMBED_LOSSES, WARMUP_LOSSES, KDLoss
 from .pruning import PrunedFeatures
+from .schedule import SegmentPlan
 
+# (images, labels, epoch within the segment) → named loss components
 Objective = Callable[[torch.Tensor, torch.Tensor, float], dict[str, torch.Tensor]]
 
 
@@ -98,7 +101,7 @@ def run_segments(model: nn.Module, stream: BatchStream, segments: list[Segment],
                 raise CancelledError
             x, y = next(batches)
             with ctx.runtime.autocast():
-                parts = seg.objective(x, y, step / spe)
+                parts = seg.objective(x, y, i / spe)  # epochs within this segment (DKD's ramp starts at 0)
             loss = sum(parts.values())
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -160,7 +163,7 @@ def warmup_objective(student: FeatureTap, pruned: FeatureTap, select: PrunedFeat
         s_out = student(x, upto=upto, features=bool(layers))
         parts = {}
         for l in layers:
-            parts[f"mse_l{l}"] = feature_mse(s_out.features[l - 1], t_feats[l - 1])
+            parts[f"mse_l{l}"] = WARMUP_LOSSES["mse"](s_out.features[l - 1], t_feats[l - 1])
         if embed_loss is not None:
             parts["pkt"] = embed_loss(s_out.embedding, t_out.embedding)
         return parts
@@ -169,3 +172,35 @@ def warmup_objective(student: FeatureTap, pruned: FeatureTap, select: PrunedFeat
 
 def trainable(*modules: nn.Module) -> list[nn.Parameter]:
     return [p for m in modules for p in m.parameters() if p.requires_grad]
+
+
+# ---------------------------------------------------------------- segment kind → objective
+
+WARMUP_KINDS = ("layer", "embed", "joint")
+
+
+@dataclass
+class Taps:
+    """The networks a unit's segments read: the one trained, the one it learns from in KD
+    segments, and the one whose pruned features the warm-up matches (with ``select``)."""
+    student: FeatureTap
+    teacher: FeatureTap | None = None
+    pruned: FeatureTap | None = None
+    select: PrunedFeatures | None = None
+
+
+def segment_for(plan: SegmentPlan, steps: int, model: nn.Module, taps: Taps, *, lr: float, warmup_lr: float,
+                kd_loss: KDLoss | None = None) -> Segment:
+    """The runtime segment of ``plan``: ``ce`` (SGD), ``kd`` (``kd_loss`` from ``taps.teacher``,
+    SGD) or a warm-up kind ``layer``/``embed``/``joint`` (MSE to the pruned features, plus
+    the embedding loss named in ``plan.loss``; Adam, as the loss scales differ by layer)."""
+    if plan.kind == "ce":
+        return Segment(plan.name, steps, ce_objective(model), trainable(model), "sgd", lr)
+    if plan.kind == "kd":
+        return Segment(plan.name, steps, kd_objective(taps.student, taps.teacher, kd_loss),
+                       trainable(model, kd_loss), "sgd", lr)
+    if plan.kind in WARMUP_KINDS:
+        embed = next((WARMUP_LOSSES[n] for n in plan.loss.split("+") if n in EMBED_LOSSES), None)
+        return Segment(plan.name, steps, warmup_objective(taps.student, taps.pruned, taps.select, plan.layers, embed),
+                       trainable(model), "adam", warmup_lr)
+    raise ValueError(f"unknown segment kind {plan.kind!r}")

@@ -15,6 +15,7 @@ def tiny(cifar_jpeg, cache_dir, **extra):
     items = {"data.data_dir": str(cifar_jpeg), "data.cache_dir": str(cache_dir), "data.train_per_class": 12,
              "data.test_per_class": 4, "teacher.epochs": 1, "student.epochs": 1, "indistill.a": 0.5,
              "indistill.b": 0.25, "optim.batch_size": 24, "eval.latency_runs": 2, "eval.info_batch": 32,
+             "data.val_per_class": 3,
              "device": "cpu"}
     items.update(extra)
     return preset("quick-cpu").with_overrides(items)
@@ -42,6 +43,25 @@ def test_whole_experiment_writes_results(cifar_jpeg, cache_dir, tmp_path):
     # equal-epoch control: baseline and KD students trained as long as warm-up + KD
     assert on_disk["phases"]["baseline"]["epochs"] == pytest.approx(ind["epochs"])
     assert (tmp_path / on_disk["run_dir"].split("/")[-1] / "checkpoints" / "indistill-s1.pt").is_file()
+    # one latency figure per architecture: the three students share the one measurement
+    students = [on_disk["phases"][p] for p in ("baseline", "kd", "indistill")]
+    assert {s["cost_key"] for s in students} == {"cnn_8_16_32@1"}
+    assert len({s["latency_ms_cpu_b1"] for s in students}) == 1
+    assert set(on_disk["costs"]) == {"cnn_16_32_64@1", "cnn_8_16_32@1"}
+    assert on_disk["costs"]["cnn_8_16_32@1"]["latency_ms_cpu_b1_spread"]["runs"] == 2
+    # intervals: a t-interval over the two seeds, paired differences with verdicts
+    lo, hi = ind["test_acc_ci"]
+    assert lo <= ind["test_acc"] <= hi and "t-interval" in ind["test_acc_ci_method"]
+    unit = ind["units"]["0"]
+    assert unit["test_images"] == 40 and unit["test_acc_ci"][0] <= unit["test_acc"] <= unit["test_acc_ci"][1]
+    assert "map_ci" in ind["retrieval"]["cosine"] and "map_reference" in ind["retrieval"]["cosine"]
+    pairs = {(c["a"], c["b"], c["metric"]): c for c in on_disk["comparisons"]}
+    assert set(pairs) >= {("baseline", "kd", "test_acc"), ("kd", "indistill", "test_acc"), ("kd", "indistill", "map_cosine")}
+    for c in pairs.values():
+        assert c["verdict"] in ("better", "worse", "within noise") and len(c["per_seed"]) == 2
+    # per-epoch curves on the validation split; the test split only at the end
+    assert on_disk["data"]["eval_split"] == "val" and on_disk["data"]["val"] == 30
+    assert all(h["eval_split"] == "val" for h in unit["history"])
 
 
 def test_cancel_stops_within_one_step_and_resume_finishes(cifar_jpeg, cache_dir, tmp_path):
@@ -113,18 +133,31 @@ def test_cli_reports_bad_settings_without_a_traceback(capsys):
     assert "negative" in err and "Traceback" not in err
 
 
-def test_curriculum_grid_runs_every_cell_and_a_joint_run(cifar_jpeg, cache_dir, tmp_path):
+def test_curriculum_grid_cells_and_controls_have_equal_totals_and_share_the_teachers(cifar_jpeg, cache_dir, tmp_path):
     from app.grid import CurriculumGrid
     from app.ui.views import grid_figures
-    grid = CurriculumGrid(tiny(cifar_jpeg, cache_dir), [0.5, 1.0], [0.0], tmp_path / "grid")
+    cfg = tiny(cifar_jpeg, cache_dir, **{"student.epochs": 3, "indistill.aux": "on", "indistill.aux_epochs": 0.5,
+                                         "epochs_scale": 0.5})
+    grid = CurriculumGrid(cfg, [0.25, 0.5], [0.0], tmp_path / "grid")
     out = grid.run()
     cells = out["grid"]["cells"]
     assert out["status"] == "finished" and [(c["mode"], c["a"], c["b"]) for c in cells] == [
-        ("curriculum", 0.5, 0.0), ("curriculum", 1.0, 0.0), ("joint", 0.5, 0.0)]
-    # the teacher is trained once, by the first cell, and reused
-    assert not (tmp_path / "grid" / "cell-1" / "checkpoints" / "teacher.pt").exists() or \
-        json.loads((tmp_path / "grid" / "cell-1" / "results.json").read_text())["phases"]["teacher"]["train_seconds"] == 0
-    assert cells[0]["warmup_epochs"] < cells[1]["warmup_epochs"]  # S_l = a + b·l grows with a
+        ("curriculum", 0.25, 0.0), ("curriculum", 0.5, 0.0), ("joint", 0.25, 0.0), ("off", 0.25, 0.0)]
+    # equal totals: the warm-up comes out of the budget T = 3 epochs (× epochs_scale 0.5)
+    assert [c["total_epochs"] for c in cells] == pytest.approx([1.5] * 4)
+    assert cells[0]["warmup_epochs"] == pytest.approx(0.5) and cells[1]["warmup_epochs"] == pytest.approx(1.0)
+    assert cells[2]["warmup_epochs"] == cells[0]["warmup_epochs"] and cells[3]["warmup_epochs"] == 0
+    assert [c["kd_epochs"] for c in cells] == pytest.approx([1.0, 0.5, 1.0, 1.5])
+    # one teacher and one auxiliary teacher, trained by the first cell and loaded by the others
+    for i in (1, 2, 3):
+        later = json.loads((tmp_path / "grid" / f"cell-{i}" / "results.json").read_text())
+        assert later["phases"]["teacher"]["train_seconds"] == 0 and later["phases"]["aux"]["train_seconds"] == 0
+        assert later["config"]["indistill"]["aux_checkpoint"].endswith("cell-0/checkpoints/aux.pt")
+    # every cell and the joint control against the no-warm-up control, paired on the same test images
+    comps = out["grid"]["comparisons"]
+    assert [(c["mode"], c["a"]) for c in comps] == [("curriculum", 0.25), ("curriculum", 0.5), ("joint", 0.25)]
+    assert comps[0]["diff"] == pytest.approx(cells[0]["test_acc"] - cells[3]["test_acc"])
+    assert all(c["verdict"] in ("better", "worse", "within noise") for c in comps)
     heat, flow = grid_figures(out["grid"])
     assert heat.data[0].z[0][0] == pytest.approx(cells[0]["test_acc"] * 100)
     assert len(flow.data) > 0
@@ -134,4 +167,29 @@ def test_grid_rejects_cells_that_cannot_run(cifar_jpeg, cache_dir, tmp_path):
     from app.config import ConfigError
     from app.grid import CurriculumGrid
     with pytest.raises(ConfigError, match="negative"):
-        CurriculumGrid(tiny(cifar_jpeg, cache_dir), [0.0], [-1.0], tmp_path / "g")
+        CurriculumGrid(tiny(cifar_jpeg, cache_dir, **{"student.epochs": 30}), [0.0], [-1.0], tmp_path / "g")
+    # S_l = 2 + l over 3 layers and the embedding: 14 epochs, more than the budget of 10
+    with pytest.raises(ConfigError, match="leaves no KD epochs"):
+        CurriculumGrid(tiny(cifar_jpeg, cache_dir, **{"student.epochs": 10}), [2.0], [1.0], tmp_path / "g")
+
+
+def test_reference_procedure_chain(cifar_jpeg, cache_dir, tmp_path):
+    """aux: CE then PKT from the teacher; it teaches the warm-up and stage 2 (InDistill PKT, no CE)."""
+    seen = []
+    cfg = tiny(cifar_jpeg, cache_dir, **{"indistill.procedure": "reference", "indistill.aux": "on",
+                                         "indistill.aux_epochs": 0.5, "phases.baseline": False,
+                                         "eval.retrieval": False, "eval.info_flow": False})
+    exp = Experiment(cfg, runs_root=tmp_path, emit=seen.append)
+    out = exp.run()
+    assert out["status"] == "finished"
+    proc = out["procedure"]
+    assert [(p["kind"], p["loss"]) for p in proc["aux"]] == [("ce", "ce"), ("kd", "pkt")]
+    assert proc["warmup_source"] == "aux" and proc["stage2_teacher"] == "aux"
+    assert proc["stage2_loss"] == "pkt_indistill" and proc["stage2_params"]["ce"] == 0.0
+    assert out["schedule"]["indistill"][-1]["loss"] == "pkt_indistill" and out["schedule"]["kd"][0]["loss"] == "pkt_indistill"
+    # no CE term in stage 2, nor in the auxiliary teacher's PKT segment
+    kd_steps = [e for e in seen if e.kind == "step" and e.segment == "KD"]
+    assert kd_steps and all("ce" not in e.losses for e in kd_steps)
+    aux_pkt = [e for e in seen if e.kind == "step" and e.phase == "aux" and e.segment == "embedding PKT"]
+    assert aux_pkt and all(set(e.losses) == {"pkt", "total"} for e in aux_pkt)
+    assert [e.name for e in seen if e.kind == "layer_switch" and e.phase == "aux"] == ["CE", "embedding PKT"]

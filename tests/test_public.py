@@ -77,7 +77,7 @@ def test_public_configs_cannot_name_server_paths(overrides, words):
 def test_cifar_downloads_go_to_the_cache_only():
     cfg = preset("workshop").with_overrides({"data.dataset": "cifar10", "data.data_dir": None})
     assert public.admit(cfg, set(), public.Budget()) == []
-    assert public.dataset_size(cfg) == (10, 50000, 10000, 10000)
+    assert public.dataset_size(cfg) == (10, 49700, 300, 10000)   # 30 per class held out for validation
 
 
 # ---------------------------------------------------------------- run ids and folders
@@ -345,8 +345,10 @@ def test_a_huge_auxiliary_teacher_is_refused_before_any_network_is_built(public_
 
 
 def test_a_grid_is_estimated_cell_by_cell(public_studio):
-    _, _, msg = ui.run_grid(None, "10,10,10,10,10,10", "5,5,5,5,5,5", 4, *controls(train_per_class=0))
-    assert "Grid not started" in msg and "37 runs together are over the public budget" in msg
+    _, _, msg = ui.run_grid(None, "10,10,10,10,10,10", "5,5,5,5,5,5", 400, *controls(train_per_class=0))
+    assert "Grid not started" in msg and "38 runs together are over the public budget" in msg
+    _, _, msg = ui.run_grid(None, "10", "5", 4, *controls())
+    assert "Grid not started" in msg and "leaves no KD epochs" in msg
     _, _, msg = ui.run_grid(None, "100", "0", 4, *controls())
     assert "a must be 0 to 10" in msg
 

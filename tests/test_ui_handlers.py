@@ -67,8 +67,8 @@ def test_loss_change_relabels_the_parameter_inputs():
     assert len(ups) == form.MAX_PARAMS
     assert [u.get("visible") for u in ups][:4] == [True, True, True, True]
     assert ups[1]["label"].startswith("beta") and ups[1]["value"] == 8.0
-    ups = ui.param_updates("pkt")
-    assert [u.get("visible") for u in ups] == [True] + [False] * (form.MAX_PARAMS - 1)
+    ups = ui.param_updates("pkt")   # weight, and the CE weight beside it
+    assert [u.get("visible") for u in ups] == [True, True] + [False] * (form.MAX_PARAMS - 2)
 
 
 def test_export_then_import_restores_the_controls(tmp_path):
@@ -140,3 +140,13 @@ def test_views_render_results_of_a_run(cifar_jpeg, cache_dir, tmp_path):
     assert green == [8, 16, 32]
     assert len(views.pr_figure(results).data) == 4
     assert len(views.scatter_figure(results).data) == 4
+    # intervals in the table, the scatter and the note; one latency figure for the three students
+    acc = rows[3][2]
+    assert "[" in acc and "]" in acc and len(rows[0]) == len(views.COMPARE_HEADERS)
+    assert len({r[9] for r in rows[1:]}) == 1
+    sc = views.scatter_figure(results)
+    assert all(t.error_y.array is not None for t in sc.data) and len({t.x[0] for t in sc.data[1:]}) == 1
+    note = views.compare_note(results)
+    assert "KD − baseline, accuracy" in note and "InDistill+KD − KD, accuracy" in note
+    assert any(v in note for v in ("within noise", "better", "worse"))
+    assert "kd - baseline" in views.results_csv(results)

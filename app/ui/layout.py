@@ -146,13 +146,14 @@ def info_tab() -> dict:
            "div_table": gr.Dataframe(headers=["student", "seed", "mean |I_student − I_teacher| (bits)"],
                                      interactive=False)}
     gr.Markdown("### Curriculum grid (the paper's Fig. 5, on a small budget)\n"
-                "Trains only the InDistill student for every (a, b), plus one run of the same warm-up "
-                "*without* curriculum (all layers jointly), with the Setup/Distill settings and one "
-                "shared teacher. Progress shows in the Train tab.")
+                "Trains only the InDistill student for every (a, b), plus two controls: the same warm-up "
+                "*without* curriculum (all layers jointly) and no warm-up (KD only). Every run trains for the "
+                "same total T: the warm-up comes out of it and KD gets the rest. All runs share one teacher "
+                "and one auxiliary teacher. Progress shows in the Train tab.")
     with gr.Row():
-        out["grid_a"] = gr.Textbox(label="a values", value="0, 1, 2", max_length=100)
-        out["grid_b"] = gr.Textbox(label="b values", value="0, 1", max_length=100)
-        out["grid_epochs"] = gr.Number(label="Student KD epochs per run", value=4, minimum=0.1)
+        out["grid_a"] = gr.Textbox(label="a values", value="0.25, 0.5", max_length=100)
+        out["grid_b"] = gr.Textbox(label="b values", value="0, 0.25", max_length=100)
+        out["grid_epochs"] = gr.Number(label="Student epochs per run, T (warm-up + KD)", value=8, minimum=0.1)
         out["grid_btn"] = gr.Button("Run grid", variant="primary")
     out["grid_msg"] = gr.Markdown()
     out["grid_heat"] = gr.Plot(label="Grid")

@@ -64,7 +64,11 @@ distilled from the teacher, and pruned instead.
 - **Pruning**: which channels were kept, and what the feature maps look like.
 - **Compare**: accuracy, retrieval, size, FLOPs and latency side by side. A fair comparison
   gives the baseline and KD students as many epochs as InDistill's warm-up plus KD
-  (*equal-epoch control*), so gains are not just longer training.
+  (*equal-epoch control*), so gains are not just longer training. Each figure comes with a
+  95 % interval in brackets: the range the true value is likely in, given how many test images
+  (and seeds) were used — two models whose intervals overlap widely may not really differ. The
+  paired differences below the table say it plainly: **better** or **worse** only when the whole
+  interval of the difference lies on one side of zero, otherwise **within noise**.
 - **Retrieval**: upload a picture; each model finds the most similar training images.
 - **Information flow**: how much each layer "knows" about the labels, epoch by epoch.
 """

@@ -222,7 +222,9 @@ def accuracy_figure(snap: dict | None) -> go.Figure:
         return _empty("Accuracy per epoch", "evaluation accuracy appears after the first epoch")
     fig = go.Figure()
     data = (snap or {}).get("data") or {}
-    split = data.get("eval_split", "test") + (f", {data['eval_images']:,} images" if data.get("eval_images") else "")
+    name = {"val": "validation split (held out of training)", "test": "test split (no validation split set)"}
+    split = name.get(data.get("eval_split", "test"), data.get("eval_split", "test")) + (
+        f", {data['eval_images']:,} images" if data.get("eval_images") else "")
     for key in keys:
         phase, seed = key.split("/")
         fig.add_trace(go.Scatter(x=ev[key]["epoch"], y=[a * 100 for a in ev[key]["acc"]], mode="lines+markers",
@@ -264,8 +266,24 @@ def _fmt_pm(mean: float | None, sd: float | None, scale: float = 100.0) -> str:
     return f"{mean * scale:.2f}" + (f" ± {sd * scale:.2f}" if sd else "")
 
 
-COMPARE_HEADERS = ["model", "arch", "accuracy %", "mAP cos %", "mAP euc %", "params", "size MB", "MFLOPs",
-                   "CPU ms (b1)", "GPU ms (b1)", "img/s (b256)", "train s"]
+def _fmt_ci(mean: float | None, ci: list | None, sd: float | None = None, scale: float = 100.0) -> str:
+    """'57.60 [54.5, 60.6]' (one seed) or '57.87 ± 0.55 [56.5, 59.2]' (seeds: mean ± sd [t-interval])."""
+    text = _fmt_pm(mean, sd, scale)
+    return text + (f" [{ci[0] * scale:.1f}, {ci[1] * scale:.1f}]" if mean is not None and ci else "")
+
+
+def _latency(r: dict, key: str = "latency_ms_cpu_b1") -> str:
+    if key not in r:
+        return "–"
+    sp = r.get(key + "_spread")
+    return f"{r[key]:.3f}" + (f" [{sp['q1']:.3f}–{sp['q3']:.3f}]" if sp else "")
+
+
+COMPARE_HEADERS = ["model", "arch", "accuracy % [95% CI]", "mAP cos % [95% CI]", "mAP euc % [95% CI]",
+                   "mAP cos % (ref.-compatible)", "params", "size MB", "MFLOPs", "CPU ms b1 (median [IQR])",
+                   "GPU ms (b1)", "img/s (b256)", "train s"]
+NAMES = {("baseline", "kd"): "KD − baseline", ("kd", "indistill"): "InDistill+KD − KD"}
+METRIC_NAMES = {"test_acc": "accuracy", "map_cosine": "mAP (cosine)", "map_euclidean": "mAP (Euclidean)"}
 
 
 def measured_on(results: dict | None) -> str:
@@ -273,13 +291,30 @@ def measured_on(results: dict | None) -> str:
     return ((results or {}).get("data") or {}).get("test_data", "")
 
 
+def difference_lines(results: dict | None) -> list[str]:
+    """One line per paired difference: 'KD − baseline, accuracy: +1.70 points [−0.7, +4.1] — within noise (…)'."""
+    lines = []
+    for c in (results or {}).get("comparisons") or []:
+        name = NAMES.get((c["a"], c["b"]), f"{c['b']} − {c['a']}")
+        what = METRIC_NAMES.get(c["metric"], c["metric"])
+        if c.get("diff") is None:
+            continue
+        ci = f" [{c['ci'][0] * 100:+.1f}, {c['ci'][1] * 100:+.1f}]" if c.get("ci") else ""
+        lines.append(f"{name}, {what}: {c['diff'] * 100:+.2f} points{ci} — **{c['verdict']}** ({c['method']})")
+    return lines
+
+
 def compare_note(results: dict | None) -> str:
-    """Which data the comparison table's accuracy and retrieval figures come from."""
+    """Which data the figures come from, how to read the intervals, and the paired differences."""
     where = measured_on(results)
     if not where:
         return ""
-    return (f"Accuracy on the {where}, every model on the same images; retrieval queries are those test images, "
-            f"the database the {results['data']['train']:,} training images.")
+    note = (f"Accuracy on the {where}, every model on the same images; retrieval queries are those test images, "
+            f"the database the {results['data']['train']:,} training images. Brackets are 95 % intervals "
+            "(Wilson for one seed's accuracy, a bootstrap over queries for one seed's mAP, a t-interval over "
+            "seeds); latency is measured once per architecture (median [interquartile range]).")
+    diffs = difference_lines(results)
+    return note + ("\n\n" + "  \n".join(diffs) if diffs else "")
 
 
 def compare_rows(results: dict | None) -> list[list]:
@@ -290,12 +325,13 @@ def compare_rows(results: dict | None) -> list[list]:
         if not r or "test_acc" not in r:
             continue
         ret = r.get("retrieval", {})
-        rows.append([LABELS[p], r.get("arch", ""), _fmt_pm(r["test_acc"], r.get("test_acc_std")),
-                     _fmt_pm(ret.get("cosine", {}).get("map"), ret.get("cosine", {}).get("map_std")),
-                     _fmt_pm(ret.get("euclidean", {}).get("map"), ret.get("euclidean", {}).get("map_std")),
+        cos, euc = ret.get("cosine", {}), ret.get("euclidean", {})
+        rows.append([LABELS[p], r.get("arch", ""), _fmt_ci(r["test_acc"], r.get("test_acc_ci"), r.get("test_acc_std")),
+                     _fmt_ci(cos.get("map"), cos.get("map_ci"), cos.get("map_std")),
+                     _fmt_ci(euc.get("map"), euc.get("map_ci"), euc.get("map_std")),
+                     _fmt_pm(cos.get("map_reference"), None),
                      f"{r['params']:,}", f"{r['size_mb']:.3f}", f"{r['flops'] / 1e6:.2f}",
-                     f"{r['latency_ms_cpu_b1']:.3f}",
-                     f"{r['latency_ms_gpu_b1']:.3f}" if "latency_ms_gpu_b1" in r else "–",
+                     _latency(r), _latency(r, "latency_ms_gpu_b1"),
                      f"{r['throughput_b256']:,.0f}", f"{r['train_seconds']:.1f}"])
     return rows
 
@@ -303,22 +339,41 @@ def compare_rows(results: dict | None) -> list[list]:
 def results_csv(results: dict) -> str:
     buf = io.StringIO()
     w = csv.writer(buf)
-    w.writerow(["phase", "arch", "test_acc", "test_acc_std", "test_acc_seeds", "map_cosine", "map_euclidean",
-                "params", "size_mb", "flops", "latency_ms_cpu_b1", "latency_ms_gpu_b1", "throughput_b256", "train_seconds"])
+    w.writerow(["phase", "arch", "test_acc", "test_acc_std", "test_acc_ci_low", "test_acc_ci_high", "test_acc_seeds",
+                "map_cosine", "map_cosine_ci_low", "map_cosine_ci_high", "map_euclidean", "map_cosine_reference",
+                "params", "size_mb", "flops", "latency_ms_cpu_b1", "latency_ms_cpu_b1_q1", "latency_ms_cpu_b1_q3",
+                "latency_ms_gpu_b1", "throughput_b256", "train_seconds"])
     for p in PHASES:
         r = results.get("phases", {}).get(p)
         if not r or "test_acc" not in r:
             continue
         ret = r.get("retrieval", {})
-        w.writerow([p, r.get("arch"), r["test_acc"], r.get("test_acc_std", ""),
+        cos = ret.get("cosine", {})
+        ci, mci = r.get("test_acc_ci") or ["", ""], cos.get("map_ci") or ["", ""]
+        sp = r.get("latency_ms_cpu_b1_spread") or {}
+        w.writerow([p, r.get("arch"), r["test_acc"], r.get("test_acc_std", ""), ci[0], ci[1],
                     " ".join(f"{a:.4f}" for a in r.get("test_acc_seeds", [r["test_acc"]])),
-                    ret.get("cosine", {}).get("map", ""), ret.get("euclidean", {}).get("map", ""), r["params"],
-                    r["size_mb"], r["flops"], r["latency_ms_cpu_b1"], r.get("latency_ms_gpu_b1", ""),
+                    cos.get("map", ""), mci[0], mci[1], ret.get("euclidean", {}).get("map", ""),
+                    cos.get("map_reference", ""), r["params"], r["size_mb"], r["flops"], r["latency_ms_cpu_b1"],
+                    sp.get("q1", ""), sp.get("q3", ""), r.get("latency_ms_gpu_b1", ""),
                     r["throughput_b256"], r["train_seconds"]])
+    for c in results.get("comparisons") or []:
+        ci = c.get("ci") or ["", ""]
+        w.writerow([f"{c['b']} - {c['a']}", c["metric"], c.get("diff", ""), "", ci[0], ci[1],
+                    " ".join(f"{d:.4f}" for d in c.get("per_seed", [])), c.get("verdict", ""), c.get("method", "")])
     return buf.getvalue()
 
 
+def _err(value: float, ci: list | None, scale: float = 100.0) -> dict | None:
+    if not ci:
+        return None
+    return dict(type="data", symmetric=False, array=[(ci[1] - value) * scale], arrayminus=[(value - ci[0]) * scale],
+                thickness=1.5, width=4)
+
+
 def scatter_figure(results: dict | None) -> go.Figure:
+    """Accuracy (95 % interval as a vertical bar) vs CPU latency (interquartile range as a
+    horizontal bar); models of one architecture share one latency figure."""
     phases = (results or {}).get("phases", {})
     pts = [(p, phases[p]) for p in PHASES if p in phases and "test_acc" in phases[p]]
     if not pts:
@@ -326,17 +381,24 @@ def scatter_figure(results: dict | None) -> go.Figure:
     fig = go.Figure()
     biggest = max(r["size_mb"] for _, r in pts) or 1.0
     for p, r in pts:
+        sp = r.get("latency_ms_cpu_b1_spread")
+        x = r["latency_ms_cpu_b1"]
+        ci = r.get("test_acc_ci")
+        ci_text = f" [{ci[0] * 100:.1f}, {ci[1] * 100:.1f}]" if ci else ""
         fig.add_trace(go.Scatter(
-            x=[r["latency_ms_cpu_b1"]], y=[r["test_acc"] * 100], mode="markers+text", name=LABELS[p],
+            x=[x], y=[r["test_acc"] * 100], mode="markers+text", name=LABELS[p],
             text=[LABELS[p]], textposition="top center",
+            error_y=_err(r["test_acc"], ci),
+            error_x=dict(type="data", symmetric=False, array=[sp["q3"] - x], arrayminus=[x - sp["q1"]], thickness=1,
+                         width=3) if sp else None,
             marker=dict(size=14 + 46 * math.sqrt(r["size_mb"] / biggest), color=COLORS[p], opacity=0.75,
                         line=dict(width=1, color="#111827")),
-            hovertemplate=f"{LABELS[p]}<br>%{{y:.2f}}% · %{{x:.3f}} ms · {r['size_mb']:.3f} MB<extra></extra>"))
+            hovertemplate=f"{LABELS[p]}<br>%{{y:.2f}}%{ci_text} · %{{x:.3f}} ms · {r['size_mb']:.3f} MB<extra></extra>"))
     where = measured_on(results)
-    fig.update_layout(template="plotly_white", height=380, title="Accuracy vs CPU latency (bubble area ∝ size)"
-                      + (f"<br><sup>accuracy on the {where}</sup>" if where else ""),
-                      xaxis_title="CPU latency, batch 1 (ms)", yaxis_title="test accuracy %", showlegend=False,
-                      margin=dict(l=10, r=10, t=40, b=40))
+    fig.update_layout(template="plotly_white", height=380, title="Accuracy (95% interval) vs CPU latency (IQR); "
+                      "bubble area ∝ size" + (f"<br><sup>accuracy on the {where}</sup>" if where else ""),
+                      xaxis_title="CPU latency, batch 1 (ms), one figure per architecture",
+                      yaxis_title="test accuracy %", showlegend=False, margin=dict(l=10, r=10, t=50, b=40))
     return fig
 
 
@@ -349,7 +411,9 @@ def pr_figure(results: dict | None, metric: str = "cosine") -> go.Figure:
         r = phases.get(p, {}).get("retrieval", {}).get(metric)
         if r:
             fig.add_trace(go.Scatter(x=r["pr_curve"]["recall"], y=r["pr_curve"]["precision"], mode="lines+markers",
-                                     name=f"{LABELS[p]} (mAP {r['map'] * 100:.1f})", line=dict(color=COLORS[p])))
+                                     name=f"{LABELS[p]} (mAP {_fmt_ci(r['map'], r.get('map_ci'))}"
+                                     + (f"; ref.-compatible {r['map_reference'] * 100:.1f}" if "map_reference" in r
+                                        else "") + ")", line=dict(color=COLORS[p])))
     if not fig.data:
         return _empty("Precision–recall", "retrieval curves appear when phases finish")
     fig.update_layout(template="plotly_white", height=360, title=f"Test-set retrieval, {metric} distance",
@@ -391,7 +455,8 @@ def info_flow_figure(snap: dict | None, results: dict | None = None) -> go.Figur
             fig.add_hline(y=t_flow[t_idx], line_dash="dash", line_color=COLORS["teacher"], row=1, col=c + 1, **label)
     fig.update_yaxes(title_text="I(layer; label), bits", row=1, col=1)
     fig.update_layout(template="plotly_white", height=360, uirevision="info", margin=dict(l=10, r=10, t=60, b=40),
-                      title="Information flow: kernel MI estimate per layer, on a fixed validation batch")
+                      title="Information flow: kernel MI estimate per layer, on a fixed batch of the "
+                      + (((snap or {}).get("data") or {}).get("eval_split") or "evaluation") + " split")
     return fig
 
 
@@ -426,13 +491,26 @@ def grid_figures(grid: dict | None) -> tuple[go.Figure, go.Figure]:
         return _empty("Accuracy over the a × b grid", note), _empty("With vs without curriculum", note)
     a_vals, b_vals = grid["a"], grid["b"]
     z = [[next((c["test_acc"] * 100 for c in cur if c["a"] == a and c["b"] == b), None) for a in a_vals] for b in b_vals]
+    half = {(c["a"], c["b"]): (c["test_acc_ci"][1] - c["test_acc_ci"][0]) * 50 for c in cur if c.get("test_acc_ci")}
+    vs = {(c["a"], c["b"]): f"{c['diff'] * 100:+.1f} points vs no warm-up [{c['ci'][0] * 100:+.1f}, "
+                            f"{c['ci'][1] * 100:+.1f}]: {c['verdict']}"
+          for c in grid.get("comparisons", []) if c["mode"] == "curriculum"}
     heat = go.Figure(go.Heatmap(z=z, x=[f"a={a:g}" for a in a_vals], y=[f"b={b:g}" for b in b_vals],
-                                colorscale="Viridis", text=[[f"{v:.1f}" if v is not None else "" for v in row] for row in z],
-                                texttemplate="%{text}", colorbar=dict(title="acc %")))
+                                colorscale="Viridis",
+                                text=[[(f"{v:.1f}" + (f" ±{half[(a, b)]:.1f}" if (a, b) in half else ""))
+                                       if v is not None else "" for a, v in zip(a_vals, row)] for b, row in zip(b_vals, z)],
+                                texttemplate="%{text}", colorbar=dict(title="acc %"),
+                                hovertext=[[vs.get((a, b), "") for a in a_vals] for b in b_vals],
+                                hovertemplate="%{x} %{y}: %{z:.1f}%<br>%{hovertext}<extra></extra>"))
     joint = next((c for c in cells if c["mode"] == "joint"), None)
-    title = "InDistill accuracy over the curriculum grid" + (
-        f" (joint, no curriculum: {joint['test_acc'] * 100:.1f}%)" if joint else "")
-    heat.update_layout(template="plotly_white", height=360, title=title, margin=dict(l=10, r=10, t=50, b=40))
+    off = next((c for c in cells if c["mode"] == "off"), None)
+    controls = [f"{name}: {c['test_acc'] * 100:.1f}%" + (f" [{c['test_acc_ci'][0] * 100:.1f}, "
+                                                           f"{c['test_acc_ci'][1] * 100:.1f}]" if c.get("test_acc_ci") else "")
+                for name, c in (("joint, no curriculum", joint), ("no warm-up", off)) if c]
+    total = grid.get("total_epochs")
+    title = "InDistill accuracy over the curriculum grid" + (f", {total:g} epochs per run" if total else "") + (
+        f"<br><sup>{'; '.join(controls)}</sup>" if controls else "")
+    heat.update_layout(template="plotly_white", height=380, title=title, margin=dict(l=10, r=10, t=70, b=40))
     first = cur[0]
     pair = [("curriculum", first)] + ([("joint", joint)] if joint else [])
     flows = [f for f in first["info_flow"] if f]
