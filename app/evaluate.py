@@ -2,12 +2,14 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .augment import eval_batches
 from .data import Dataset, Split
 from .device import Runtime
 from .features import FeatureTap
+from .losses import match_spatial
 from . import stats
 from .metrics import information_with_labels, reference_map, retrieval_metrics
 
@@ -43,14 +45,31 @@ def fixed_batch(split: Split, size: int) -> Split:
 
 
 @torch.no_grad()
-def layer_information(model: nn.Module, batch: Split, data: Dataset, runtime: Runtime) -> list[float]:
-    """Information (bits) between each stage's output — then the embedding — and the labels."""
+def representations(model: nn.Module, batch: Split, data: Dataset, runtime: Runtime) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """Each stage's output, then the embedding (fp32), and the labels, for one fixed batch."""
     model.eval()
     x, y = next(eval_batches(batch, runtime.device, data.mean, data.std, batch_size=len(batch)))
     with FeatureTap(model) as tap, runtime.autocast():
         out = tap(x)
-    reps = out.features + [out.embedding]
-    return [round(information_with_labels(r.float(), y), 4) for r in reps]
+    return [f.float() for f in out.features] + [out.embedding.float()], y
+
+
+def information_of(reps: list[torch.Tensor], labels: torch.Tensor) -> list[float]:
+    """Information (bits) between each representation and the labels (:func:`information_with_labels`)."""
+    return [round(information_with_labels(r, labels), 4) for r in reps]
+
+
+@torch.no_grad()
+def layer_information(model: nn.Module, batch: Split, data: Dataset, runtime: Runtime) -> list[float]:
+    """Information (bits) between each stage's output — then the embedding — and the labels."""
+    return information_of(*representations(model, batch, data, runtime))
+
+
+@torch.no_grad()
+def feature_mse(features: list[torch.Tensor], targets: list[torch.Tensor]) -> list[float]:
+    """Per stage, the MSE between a student's stage output and the pruned network's kept
+    channels, larger map average-pooled to the smaller as in the warm-up (InDistill's Fig. 2)."""
+    return [round(float(F.mse_loss(*match_spatial(s.float(), t.float()))), 6) for s, t in zip(features, targets)]
 
 
 def evaluate_model(model: nn.Module, data: Dataset, runtime: Runtime, *, retrieval: bool = True,

@@ -29,9 +29,11 @@ from .checkpoint import CheckpointError, load_checkpoint, load_into, save_model
 from .config import ConfigError, ExperimentConfig
 from .data import Dataset, Split, load_dataset
 from .device import Runtime, resolve, seed_everything
-from .evaluate import eval_accuracy, evaluate_model, fixed_batch, layer_information
+from .evaluate import (eval_accuracy, evaluate_model, feature_mse, fixed_batch, information_of, layer_information,
+                       representations)
 from .features import FeatureTap
 from .losses import KDLoss, build_loss
+from .metrics import flow_divergence
 from .pairing import spec_of
 from .plan import Plan, make_plan, stage2_loss
 from .profile import profile
@@ -103,6 +105,7 @@ class Experiment:
         self.total_steps = 0
         self.done_steps = 0
         self._verified: dict[str, bool] = {}
+        self.flow_targets: list | None = None    # the pruned network's kept channels on the info batch
 
     # ------------------------------------------------------------ helpers
     def log(self, message: str) -> None:
@@ -138,7 +141,7 @@ class Experiment:
 
     def release(self) -> None:
         """Drop the dataset and evaluation batch (a finished job keeps only its results)."""
-        for attr in ("data", "info_batch"):
+        for attr in ("data", "info_batch", "flow_targets"):
             self.__dict__.pop(attr, None)
 
     def _tick(self) -> None:
@@ -210,6 +213,7 @@ class Experiment:
                 maps = plan_pruning(pruned, pruned_spec, self.spec(self.cfg.student.arch))
                 self.results["channel_maps"] = {"pruned_arch": pruned.arch, "stages": [m.to_dict() for m in maps]}
                 self.emit(ev.ChannelMaps(pruned.arch, self.results["channel_maps"]["stages"]))
+                self.flow_reference(pruned, maps)
             for phase in self.plan.schedules:
                 for seed in range(self.cfg.seeds):
                     self.student_phase(phase, seed, stage2, pruned, maps)
@@ -338,7 +342,8 @@ class Experiment:
                 if index == last_warm:
                     save_model(model, self.ckpt(unit_name(u.phase, u.seed) + "-warmup"),
                                self.meta(u.arch, u.width, f"{u.phase}-warmup", u.seed, None))
-            return run_segments(model, stream, segments, self.loop(u.phase, seed), self._epoch_callback(model, history),
+            return run_segments(model, stream, segments, self.loop(u.phase, seed),
+                                self._epoch_callback(model, history, u.phase),
                                 after_segment)
 
     # ------------------------------------------------------------ results
@@ -370,12 +375,38 @@ class Experiment:
             result["info_flow"] = layer_information(model, self.info_batch, self.data, self.rt)
         return result
 
-    def _epoch_callback(self, model, history: list) -> Callable[[int], dict]:
+    def flow_reference(self, pruned, maps) -> None:
+        """Once per run, on the information batch: the pruned network's kept channels (what each
+        student's stages are compared with, InDistill's Fig. 2) and its per-layer information
+        (the reference of the information-flow divergence, Fig. 4), in ``results["flow_reference"]``."""
+        reps, y = representations(pruned, self.info_batch, self.data, self.rt)
+        self.flow_targets = PrunedFeatures(maps, self.rt.device)(reps[:-1])
+        role = "auxiliary teacher" if self.plan.use_aux else "teacher"
+        self.results["flow_reference"] = {
+            "network": f"{role} {pruned.arch}, pruned to the student's widths (kept channels), then its embedding",
+            "info_flow": information_of(self.flow_targets + [reps[-1]], y), "images": len(self.info_batch),
+            "estimator": "matrix-based Rényi α=2 information with the labels (Gaussian kernel, median bandwidth)",
+            "divergence": "Σ over layers of (I_teacher − I_student)², Passalis et al. 2020 (an analogue: their "
+                          "estimator is quadratic MI)"}
+
+    def _epoch_callback(self, model, history: list, phase: str = "") -> Callable[[int], dict]:
+        """Per epoch: accuracy on the evaluation split; on the information batch, per-layer
+        information and, for students of a run with channel maps, ``feature_mse`` (per stage)
+        and ``flow_divergence`` from the pruned network."""
+        compare = phase in STUDENT_PHASES and self.flow_targets is not None
+
         def on_epoch(epoch: int) -> dict:
             metrics = {"eval_acc": round(eval_accuracy(model, self.data.eval_split, self.data, self.rt), 5),
                        "eval_split": self.results["data"]["eval_split"], "eval_images": len(self.data.eval_split)}
-            if self.cfg.eval.info_flow:
-                metrics["info_flow"] = layer_information(model, self.info_batch, self.data, self.rt)
+            if self.cfg.eval.info_flow or compare:
+                reps, y = representations(model, self.info_batch, self.data, self.rt)
+                if compare:
+                    metrics["feature_mse"] = feature_mse(reps[:-1], self.flow_targets)
+                if self.cfg.eval.info_flow:
+                    metrics["info_flow"] = information_of(reps, y)
+                    if compare:
+                        ref = self.results["flow_reference"]["info_flow"]
+                        metrics["flow_divergence"] = round(flow_divergence(metrics["info_flow"], ref), 5)
             history.append({"epoch": epoch, **metrics})
             return metrics
         return on_epoch

@@ -126,3 +126,17 @@ def information_with_labels(features: torch.Tensor, labels: torch.Tensor) -> flo
     ab = a * b
     ab = ab / ab.trace()
     return renyi2_entropy(a) + renyi2_entropy(b) - renyi2_entropy(ab)
+
+
+def flow_divergence(student: list[float], teacher: list[float]) -> float:
+    """Information-flow divergence of Passalis, Tzelepi & Tefas (CVPR 2020): the sum over the
+    student's layers of (ω_t^κ(i) − ω_s^i)², ω the per-layer information with the labels and
+    κ(i) the teacher layer at the same relative depth (the identity for equal depths).
+
+    An analogue: ω here is :func:`information_with_labels` (matrix-based Rényi α = 2), not
+    the paper's quadratic-MI estimate."""
+    n, m = len(student), len(teacher)
+    if not n or not m:
+        raise ValueError("both information-flow vectors need at least one layer")
+    match = [round(i * (m - 1) / max(n - 1, 1)) for i in range(n)]
+    return sum((teacher[j] - s) ** 2 for s, j in zip(student, match))

@@ -142,6 +142,16 @@ def unit_name(phase: str, seed: int | None) -> str:
     return phase if seed is None else f"{phase}-s{seed}"
 
 
+# per-epoch history fields a snapshot's ``eval`` series carry besides epoch and accuracy
+EVAL_FIELDS = ("info_flow", "feature_mse", "flow_divergence")
+
+
+def eval_series(history: list[dict]) -> dict:
+    """A unit's per-epoch history as the snapshot's series: epoch, acc and :data:`EVAL_FIELDS`."""
+    return {"epoch": [r.get("epoch") for r in history], "acc": [r.get("eval_acc") for r in history]} | {
+        k: [r.get(k) for r in history] for k in EVAL_FIELDS}
+
+
 def snapshot_from_results(run_id: str, results: dict) -> dict:
     """The read-only snapshot of a run that no live job holds (finished, or left by a restart)."""
     state = results.get("status", "finished")
@@ -152,11 +162,10 @@ def snapshot_from_results(run_id: str, results: dict) -> dict:
     for phase, entry in (results.get("phases") or {}).items():
         for seed, unit in (entry.get("units") or {}).items():
             h = unit.get("history", [])
-            evals[f"{phase}/{0 if seed == 'single' else seed}"] = {
-                "epoch": [r.get("epoch") for r in h], "acc": [r.get("eval_acc") for r in h],
-                "info_flow": [r.get("info_flow") for r in h]}
+            evals[f"{phase}/{0 if seed == 'single' else seed}"] = eval_series(h)
     return {"id": run_id, "state": state, "phase": None, "segment": None, "series": {}, "eval": evals,
             "schedules": {}, "results": results.get("phases", {}), "channel_maps": results.get("channel_maps"),
+            "flow_reference": results.get("flow_reference"),
             "log": [note], "progress": 1.0, "queue_position": 0, "eta_s": None, "data": results.get("data"),
             "error": results.get("error"), "read_only": True}
 

@@ -209,7 +209,7 @@ class Job:
         v["schedules"][key] = e.schedule
         self.series[key] = LossSeries()
         v["segments"][key] = []
-        v["eval"][key] = {"epoch": [], "acc": [], "info_flow": []}
+        v["eval"][key] = runfolder.eval_series([])
 
     def _layer_switch(self, v: dict, e: ev.LayerSwitch) -> None:
         v["segment"] = e.name
@@ -223,7 +223,8 @@ class Job:
         r = v["eval"][f"{e.phase}/{e.seed}"]
         r["epoch"].append(e.epoch)
         r["acc"].append(e.metrics.get("eval_acc"))
-        r["info_flow"].append(e.metrics.get("info_flow"))
+        for k in runfolder.EVAL_FIELDS:
+            r[k].append(e.metrics.get(k))
 
     def _channel_maps(self, v: dict, e: ev.ChannelMaps) -> None:
         v["channel_maps"] = {"pruned_arch": e.pruned_arch, "stages": e.stages}
