@@ -507,9 +507,11 @@ def compare(session: Any):
 
 
 def info_views(session: Any):
+    """Per-layer information curves, the final divergence table, and the Fig. 2 / Fig. 4 analogues."""
     session = session_of(session)
     snap, results = _view(session)[0], results_of(session)
-    return views.info_flow_figure(snap, results), views.divergence_rows(snap, results)
+    return (views.info_flow_figure(snap, results), views.divergence_rows(snap, results),
+            views.feature_mse_figure(snap), views.flow_divergence_figure(snap))
 
 
 def pr_view(session: Any, metric: str):

@@ -145,6 +145,8 @@ def info_tab() -> dict:
     out = {"info_btn": gr.Button("Refresh", size="sm"), "info_plot": gr.Plot(label="Information flow"),
            "div_table": gr.Dataframe(headers=["student", "seed", "mean |I_student − I_teacher| (bits)"],
                                      interactive=False)}
+    out["fmse_plot"] = gr.Plot(label="Feature-map MSE to the pruned teacher (Fig. 2)")
+    out["fdiv_plot"] = gr.Plot(label="Information-flow divergence (Fig. 4)")
     gr.Markdown("### Curriculum grid (the paper's Fig. 5, on a small budget)\n"
                 "Trains only the InDistill student for every (a, b), plus two controls: the same warm-up "
                 "*without* curriculum (all layers jointly) and no warm-up (KD only). Every run trains for the "
@@ -245,7 +247,7 @@ def wire(demo, c, s, d, t, pr, cm, r, i, session, stored, seen, seen_charts) -> 
         trigger(h.compare, session, [cm["table"], cm["scatter"], cm["downloads"], cm["compare_note"]],
                 show_progress="hidden", **PRIVATE)
     for trigger in (i["info_btn"].click, results_cue.change):
-        trigger(h.info_views, session, [i["info_plot"], i["div_table"]], show_progress="hidden", **PRIVATE)
+        trigger(h.info_views, session, [i["info_plot"], i["div_table"], i["fmse_plot"], i["fdiv_plot"]], show_progress="hidden", **PRIVATE)
         trigger(h.grid_views, session, [i["grid_heat"], i["grid_flow"]], show_progress="hidden", **PRIVATE)
     for trigger in (r["pr_metric"].change, results_cue.change):
         trigger(h.pr_view, [session, r["pr_metric"]], r["pr_plot"], show_progress="hidden", **PRIVATE)

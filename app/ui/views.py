@@ -480,6 +480,74 @@ def divergence_rows(snap: dict | None, results: dict | None = None) -> list[list
     return rows
 
 
+PAPER_ARMS = ("kd", "indistill")   # the two students the paper's Fig. 2 and Fig. 4 compare
+
+
+def _seed_mean(evals: dict, phase: str, field: str) -> tuple[list, list, int]:
+    """Epochs and the per-epoch mean over seeds of ``field`` (a number or a per-layer list) for
+    ``phase``; epochs where no seed has the field are left out. Returns (epochs, values, seeds)."""
+    runs = [r for k, r in evals.items() if k.split("/")[0] == phase and any(v is not None for v in r.get(field, []))]
+    if not runs:
+        return [], [], 0
+    by_epoch: dict = {}
+    for r in runs:
+        for epoch, v in zip(r["epoch"], r[field]):
+            if v is not None:
+                by_epoch.setdefault(epoch, []).append(v)
+    epochs = sorted(by_epoch)
+    mean = [([sum(c) / len(c) for c in zip(*by_epoch[e])] if isinstance(by_epoch[e][0], list)
+             else sum(by_epoch[e]) / len(by_epoch[e])) for e in epochs]
+    return epochs, mean, len(runs)
+
+
+def _reference_name(snap: dict | None) -> str:
+    return ((snap or {}).get("flow_reference") or {}).get("network", "the pruned teacher").split(",")[0]
+
+
+def feature_mse_figure(snap: dict | None) -> go.Figure:
+    """InDistill's Fig. 2 analogue: per layer, over epochs, the MSE between the student's stage
+    output and the pruned network's kept channels on a fixed validation batch, KD vs InDistill+KD
+    (mean over the seeds recorded)."""
+    evals = (snap or {}).get("eval", {})
+    arms = {p: _seed_mean(evals, p, "feature_mse") for p in PAPER_ARMS}
+    arms = {p: a for p, a in arms.items() if a[0]}
+    title = "Feature-map MSE to the pruned teacher, per layer (the paper's Fig. 2)"
+    if not arms:
+        return _empty(title, "appears after the first student epoch of a run with InDistill enabled")
+    n = len(next(iter(arms.values()))[1][0])
+    fig = make_subplots(rows=1, cols=n, subplot_titles=[f"layer {i + 1}" for i in range(n)])
+    for phase, (epochs, values, seeds) in arms.items():
+        for c in range(n):
+            fig.add_trace(go.Scatter(x=epochs, y=[v[c] for v in values], mode="lines+markers", legendgroup=phase,
+                                     name=f"{LABELS[phase]} ({seeds} seed{'s' * (seeds > 1)})", showlegend=c == 0,
+                                     line=dict(color=COLORS[phase])), row=1, col=c + 1)
+    fig.update_yaxes(type="log")
+    fig.update_yaxes(title_text="MSE (log)", row=1, col=1)
+    fig.update_xaxes(title_text="epoch")
+    fig.update_layout(template="plotly_white", height=340, uirevision="fmse", margin=dict(l=10, r=10, t=70, b=40),
+                      title=f"{title}<br><sup>student stage vs the kept channels of {_reference_name(snap)}, on the "
+                            "fixed information batch; mean over seeds</sup>")
+    return fig
+
+
+def flow_divergence_figure(snap: dict | None) -> go.Figure:
+    """The paper's Fig. 4 analogue: teacher–student information-flow divergence per epoch
+    (Passalis et al. 2020), KD vs InDistill+KD, mean over the seeds recorded."""
+    evals = (snap or {}).get("eval", {})
+    title = "Information-flow divergence from the pruned teacher (the paper's Fig. 4)"
+    arms = {p: _seed_mean(evals, p, "flow_divergence") for p in PAPER_ARMS}
+    arms = {p: a for p, a in arms.items() if a[0]}
+    if not arms:
+        return _empty(title, "appears after the first student epoch of a run with InDistill and information flow on")
+    fig = go.Figure([go.Scatter(x=e, y=v, mode="lines+markers", name=f"{LABELS[p]} ({n} seed{'s' * (n > 1)})",
+                                line=dict(color=COLORS[p])) for p, (e, v, n) in arms.items()])
+    fig.update_layout(template="plotly_white", height=340, uirevision="fdiv", margin=dict(l=10, r=10, t=70, b=40),
+                      xaxis_title="epoch", yaxis_title="Σ_layers (I_teacher − I_student)², bits²",
+                      title=f"{title}<br><sup>Passalis et al. 2020's divergence; information estimated with the "
+                            "matrix-based Rényi α=2 entropy (an analogue of their quadratic MI); mean over seeds</sup>")
+    return fig
+
+
 # ---------------------------------------------------------------- curriculum grid (Fig. 5) and Fig. 4
 
 def grid_figures(grid: dict | None) -> tuple[go.Figure, go.Figure]:
