@@ -6,6 +6,7 @@
     python -m app.cli train-teacher --arch resnet56 --epochs 240 --out teacher.pt
     python -m app.cli plan --preset paper-cnn --set indistill.aux=off
     python -m app.cli grid --preset workshop --a 0,1,2 --b 0,1
+    python -m app.cli report --study smoke --out reports
 """
 from __future__ import annotations
 
@@ -214,6 +215,20 @@ def cmd_grid(args) -> int:
     return 0 if results["status"] == "finished" else 1
 
 
+def cmd_report(args) -> int:
+    from . import report
+    s = report.study(args.study)
+    if args.estimate:
+        minutes = report.estimate_minutes(s, args.data_dir or os.environ.get("INDISTILL_DATA_DIR") or "x")
+        print(json.dumps({"study": s.name, "minutes_on_2_cpu_cores": minutes, "total": round(sum(minutes.values()), 1)}))
+        return 0
+    progress = Progress(args.quiet)
+    root = report.run_study(s, args.out, data_dir=args.data_dir, cache_dir=args.cache_dir, emit=progress,
+                            on_experiment=lambda exp: setattr(progress, "experiment", exp))
+    print(f"report: {root / 'report.md'}, {root / 'report.html'}, {root / 'report.csv'}")
+    return 0
+
+
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-dir", help="ImageFolder tree/archive, or a folder holding torchvision's CIFAR files")
     p.add_argument("--dataset", choices=["cifar10", "cifar100", "folder"])
@@ -267,6 +282,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--runs", default="runs", help="folder for the run folder")
     _common(p)
     p.set_defaults(func=cmd_train_teacher)
+    p = sub.add_parser("report", help="run a declared study (resumable) and write report.md/.html/.csv")
+    p.add_argument("--study", required=True, help="smoke | cpu | paper")
+    p.add_argument("--out", default="reports", help="folder for studies (default reports/)")
+    p.add_argument("--data-dir", help="the CIFAR-10 JPEG copy (default $INDISTILL_DATA_DIR)")
+    p.add_argument("--cache-dir", help="where decoded tensors are cached")
+    p.add_argument("--estimate", action="store_true", help="print the cost model's minutes per pair; run nothing")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_report)
     args = parser.parse_args(argv)
     try:
         return args.func(args)

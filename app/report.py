@@ -1,0 +1,269 @@
+"""Declared studies (pairs × arms × seeds × settings) and the report they produce.
+
+``python -m app.cli report --study NAME`` runs every pair of a study as one
+:class:`~app.experiment.Experiment` in ``<out>/<study>/<pair>/`` (resumable unit by unit:
+a pair folder that holds a config.json is resumed and its finished units are skipped),
+then writes ``report.md`` (tables with intervals, paired differences with verdicts, cost),
+``report.html`` (the same, with the plotly figures inlined: self-contained) and
+``report.csv`` (one row per unit, per aggregate and per comparison) beside the pairs.
+"""
+from __future__ import annotations
+
+import csv
+import html
+import io
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from . import events as ev
+from .config import ASSETS, ConfigError, ExperimentConfig, preset
+from .runfolder import RunFolder, resolve, snapshot_from_results, write_json
+
+ARMS = ("baseline", "kd", "indistill")
+
+
+@dataclass(frozen=True)
+class Pair:
+    """One teacher → student pair of a study: a preset and the overrides that make it this pair."""
+    name: str                      # its folder under the study (a run id)
+    preset: str
+    overrides: dict
+    summary: str
+
+
+@dataclass(frozen=True)
+class Study:
+    name: str
+    summary: str
+    pairs: tuple[Pair, ...]
+    settings: dict = field(default_factory=dict)   # applied to every pair (seeds, data subset, evaluation)
+    needs_data_dir: bool = True    # the CIFAR-10 JPEG copy: --data-dir or $INDISTILL_DATA_DIR
+    gpu: bool = False              # declared for a GPU (not run on the CPU by default)
+
+    def configs(self, data_dir: str | None = None, cache_dir: str | None = None) -> list[tuple[Pair, ExperimentConfig]]:
+        """Each pair's full configuration; ConfigError when the study needs data it wasn't given."""
+        data_dir = data_dir or os.environ.get("INDISTILL_DATA_DIR")
+        if self.needs_data_dir and not data_dir:
+            raise ConfigError(f"study {self.name!r} needs the CIFAR-10 (JPEG copy): pass --data-dir or set "
+                              "INDISTILL_DATA_DIR")
+        extra = {"data.data_dir": data_dir} if self.needs_data_dir else {}
+        extra |= {"data.cache_dir": cache_dir} if cache_dir else {}
+        return [(p, preset(p.preset).with_overrides(self.settings | p.overrides | extra | {"name": p.name}))
+                for p in self.pairs]
+
+
+_CNN_TEACHER = str(ASSETS / "teachers" / "cnn_16_32_64.pt")
+_SMALL_EVAL = {"eval.latency_runs": 2, "eval.info_batch": 32, "optim.batch_size": 24}
+
+STUDIES: dict[str, Study] = {
+    "smoke": Study(
+        "smoke", "seconds: the shipped CNN 16/32/64 → CNN 8/16/32 on 12 images per class of the embedded sample, "
+                 "2 seeds, one KD epoch (for the tests)",
+        (Pair("cnn", "workshop", {"student.epochs": 1, "indistill.a": 0.5, "indistill.b": 0.25},
+              "shipped CNN 16/32/64 → CNN 8/16/32"),),
+        {"seeds": 2, "device": "cpu", "data.train_per_class": 12, "data.test_per_class": 4,
+         "data.val_per_class": 3} | _SMALL_EVAL, needs_data_dir=False),
+    # Sized with app.public.estimate (2 CPU cores): CNN pair ≈ 10 min, residual pair ≈ 61 min,
+    # about 71 min in all (the cost model's figure; `report --study cpu --estimate` prints it).
+    "cpu": Study(
+        "cpu", "CIFAR-10 (JPEG copy), 1,000 training images per class (100 of them held out for the per-epoch "
+               "curves), evaluated on the full 10,000-image test set; 5 seeds; equal-epoch controls; 2 CPU cores",
+        (Pair("cnn", "workshop", {"data.dataset": "cifar10", "teacher.checkpoint": _CNN_TEACHER,
+                                  "student.epochs": 6, "indistill.a": 1.0, "indistill.b": 0.5},
+              "shipped CNN 16/32/64 (trained on all 50,000 images) → CNN 8/16/32"),
+         Pair("resnet", "quick-cpu", {"teacher.arch": "resnet20", "student.arch": "resnet8", "teacher.epochs": 15,
+                                      "teacher.lr": 0.1, "student.epochs": 6, "indistill.a": 1.0,
+                                      "indistill.b": 0.5},
+              "ResNet-20 (trained in the study, 15 epochs) → ResNet-8")),
+        {"seeds": 5, "device": "cpu", "precision": "fp32", "data.train_per_class": 1000,
+         "data.test_per_class": None, "data.val_per_class": 100, "eval.max_queries": 2000,
+         "eval.latency_runs": 20}),
+    "paper": Study(
+        "paper", "the reference setup for a GPU: ResNet-18 → auxiliary CNN 16/32/64 → CNN 8/16/32, all 50,000 "
+                 "training images (500 per class held out), full test set, the reference epochs (200 / 50), 5 seeds",
+        (Pair("resnet18-cnn", "paper-cnn", {}, "ResNet-18 → aux CNN 16/32/64 (width 2) → CNN 8/16/32, reference "
+                                                "procedure"),),
+        {"seeds": 5, "device": "cuda"}, gpu=True),
+}
+
+
+def study(name: str) -> Study:
+    if name not in STUDIES:
+        raise ConfigError(f"unknown study {name!r}; declared: {', '.join(STUDIES)}")
+    return STUDIES[name]
+
+
+def estimate_minutes(s: Study, data_dir: str | None = "x") -> dict[str, float]:
+    """Minutes per pair on 2 CPU cores by the public cost model (:func:`app.public.estimate`)."""
+    from .plan import make_plan
+    from .public import CPU_MODEL, estimate
+    out = {}
+    for pair, cfg in s.configs(data_dir):
+        per, val = cfg.data.train_per_class or 5000, cfg.data.val_per_class
+        test = 10 * (cfg.data.test_per_class or 1000)
+        e = estimate(cfg, make_plan(cfg), 10, 10 * (per - val), 10 * val, test, CPU_MODEL)
+        out[pair.name] = round(e.minutes, 1)
+    return out
+
+
+def run_study(s: Study, out: str | Path = "reports", *, data_dir: str | None = None, cache_dir: str | None = None,
+              emit: Callable[[ev.Event], None] | None = None,
+              on_experiment: Callable[[object], None] | None = None) -> Path:
+    """Run (or resume) every pair of ``s`` under ``<out>/<study>/``, then write the report; returns its folder."""
+    from .experiment import Experiment
+    root = Path(out) / s.name
+    root.mkdir(parents=True, exist_ok=True)
+    for pair, cfg in s.configs(data_dir, cache_dir):
+        folder = RunFolder(resolve(root, pair.name))
+        exp = Experiment(run_dir=folder.path, resume=True, emit=emit) if folder.config.is_file() \
+            else Experiment(cfg, run_dir=folder.path, emit=emit)
+        if on_experiment is not None:
+            on_experiment(exp)
+        if exp.run()["status"] != "finished":
+            raise RuntimeError(f"pair {pair.name} did not finish; run the same command again to resume it")
+    write_report(s, root)
+    return root
+
+
+# ---------------------------------------------------------------- the report
+
+def _pct(v) -> str:
+    return "–" if v is None else f"{v * 100:.2f}"
+
+
+def _interval(ci, signed: bool = False) -> str:
+    if not ci:
+        return "–"
+    f = "{:+.2f}" if signed else "{:.2f}"
+    return f"[{f.format(ci[0] * 100)}, {f.format(ci[1] * 100)}]"
+
+
+def arm_table(results: dict) -> tuple[list[str], list[list[str]]]:
+    """Per phase: test accuracy mean ± sd, its 95 % interval and method, seeds, cosine mAP with its interval."""
+    head = ["phase", "test acc %", "± sd", "95 % interval", "interval", "seeds", "mAP cos %", "mAP 95 % interval",
+            "epochs"]
+    rows = []
+    for phase in ("teacher", "aux") + ARMS:
+        r = results.get("phases", {}).get(phase)
+        if not r or "test_acc" not in r:
+            continue
+        m = (r.get("retrieval") or {}).get("cosine") or {}
+        rows.append([phase, _pct(r["test_acc"]), _pct(r.get("test_acc_std")), _interval(r.get("test_acc_ci")),
+                     r.get("test_acc_ci_method", "Wilson"), str(len(r.get("test_acc_seeds") or [1])),
+                     _pct(m.get("map")), _interval(m.get("map_ci")), f"{r.get('epochs', 0):g}"])
+    return head, rows
+
+
+def difference_table(results: dict) -> tuple[list[str], list[list[str]]]:
+    head = ["difference", "metric", "mean (points)", "95 % interval", "verdict", "method"]
+    rows = [[f"{c['b']} − {c['a']}", c["metric"], f"{c['diff'] * 100:+.2f}", _interval(c.get("ci"), True),
+             c["verdict"], c["method"]] for c in results.get("comparisons") or [] if c.get("diff") is not None]
+    return head, rows
+
+
+def cost_table(results: dict) -> tuple[list[str], list[list[str]]]:
+    """Per architecture: params, FLOPs, CPU latency; per phase: mean training seconds."""
+    head = ["network", "params", "MFLOPs", "CPU ms (batch 1)", "train s per unit (phases)"]
+    train = {}
+    for phase, r in (results.get("phases") or {}).items():
+        if "cost_key" in r:
+            train.setdefault(r["cost_key"], []).append(f"{phase} {r.get('train_seconds', 0):.0f}")
+    rows = [[key, f"{c['params']:,}", f"{c['flops'] / 1e6:.2f}", f"{c.get('latency_ms_cpu_b1', 0):.3f}",
+             ", ".join(train.get(key, []))] for key, c in (results.get("costs") or {}).items()]
+    return head, rows
+
+
+def _md(head: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows])
+
+
+def _html_table(head: list[str], rows: list[list[str]]) -> str:
+    cells = lambda tag, r: "".join(f"<{tag}>{html.escape(str(c))}</{tag}>" for c in r)  # noqa: E731
+    return ("<table><thead><tr>" + cells("th", head) + "</tr></thead><tbody>"
+            + "".join("<tr>" + cells("td", r) + "</tr>" for r in rows) + "</tbody></table>")
+
+
+def pair_figures(results: dict) -> list:
+    """The information curves and the Fig. 2 / Fig. 4 analogues of one pair (plotly figures)."""
+    from .ui import views
+    snap = snapshot_from_results("report", results)
+    return [views.info_flow_figure(snap, results), views.feature_mse_figure(snap), views.flow_divergence_figure(snap),
+            views.scatter_figure(results)]
+
+
+def csv_rows(pair: str, results: dict) -> list[dict]:
+    """Long format: one row per unit, per phase aggregate, per paired difference."""
+    rows = []
+    for phase, entry in (results.get("phases") or {}).items():
+        for seed, u in (entry.get("units") or {}).items():
+            rows.append({"pair": pair, "row": "unit", "name": phase, "seed": seed, "metric": "test_acc",
+                         "value": u.get("test_acc"), "ci_low": (u.get("test_acc_ci") or [None])[0],
+                         "ci_high": (u.get("test_acc_ci") or [None, None])[1], "n": u.get("test_images"),
+                         "verdict": "", "train_seconds": u.get("train_seconds")})
+        if "test_acc" in entry:
+            ci = entry.get("test_acc_ci") or [None, None]
+            rows.append({"pair": pair, "row": "aggregate", "name": phase, "seed": "", "metric": "test_acc",
+                         "value": entry["test_acc"], "ci_low": ci[0], "ci_high": ci[1],
+                         "n": len(entry.get("test_acc_seeds") or [1]), "verdict": "",
+                         "train_seconds": entry.get("train_seconds")})
+    for c in results.get("comparisons") or []:
+        ci = c.get("ci") or [None, None]
+        rows.append({"pair": pair, "row": "comparison", "name": f"{c['b']} - {c['a']}", "seed": "",
+                     "metric": c["metric"], "value": c.get("diff"), "ci_low": ci[0], "ci_high": ci[1],
+                     "n": len(c.get("per_seed") or []), "verdict": c.get("verdict", ""), "train_seconds": ""})
+    return rows
+
+
+def write_report(s: Study, root: Path) -> dict[str, Path]:
+    """report.md, report.html and report.csv in ``root`` from its pairs' results.json."""
+    md = [f"# Study `{s.name}`", "", s.summary, ""]
+    body = [f"<h1>Study {html.escape(s.name)}</h1><p>{html.escape(s.summary)}</p>"]
+    rows: list[dict] = []
+    first_fig = True
+    for pair in s.pairs:
+        results = RunFolder(resolve(root, pair.name)).read_results() or {}
+        title = f"{pair.name}: {pair.summary}"
+        md += [f"## {title}", ""]
+        body.append(f"<h2>{html.escape(title)}</h2>")
+        if results.get("status") != "finished":
+            md += ["Not run (or not finished): no results.", ""]
+            body.append("<p>Not run (or not finished): no results.</p>")
+            continue
+        data = results.get("data", {})
+        where = (f"Test accuracy on the {data.get('test_data', 'test split')}; trained on {data.get('train', 0):,} "
+                 f"images; device {results.get('device', '?')}.")
+        md += [where, ""]
+        body.append(f"<p>{html.escape(where)}</p>")
+        for name, (head, table) in (("Accuracy and retrieval", arm_table(results)),
+                                    ("Paired differences (same seeds, same test images)", difference_table(results)),
+                                    ("Cost", cost_table(results))):
+            md += [f"### {name}", "", _md(head, table), ""]
+            body.append(f"<h3>{html.escape(name)}</h3>" + _html_table(head, table))
+        ref = results.get("flow_reference")
+        if ref:
+            note = (f"Fig. 2 / Fig. 4 analogues: reference network {ref['network']}; information estimator "
+                    f"{ref['estimator']}; divergence {ref['divergence']}; on {ref['images']} validation images.")
+            md += [note, ""]
+            body.append(f"<p>{html.escape(note)}</p>")
+        md += ["Figures (information per layer, Fig. 2 and Fig. 4 analogues, accuracy vs cost): report.html", ""]
+        for fig in pair_figures(results):
+            body.append(fig.to_html(full_html=False, include_plotlyjs="inline" if first_fig else False))
+            first_fig = False
+        rows += csv_rows(pair.name, results)
+    paths = {"md": root / "report.md", "html": root / "report.html", "csv": root / "report.csv"}
+    paths["md"].write_text("\n".join(md))
+    style = "<style>body{font-family:sans-serif;max-width:1100px;margin:auto}table{border-collapse:collapse}" \
+            "td,th{border:1px solid #ccc;padding:2px 6px;font-size:13px}</style>"
+    paths["html"].write_text(f"<!doctype html><html><head><meta charset='utf-8'><title>Study {html.escape(s.name)}"
+                             f"</title>{style}</head><body>{''.join(body)}</body></html>")
+    buf = io.StringIO()
+    fields = ["pair", "row", "name", "seed", "metric", "value", "ci_low", "ci_high", "n", "verdict", "train_seconds"]
+    writer = csv.DictWriter(buf, fieldnames=fields)
+    writer.writeheader()
+    writer.writerows(rows)
+    paths["csv"].write_text(buf.getvalue())
+    write_json({"study": s.name, "pairs": [p.name for p in s.pairs]}, root / "study.json")
+    return paths
