@@ -1,0 +1,77 @@
+"""The `report` command on the `smoke` study (seconds), its resume, and the Fig. 2 / Fig. 4 analogues."""
+import csv
+import json
+
+import pytest
+
+from app import events as ev
+from app.cli import main as cli
+from app.metrics import flow_divergence
+from app.report import STUDIES, run_study, study
+from app.runfolder import snapshot_from_results
+from app.ui import views
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory):
+    out, cache = tmp_path_factory.mktemp("reports"), tmp_path_factory.mktemp("cache")
+    first, second = [], []
+    root = run_study(study("smoke"), out, cache_dir=str(cache), emit=first.append)
+    mtime = (root / "cnn" / "checkpoints" / "kd-s0.pt").stat().st_mtime_ns
+    run_study(study("smoke"), out, cache_dir=str(cache), emit=second.append)
+    return root, first, second, mtime
+
+
+def test_smoke_report_writes_the_three_files(smoke):
+    root = smoke[0]
+    md = (root / "report.md").read_text()
+    for heading in ("## cnn:", "### Accuracy and retrieval", "### Paired differences", "### Cost"):
+        assert heading in md
+    assert "| indistill − kd | test_acc |" in md and "t-interval over 2 seeds" in md
+    page = (root / "report.html").read_text()
+    assert page.count("Plotly.newPlot") >= 3 and "<script src=" not in page  # plotly inlined: self-contained
+    assert "Fig. 2" in page and "Fig. 4" in page
+    rows = list(csv.DictReader((root / "report.csv").open()))
+    kinds = {(r["row"], r["name"]) for r in rows}
+    assert ("unit", "kd") in kinds and ("aggregate", "indistill") in kinds and ("comparison", "indistill - kd") in kinds
+    assert sum(r["row"] == "unit" and r["name"] == "indistill" for r in rows) == 2
+
+
+def test_second_run_resumes_without_retraining(smoke):
+    root, first, second, mtime = smoke
+    assert sum(isinstance(e, ev.PhaseStarted) for e in first) == 6      # 3 arms × 2 seeds (teacher loaded)
+    assert not any(isinstance(e, ev.PhaseStarted) for e in second)
+    assert (root / "cnn" / "checkpoints" / "kd-s0.pt").stat().st_mtime_ns == mtime
+    assert json.loads((root / "cnn" / "results.json").read_text())["status"] == "finished"
+
+
+def test_history_has_fig2_and_fig4_fields(smoke):
+    results = json.loads((smoke[0] / "cnn" / "results.json").read_text())
+    ref = results["flow_reference"]
+    assert len(ref["info_flow"]) == 4 and "Rényi" in ref["estimator"] and "Passalis" in ref["divergence"]
+    for phase in ("kd", "indistill"):
+        h = results["phases"][phase]["units"]["0"]["history"]
+        assert all(len(r["feature_mse"]) == 3 and r["flow_divergence"] >= 0 for r in h)
+        assert h[-1]["flow_divergence"] == pytest.approx(flow_divergence(h[-1]["info_flow"], ref["info_flow"]), abs=1e-4)
+    snap = snapshot_from_results("x", results)
+    fmse, fdiv = views.feature_mse_figure(snap), views.flow_divergence_figure(snap)
+    assert {t.name.split(" (")[0] for t in fmse.data} == {"KD", "InDistill + KD"} and len(fmse.data) == 6
+    assert [t.name for t in fdiv.data] == ["KD (2 seeds)", "InDistill + KD (2 seeds)"]
+    assert "Fig. 2" in fmse.layout.title.text and "Fig. 4" in fdiv.layout.title.text
+
+
+def test_flow_divergence_by_hand():
+    assert flow_divergence([1.0, 2.0], [1.5, 2.0]) == pytest.approx(0.25)
+    # a deeper teacher: student layer i ↔ teacher layer at the same relative depth (0 → 0, 1 → 2)
+    assert flow_divergence([1.0, 2.0], [1.0, 9.0, 3.0]) == pytest.approx(1.0)
+    assert views.flow_divergence_figure(None).data == ()
+
+
+def test_studies_declared_and_cli_estimate(capsys):
+    cpu, paper = STUDIES["cpu"], STUDIES["paper"]
+    assert len(cpu.pairs) >= 2 and cpu.settings["seeds"] >= 5 and cpu.settings["data.test_per_class"] is None
+    assert {p.name for p in cpu.pairs} == {"cnn", "resnet"} and paper.gpu
+    assert cli(["report", "--study", "cpu", "--estimate", "--data-dir", "x"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["total"] < 90
+    assert cli(["report", "--study", "nope"]) == 2
