@@ -75,3 +75,24 @@ def test_studies_declared_and_cli_estimate(capsys):
     out = json.loads(capsys.readouterr().out)
     assert out["total"] < 90
     assert cli(["report", "--study", "nope"]) == 2
+
+
+def test_library_ships_a_run_read_only(smoke, tmp_path, monkeypatch):
+    from app import library
+    from app.runfolder import Retention, enforce_retention
+    from app.ui import handlers as ui
+    root = tmp_path / "library"
+    monkeypatch.setattr(library, "ROOT", root)
+    library.ship(smoke[0] / "cnn", "smoke-cnn", root)
+    assert library.ids() == ["smoke-cnn"] and library.load("../x") is None
+    shipped = library.load("smoke-cnn")
+    assert shipped["library"] and len(shipped["phases"]["kd"]["units"]["0"]["history"]) <= library.MAX_POINTS
+    assert library.downsample(list(range(100)), 5) == [0, 25, 50, 74, 99]
+    ui.configure(runs_root=tmp_path / "runs")
+    session, message = ui.open_run_in(ui.session_of(None), "smoke-cnn")
+    assert session["run"] == "smoke-cnn" and "read-only" in message
+    assert ui.results_of(session)["phases"]["indistill"]["test_acc"] == shipped["phases"]["indistill"]["test_acc"]
+    fmse = ui.info_views(session)[2]
+    assert len(fmse.data) == 6
+    enforce_retention(tmp_path / "runs", Retention(max_runs=0))
+    assert library.ids() == ["smoke-cnn"]

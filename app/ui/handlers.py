@@ -25,7 +25,7 @@ import gradio as gr
 from PIL import Image
 
 from app import public as policy
-from app import runfolder
+from app import library, runfolder
 from app.config import ASSETS, SAMPLE_DATA, ConfigError, ExperimentConfig, preset
 from app.plan import Plan, make_plan
 from app.runner import JobManager, JobRefused
@@ -176,6 +176,8 @@ def _access(session: dict):
         return job, None, ""
     results = s.manager.load_results(run_id)
     if results is None:
+        results = library.load(run_id)    # a shipped run: read-only for everyone
+    if results is None:
         return None, None, f"No run `{run_id}` on this server."
     return None, results, ""
 
@@ -201,6 +203,8 @@ def _folder(session: dict) -> runfolder.RunFolder | None:
     job, results, _ = _access(session)
     if job is None and results is None:
         return None
+    if results is not None and results.get("library"):
+        return library.folder(session["run"])
     try:
         return runfolder.RunFolder(runfolder.resolve(studio().runs_root, session["run"]))
     except runfolder.RunIdError:
