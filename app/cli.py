@@ -226,6 +226,10 @@ def cmd_report(args) -> int:
     root = report.run_study(s, args.out, data_dir=args.data_dir, cache_dir=args.cache_dir, emit=progress,
                             on_experiment=lambda exp: setattr(progress, "experiment", exp))
     print(f"report: {root / 'report.md'}, {root / 'report.html'}, {root / 'report.csv'}")
+    if args.ship:
+        from . import library
+        for pair in s.pairs:
+            print(f"shipped: {library.ship(root / pair.name, f'{s.name}-{pair.name}')}")
     return 0
 
 
@@ -288,6 +292,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data-dir", help="the CIFAR-10 JPEG copy (default $INDISTILL_DATA_DIR)")
     p.add_argument("--cache-dir", help="where decoded tensors are cached")
     p.add_argument("--estimate", action="store_true", help="print the cost model's minutes per pair; run nothing")
+    p.add_argument("--ship", action="store_true",
+                   help="then copy each pair's results (curves downsampled) into assets/library/<study>-<pair>/")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_report)
     args = parser.parse_args(argv)
