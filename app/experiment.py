@@ -32,6 +32,7 @@ from .device import Runtime, resolve, seed_everything
 from .evaluate import (eval_accuracy, evaluate_model, feature_mse, fixed_batch, information_of, layer_information,
                        representations)
 from .features import FeatureTap
+from .fold import fold_batchnorm
 from .losses import KDLoss, build_loss
 from .metrics import flow_divergence
 from .pairing import spec_of
@@ -199,12 +200,14 @@ class Experiment:
             self.save_results()
             phase = "teacher"
             teacher = self.teacher_phase()
-            pruned = teacher
+            frozen_teacher = fold_batchnorm(teacher)  # only ever run for targets: BN folded, no gradients
+            pruned, frozen_pruned = teacher, frozen_teacher
             if self.plan.use_aux:
                 phase = "aux"
-                pruned = self.aux_phase(teacher)
+                pruned = self.aux_phase(frozen_teacher)
+                frozen_pruned = fold_batchnorm(pruned)
             # the reference procedure: the auxiliary teacher also teaches stage 2 (both arms)
-            stage2 = pruned if self.reference else teacher
+            stage2 = frozen_pruned if self.reference else frozen_teacher
             self.results["procedure"] = self.procedure_record()
             maps = None
             if self.cfg.phases.indistill:
@@ -216,7 +219,7 @@ class Experiment:
                 self.flow_reference(pruned, maps)
             for phase in self.plan.schedules:
                 for seed in range(self.cfg.seeds):
-                    self.student_phase(phase, seed, stage2, pruned, maps)
+                    self.student_phase(phase, seed, stage2, frozen_pruned, maps)  # maps: from the unfolded filters
                 self.aggregate(phase)
             self.compare()
             self.results["status"] = "finished"
