@@ -24,6 +24,7 @@ from .data import Dataset, load_dataset
 from .device import Runtime, resolve, seed_everything
 from .evaluate import eval_accuracy, evaluate_model, fixed_batch, layer_information
 from .features import FeatureTap
+from .fold import fold_batchnorm
 from .losses import build_loss, pkt_indistill_loss, pkt_loss
 from .pairing import spec_of
 from .plan import Plan, make_plan
@@ -160,10 +161,12 @@ class Experiment:
             self.save_results()
             phase = "teacher"
             teacher = self.teacher_phase()
-            pruned = teacher
+            frozen_teacher = fold_batchnorm(teacher)  # only ever run for targets: BN folded, no gradients
+            pruned, frozen_pruned = teacher, frozen_teacher
             if self.plan.use_aux:
                 phase = "aux"
-                pruned = self.aux_phase(teacher)
+                pruned = self.aux_phase(frozen_teacher)
+                frozen_pruned = fold_batchnorm(pruned)
             maps = None
             if self.cfg.phases.indistill:
                 size, ind = self.cfg.data.input_size, self.cfg.indistill
@@ -175,7 +178,7 @@ class Experiment:
             for phase in self.plan.schedules:
                 for seed in range(self.cfg.seeds):
                     if not self.unit_done(phase, seed):
-                        self.student_phase(phase, seed, teacher, pruned, maps)
+                        self.student_phase(phase, seed, frozen_teacher, frozen_pruned, maps)
                 self.aggregate(phase)
             self.results["status"] = "finished"
             self.save_results()
@@ -274,6 +277,7 @@ class Experiment:
         return run_segments(model, stream, [seg], self.loop(phase, seed or 0), self._epoch_callback(model, history))
 
     def aux_phase(self, teacher):
+        """Train (or resume) the auxiliary teacher by KD from ``teacher`` (a frozen, folded copy)."""
         arch, width = self.cfg.student.arch, self.cfg.indistill.aux_width
         aux = self.build(arch, width)
         if self.unit_done("aux", None):
@@ -296,6 +300,8 @@ class Experiment:
         return aux.eval()
 
     def student_phase(self, phase: str, seed: int, teacher, pruned, maps) -> None:
+        """One student unit; ``teacher`` and ``pruned`` are frozen, folded copies (targets only;
+        channel ``maps`` were chosen on the unfolded network's filters)."""
         cfg = self.cfg
         student = self.build(cfg.student.arch, 1.0, seed)
         s_spec, t_spec = self.spec(cfg.student.arch), self.spec(cfg.teacher.arch)
