@@ -6,6 +6,7 @@
     python -m app.cli train-teacher --arch resnet56 --epochs 240 --out teacher.pt
     python -m app.cli plan --preset paper-cnn --set indistill.aux=off
     python -m app.cli grid --preset workshop --a 0,1,2 --b 0,1
+    python -m app.cli export runs/…/checkpoints/indistill-s0.pt --out student.onnx
 """
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from pathlib import Path
 from .config import PRESETS, ConfigError, ExperimentConfig, preset
 from .data import DataError
 from .checkpoint import CheckpointError
+from .export import ExportError
 from .losses import LOSSES
 from .runfolder import RunIdError, new_run_id
 
@@ -204,6 +206,23 @@ def cmd_grid(args) -> int:
     return 0 if results["status"] == "finished" else 1
 
 
+def cmd_export(args) -> int:
+    from .export import export_onnx, summary_markdown
+    report = export_onnx(args.checkpoint, args.out, data_dir=args.data_dir, runs=args.runs, runs_b256=args.runs_b256)
+    if args.json:
+        print(json.dumps(report))
+    else:
+        print(f"exported {report['arch']} ({report['phase'] or 'model'}) to {report['onnx_path']} "
+              f"({report['onnx_bytes'] / 1e6:.2f} MB, opset {report['opset']}, outputs logits + embedding)")
+        print(f"check on {report['images']}: max abs diff {report['max_abs_diff']:.2e} "
+              f"({'ok' if report['ok'] else 'FAILED'}: tolerance {report['tolerance']:g}), "
+              f"top-1 agreement {report['top1_agreement'] * 100:.1f} %")
+        print(f"CPU latency ({report['threads']} threads)  batch 1: onnxruntime {report['onnx_ms_b1']:.3f} ms, "
+              f"PyTorch {report['torch_ms_b1']:.3f} ms;  batch 256: onnxruntime {report['onnx_ms_b256']:.1f} ms, "
+              f"PyTorch {report['torch_ms_b256']:.1f} ms")
+    return 0 if report["ok"] else 1
+
+
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-dir", help="ImageFolder tree/archive, or a folder holding torchvision's CIFAR files")
     p.add_argument("--dataset", choices=["cifar10", "cifar100", "folder"])
@@ -254,10 +273,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--runs", default="runs", help="folder for the run folder")
     _common(p)
     p.set_defaults(func=cmd_train_teacher)
+    p = sub.add_parser("export", help="export a checkpoint to ONNX, check it against PyTorch, time both "
+                                      "(needs: pip install -r requirements-extra.txt)")
+    p.add_argument("checkpoint", help="a checkpoint saved by InDistill Studio (run folder or train-teacher --out)")
+    p.add_argument("--out", required=True, help="ONNX file to write")
+    p.add_argument("--data-dir", help="test images for the check (default: the checkpoint's data when "
+                                      "$INDISTILL_DATA_DIR names it, else the embedded CIFAR-10 sample)")
+    p.add_argument("--runs", type=int, default=200, help="timed runs at batch 1 (median reported)")
+    p.add_argument("--runs-b256", type=int, default=20, help="timed runs at batch 256")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_export)
     args = parser.parse_args(argv)
     try:
         return args.func(args)
-    except (ConfigError, DataError, CheckpointError, RunIdError) as exc:
+    except (ConfigError, DataError, CheckpointError, RunIdError, ExportError) as exc:
         print("error: " + " ".join(str(exc).split()), file=sys.stderr)
         return 2
 
