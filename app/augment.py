@@ -11,19 +11,23 @@ import torch.nn.functional as F
 from .data import Split
 
 
-def random_crop_flip(x: torch.Tensor, pad: int, generator: torch.Generator | None = None) -> torch.Tensor:
+def random_crop_flip(x: torch.Tensor, pad: int, generator: torch.Generator | None = None,
+                     draws: tuple[int, int] | None = None) -> torch.Tensor:
     """Random ``pad``-padded crop and horizontal flip of a uint8 batch ``[B, C, H, W]``.
 
     One gather does both: each image reads rows ``oy…oy+H`` and columns ``ox…ox+W`` of
     its zero-padded copy, the columns reversed when flipped. The result has
-    channels-last strides, which convolutions on the GPU prefer.
+    channels-last strides, which convolutions on the GPU prefer. ``draws=(total, start)``:
+    draw offsets and flips for a batch of ``total`` images and use those from ``start`` on
+    (a rank's slice of a global batch gets the draws one process would give it).
     """
     b, c, h, w = x.shape
     dev = x.device
+    total, start = draws or (b, 0)
     padded = F.pad(x, (pad, pad, pad, pad))
-    oy = torch.randint(0, 2 * pad + 1, (b, 1), device=dev, generator=generator)
-    ox = torch.randint(0, 2 * pad + 1, (b, 1), device=dev, generator=generator)
-    flip = torch.rand(b, 1, device=dev, generator=generator) < 0.5
+    oy = torch.randint(0, 2 * pad + 1, (total, 1), device=dev, generator=generator)[start:start + b]
+    ox = torch.randint(0, 2 * pad + 1, (total, 1), device=dev, generator=generator)[start:start + b]
+    flip = (torch.rand(total, 1, device=dev, generator=generator) < 0.5)[start:start + b]
     rows = oy + torch.arange(h, device=dev)
     cols = ox + torch.arange(w, device=dev)
     cols = torch.where(flip, cols.flip(1), cols)
@@ -48,13 +52,24 @@ def steps_per_epoch(n_images: int, batch_size: int) -> int:
 
 
 class BatchStream:
-    """Shuffled, augmented training batches from a :class:`Split` held on ``device``."""
+    """Shuffled, augmented training batches from a :class:`Split` held on ``device``.
+
+    ``shard=(rank, world)``: every rank walks the same shuffled epoch (same seed) and
+    yields its contiguous ``batch_size / world`` slice of each global batch, augmented
+    with the draws one process would have made for those images (see ``app.distributed``).
+    ``batch_size`` and ``steps_per_epoch`` stay global.
+    """
 
     def __init__(self, split: Split, batch_size: int, device: torch.device, mean, std, *,
-                 augment: bool = True, pad: int = 4, seed: int = 0, channels_last: bool = False) -> None:
+                 augment: bool = True, pad: int = 4, seed: int = 0, channels_last: bool = False,
+                 shard: tuple[int, int] = (0, 1)) -> None:
         self.images = split.images.to(device)
         self.labels = split.labels.to(device)
         self.batch_size = min(batch_size, len(self.labels))
+        self.rank, self.world = shard
+        if self.batch_size % self.world:
+            raise ValueError(f"optim.batch_size={self.batch_size} must be divisible by the {self.world} processes "
+                             "(each takes an equal slice of every batch)")
         self.device = device
         self.normalize = Normalizer(mean, std, device)
         self.augment, self.pad, self.channels_last = augment, pad, channels_last
@@ -66,11 +81,15 @@ class BatchStream:
 
     def epoch(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         order = torch.randperm(len(self.labels), device=self.device, generator=self.generator)
+        local = self.batch_size // self.world
+        start = self.rank * local
         for i in range(self.steps_per_epoch):
             idx = order[i * self.batch_size:(i + 1) * self.batch_size]
+            if self.world > 1:
+                idx = idx[start:start + local]
             x = self.images[idx]
             if self.augment:
-                x = random_crop_flip(x, self.pad, self.generator)
+                x = random_crop_flip(x, self.pad, self.generator, (self.batch_size, start) if self.world > 1 else None)
             x = self.normalize(x)
             if self.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)

@@ -16,6 +16,7 @@ import torch
 
 from models import build_model
 
+from . import distributed
 from . import events as ev
 from .augment import BatchStream, steps_per_epoch
 from .checkpoint import CheckpointError, atomic_save, load_checkpoint, load_into, save_model
@@ -64,7 +65,8 @@ class Experiment:
         self.plan: Plan = make_plan(cfg)
         self.plan.raise_if_invalid()
         self.run_dir = Path(run_dir) if run_dir is not None else new_run_dir(runs_root, cfg.name)
-        self.emit = emit or (lambda e: None)
+        self.dist = distributed.from_env()  # torchrun ranks; rank 0 alone writes and emits
+        self.emit = (emit or (lambda e: None)) if self.dist.main else (lambda e: None)
         self.cancel = cancel or threading.Event()
         self.results: dict = {}
         if resume:
@@ -85,7 +87,8 @@ class Experiment:
         return self.folder.checkpoint(name)
 
     def save_results(self) -> None:
-        self.folder.write_results(self.results)
+        if self.dist.main:
+            self.folder.write_results(self.results)
 
     def unit_done(self, phase: str, seed: int | None) -> bool:
         """Recorded in results.json and its checkpoint loads (checked once; a bad one is re-run)."""
@@ -115,12 +118,12 @@ class Experiment:
 
     def loop(self, phase: str, seed: int) -> LoopContext:
         o = self.cfg.optim
-        return LoopContext(self.rt, self.emit, self.cancel, phase, seed, o.momentum, o.weight_decay, self._tick)
+        return LoopContext(self.rt, self.emit, self.cancel, phase, seed, o.momentum, o.weight_decay, self._tick, self.dist)
 
     def stream(self, seed: int) -> BatchStream:
         o = self.cfg.optim
         return BatchStream(self.data.train, o.batch_size, self.rt.device, self.data.mean, self.data.std,
-                           augment=o.augment, seed=seed, channels_last=self.rt.channels_last)
+                           augment=o.augment, seed=seed, channels_last=self.rt.channels_last, shard=self.dist.shard)
 
     def build(self, arch: str, width: float = 1.0, seed: int = 0):
         seed_everything(seed)
@@ -139,8 +142,14 @@ class Experiment:
     # ------------------------------------------------------------ run
     def run(self) -> dict:
         """Run every remaining phase unit; returns ``results`` (also in ``results.json``)."""
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        write_json(self.cfg.to_dict(), self.folder.config)
+        if self.cfg.optim.batch_size % self.dist.world:
+            raise ConfigError(f"optim.batch_size={self.cfg.optim.batch_size} must be divisible by the "
+                              f"{self.dist.world} processes torchrun started (each takes an equal slice of every batch)")
+        self.dist.setup(self.cfg.device)
+        self.run_dir = self.dist.from_main(self.run_dir)
+        if self.dist.main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            write_json(self.cfg.to_dict(), self.folder.config)
         self.results.setdefault("phases", {})
         self.results.update({"config": self.cfg.to_dict(), "schedule": self.plan.schedule_dicts(),
                              "verdict": self.plan.verdict.to_dict() if self.plan.verdict else None,
@@ -148,6 +157,7 @@ class Experiment:
         phase = None
         try:
             self.rt: Runtime = resolve(self.cfg.device)
+            self.dist.share_cores()
             self.results["device"] = self.rt.describe()
             self.log(f"device: {self.rt.describe()}")
             self.data: Dataset = load_dataset(self.cfg.data, self.log)
@@ -180,6 +190,7 @@ class Experiment:
                     if not self.unit_done(phase, seed):
                         self.student_phase(phase, seed, frozen_teacher, frozen_pruned, maps)
                 self.aggregate(phase)
+            self.dist.barrier()  # the other ranks wait for rank 0's last evaluation and writes
             self.results["status"] = "finished"
             self.save_results()
             self.emit(ev.Finished(str(self.run_dir), self.results))
@@ -229,7 +240,19 @@ class Experiment:
             result["info_flow"] = layer_information(model, self.info_batch, self.data, self.rt)
         return result
 
-    def _epoch_callback(self, model, history: list) -> Callable[[int], dict]:
+    def _finish(self, phase: str, seed: int | None, model, arch: str, width: float, seconds: float, epochs: float,
+                history: list, shown_arch: str | None = None) -> None:
+        """Evaluate a trained unit, write its checkpoint and record its result (rank 0 only)."""
+        if not self.dist.main:
+            return
+        result = self._evaluate(model, seconds, epochs, history) | {"arch": shown_arch or arch}
+        save_model(model, self.ckpt(unit_name(phase, seed)), self.meta(arch, width, phase, seed, result["test_acc"]))
+        self._record(phase, seed, result)
+
+    def _epoch_callback(self, model, history: list) -> Callable[[int], dict] | None:
+        if not self.dist.main:  # rank 0 evaluates; the others go on to the next step
+            return None
+
         def on_epoch(epoch: int) -> dict:
             metrics = {"eval_acc": round(eval_accuracy(model, self.data.eval_split, self.data, self.rt), 5),
                        "eval_split": self.results["data"]["eval_split"]}
@@ -263,9 +286,7 @@ class Experiment:
         else:
             epochs = self.cfg.scaled(cfg.epochs)
             seconds = self._train_plain("teacher", None, teacher, epochs, cfg.lr, history)
-        result = self._evaluate(teacher, seconds, epochs, history) | {"arch": cfg.arch}
-        save_model(teacher, self.ckpt("teacher"), self.meta(cfg.arch, 1.0, "teacher", None, result["test_acc"]))
-        self._record("teacher", None, result)
+        self._finish("teacher", None, teacher, cfg.arch, 1.0, seconds, epochs, history)
         return teacher.eval()
 
     def _train_plain(self, phase: str, seed: int | None, model, epochs: float, lr: float, history: list) -> float:
@@ -294,9 +315,7 @@ class Experiment:
         with FeatureTap(aux) as s_tap, FeatureTap(teacher) as t_tap:
             seg = Segment("KD", steps, kd_objective(s_tap, t_tap, loss), trainable(aux, loss), "sgd", self.cfg.optim.lr)
             seconds = run_segments(aux, stream, [seg], self.loop("aux", 0), self._epoch_callback(aux, history))
-        result = self._evaluate(aux, seconds, epochs, history) | {"arch": aux.arch}
-        save_model(aux, self.ckpt("aux"), self.meta(arch, width, "aux", None, result["test_acc"]))
-        self._record("aux", None, result)
+        self._finish("aux", None, aux, arch, width, seconds, epochs, history, shown_arch=aux.arch)
         return aux.eval()
 
     def student_phase(self, phase: str, seed: int, teacher, pruned, maps) -> None:
@@ -329,18 +348,18 @@ class Experiment:
             last_warm = max((i for i, p in enumerate(schedule) if p.kind in ("layer", "embed", "joint")), default=None)
 
             def after_segment(index: int, _seg) -> None:  # keep the student as the warm-up left it
-                if index == last_warm:
+                if index == last_warm and self.dist.main:
                     save_model(student, self.ckpt(unit_name(phase, seed) + "-warmup"),
                                self.meta(cfg.student.arch, 1.0, f"{phase}-warmup", seed, None))
             seconds = run_segments(student, stream, segments, self.loop(phase, seed), self._epoch_callback(student, history),
                                    after_segment)
-        result = self._evaluate(student, seconds, sum(p.epochs for p in schedule), history) | {"arch": cfg.student.arch}
-        save_model(student, self.ckpt(unit_name(phase, seed)), self.meta(cfg.student.arch, 1.0, phase, seed, result["test_acc"]))
-        self._record(phase, seed, result)
+        self._finish(phase, seed, student, cfg.student.arch, 1.0, seconds, sum(p.epochs for p in schedule), history)
 
     def aggregate(self, phase: str) -> None:
         """Mean ± sd over seeds of accuracy and retrieval; cost from the first seed."""
-        entry = self.results["phases"][phase]
+        entry = self.results["phases"].get(phase)
+        if entry is None:  # not rank 0 under torchrun: nothing recorded here
+            return
         units = [entry["units"][str(s)] for s in range(self.cfg.seeds) if str(s) in entry["units"]]
         if not units:
             return
