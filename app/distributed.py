@@ -140,8 +140,10 @@ class Dist:
 
     def average_gradients(self, params: list[nn.Parameter]) -> None:
         """All-reduce the gradients of ``params`` as one flat buffer, divided by the world size."""
+        if not self.enabled:
+            return
         grads = [p.grad for p in params if p.grad is not None]
-        if not self.enabled or not grads:
+        if not grads:
             return
         flat = torch.cat([g.reshape(-1) for g in grads])
         dist.all_reduce(flat)
