@@ -15,24 +15,23 @@ def random_crop_flip(x: torch.Tensor, pad: int, generator: torch.Generator | Non
                      draws: tuple[int, int] | None = None) -> torch.Tensor:
     """Random ``pad``-padded crop and horizontal flip of a uint8 batch ``[B, C, H, W]``.
 
-    One gather does both: each image reads rows ``oy…oy+H`` and columns ``ox…ox+W`` of
-    its zero-padded copy, the columns reversed when flipped. The result has
-    channels-last strides, which convolutions on the GPU prefer. ``draws=(total, start)``:
-    draw offsets and flips for a batch of ``total`` images and use those from ``start`` on
-    (a rank's slice of a global batch gets the draws one process would give it).
+    The zero-padded batch is viewed (no copy) as every image's ``(2·pad+1)²`` possible
+    crops; one indexing copy takes each image's drawn crop, then the drawn images are
+    flipped. ``draws=(total, start)``: draw offsets and flips for a batch of ``total``
+    images and use those from ``start`` on (a rank's slice of a global batch gets the
+    draws one process would give it). Returns a contiguous ``[B, C, H, W]`` batch.
     """
     b, c, h, w = x.shape
     dev = x.device
     total, start = draws or (b, 0)
+    oy = torch.randint(0, 2 * pad + 1, (total,), device=dev, generator=generator)[start:start + b]
+    ox = torch.randint(0, 2 * pad + 1, (total,), device=dev, generator=generator)[start:start + b]
+    flip = (torch.rand(total, device=dev, generator=generator) < 0.5)[start:start + b]
     padded = F.pad(x, (pad, pad, pad, pad))
-    oy = torch.randint(0, 2 * pad + 1, (total, 1), device=dev, generator=generator)[start:start + b]
-    ox = torch.randint(0, 2 * pad + 1, (total, 1), device=dev, generator=generator)[start:start + b]
-    flip = (torch.rand(total, 1, device=dev, generator=generator) < 0.5)[start:start + b]
-    rows = oy + torch.arange(h, device=dev)
-    cols = ox + torch.arange(w, device=dev)
-    cols = torch.where(flip, cols.flip(1), cols)
-    out = padded[torch.arange(b, device=dev)[:, None, None], :, rows[:, :, None], cols[:, None, :]]  # [B, H, W, C]
-    return out.permute(0, 3, 1, 2)
+    sb, sc, sh, sw = padded.stride()
+    crops = padded.as_strided((b, 2 * pad + 1, 2 * pad + 1, c, h, w), (sb, sh, sw, sc, sh, sw))
+    out = crops[torch.arange(b, device=dev), oy, ox]
+    return torch.where(flip.view(-1, 1, 1, 1), out.flip(3), out)
 
 
 class Normalizer:
@@ -43,7 +42,7 @@ class Normalizer:
         self.shift = (torch.tensor(mean, device=device) / torch.tensor(std, device=device)).view(1, -1, 1, 1)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        return x.float() * self.scale - self.shift
+        return x.to(torch.float32, copy=True).mul_(self.scale).sub_(self.shift)
 
 
 def steps_per_epoch(n_images: int, batch_size: int) -> int:
