@@ -12,12 +12,14 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
 import time
 from pathlib import Path
 
+from . import distributed
 from . import events as ev
 from .config import PRESETS, ConfigError, ExperimentConfig, preset
 from .data import DataError
@@ -87,14 +89,19 @@ def read_config_file(path: str) -> dict:
 
 
 class Progress:
-    """A one-line progress bar on stderr, fed by engine events."""
+    """A one-line progress bar on stderr, fed by engine events; each event also goes to
+    ``events`` (a file object) as one JSON line when given."""
 
-    def __init__(self, quiet: bool = False) -> None:
+    def __init__(self, quiet: bool = False, events=None) -> None:
         self.quiet, self.total, self.done, self.start = quiet, 0, 0, time.time()
         self.label, self.last = "", ""
+        self.events = events
 
     def __call__(self, e: ev.Event) -> None:
         """Steps and epochs go to the bar; every other described event is printed as its line."""
+        if self.events is not None:
+            self.events.write(json.dumps(e.to_dict(), default=str) + "\n")
+            self.events.flush()
         if isinstance(e, ev.PhaseStarted):
             self.label = f"{e.phase}" + (f" seed {e.seed}" if e.phase not in ("teacher", "aux") else "")
         if isinstance(e, ev.StepLoss):
@@ -145,15 +152,24 @@ def results_table(results: dict) -> str:
     return table + (f"\ntest acc on the {where}" if where and len(rows) > 1 else "")
 
 
+def _progress(args) -> Progress:
+    """The progress printer; under torchrun only rank 0 prints or writes ``--events``."""
+    main = distributed.from_env().main
+    events = args.stack.enter_context(open(args.events, "w")) if args.events and main else None
+    return Progress(args.quiet or not main, events)
+
+
 def cmd_run(args) -> int:
     from .experiment import Experiment
-    progress = Progress(args.quiet)
+    progress = _progress(args)
     if args.resume:
         exp = Experiment(run_dir=args.resume, resume=True, emit=progress)
     else:
         exp = Experiment(_config(args), run_dir=args.run_dir, runs_root=args.out, emit=progress)
     progress.experiment = exp
     results = exp.run()
+    if not exp.dist.main:
+        return 0 if results["status"] == "finished" else 1
     print(results_table(results))
     print(f"run folder: {exp.run_dir}  (results.json, config.json, checkpoints/)")
     return 0 if results["status"] == "finished" else 1
@@ -182,12 +198,14 @@ def cmd_train_teacher(args) -> int:
                                                  "optim.batch_size": args.batch_size}.items()
                               if v is not None})
     cfg = cfg.with_overrides(args.set or [])
-    progress = Progress(args.quiet)
+    progress = _progress(args)
     exp = Experiment(cfg, runs_root=args.runs, emit=progress)
     progress.experiment = exp
     results = exp.run()
     if results["status"] != "finished":
         return 1
+    if not exp.dist.main:  # rank 0 writes --out
+        return 0
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_bytes(exp.ckpt("teacher").read_bytes())
@@ -199,8 +217,10 @@ def cmd_train_teacher(args) -> int:
 
 def cmd_grid(args) -> int:
     from .grid import CurriculumGrid, parse_values
+    if distributed.from_env().enabled:
+        raise ConfigError("grid runs in one process; under torchrun use run or train-teacher")
     cfg = _config(args)
-    progress = Progress(args.quiet)
+    progress = _progress(args)
     run_dir = Path(args.out) / new_run_id(f"grid-{cfg.name}")
     grid = CurriculumGrid(cfg, parse_values(args.a, "--a"), parse_values(args.b, "--b"), run_dir, emit=progress)
     progress.experiment = grid
@@ -224,7 +244,7 @@ def cmd_report(args) -> int:
         minutes = report.estimate_minutes(s, args.data_dir or os.environ.get("INDISTILL_DATA_DIR") or "x")
         print(json.dumps({"study": s.name, "minutes_on_2_cpu_cores": minutes, "total": round(sum(minutes.values()), 1)}))
         return 0
-    progress = Progress(args.quiet)
+    progress = _progress(args)
     root = report.run_study(s, args.out, data_dir=args.data_dir, cache_dir=args.cache_dir, emit=progress,
                             on_experiment=lambda exp: setattr(progress, "experiment", exp))
     print(f"report: {root / 'report.md'}, {root / 'report.html'}, {root / 'report.csv'}")
@@ -265,6 +285,10 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
+def _events(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--events", metavar="FILE", help="also write every engine event to FILE, one JSON object a line")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m app.cli", description="InDistill Studio, headless")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -280,6 +304,7 @@ def main(argv: list[str] | None = None) -> int:
             src.add_argument("--resume", metavar="RUN_DIR", help="continue a cancelled or crashed run")
             p.add_argument("--out", default="runs", help="folder for run folders (default runs/)")
             p.add_argument("--run-dir", help="exact run folder to write")
+            _events(p)
         p.add_argument("--epochs-scale", type=float, help="multiply every epoch count")
         p.add_argument("--seeds", type=int, help="seeds for the student phases")
         _common(p)
@@ -291,6 +316,7 @@ def main(argv: list[str] | None = None) -> int:
     src.add_argument("--config")
     p.add_argument("--a", default="0.25,0.5", help="comma-separated a values")
     p.add_argument("--b", default="0,0.25", help="comma-separated b values")
+    _events(p)
     p.add_argument("--out", default="runs")
     p.add_argument("--epochs-scale", type=float)
     p.add_argument("--seeds", type=int)
@@ -303,6 +329,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch-size", type=int)
     p.add_argument("--out", required=True, help="checkpoint path to write")
     p.add_argument("--runs", default="runs", help="folder for the run folder")
+    _events(p)
     _common(p)
     p.set_defaults(func=cmd_train_teacher)
     p = sub.add_parser("report", help="run a declared study (resumable) and write report.md/.html/.csv")
@@ -314,6 +341,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--ship", action="store_true",
                    help="then copy each pair's results (curves downsampled) into assets/library/<study>-<pair>/")
     p.add_argument("--quiet", action="store_true")
+    _events(p)
     p.set_defaults(func=cmd_report)
     p = sub.add_parser("export", help="export a checkpoint to ONNX, check it against PyTorch, time both "
                                       "(needs: pip install -r requirements-extra.txt)")
@@ -327,10 +355,13 @@ def main(argv: list[str] | None = None) -> int:
     p.set_defaults(func=cmd_export)
     args = parser.parse_args(argv)
     try:
-        return args.func(args)
+        with contextlib.ExitStack() as args.stack:  # files a command opens (--events)
+            return args.func(args)
     except (ConfigError, DataError, CheckpointError, RunIdError, ExportError) as exc:
         print("error: " + " ".join(str(exc).split()), file=sys.stderr)
         return 2
+    finally:
+        distributed.shutdown()
 
 
 if __name__ == "__main__":

@@ -22,6 +22,7 @@ from torch import nn
 
 from models import build_model
 
+from . import distributed
 from . import events as ev
 from . import stats
 from .augment import BatchStream, steps_per_epoch
@@ -98,7 +99,8 @@ class Experiment:
         self.plan: Plan = make_plan(cfg)
         self.plan.raise_if_invalid()
         self.run_dir = Path(run_dir) if run_dir is not None else new_run_dir(runs_root, cfg.name)
-        self.emit = emit or (lambda e: None)
+        self.dist = distributed.from_env()  # torchrun ranks; rank 0 alone writes and emits
+        self.emit = (emit or (lambda e: None)) if self.dist.main else (lambda e: None)
         self.cancel = cancel or threading.Event()
         self.results: dict = {}
         if resume:
@@ -120,7 +122,8 @@ class Experiment:
         return self.folder.checkpoint(name)
 
     def save_results(self) -> None:
-        self.folder.write_results(self.results)
+        if self.dist.main:
+            self.folder.write_results(self.results)
 
     def unit_done(self, phase: str, seed: int | None) -> bool:
         """Recorded in results.json and its checkpoint loads (checked once; a bad one is re-run)."""
@@ -150,12 +153,12 @@ class Experiment:
 
     def loop(self, phase: str, seed: int) -> LoopContext:
         o = self.cfg.optim
-        return LoopContext(self.rt, self.emit, self.cancel, phase, seed, o.momentum, o.weight_decay, self._tick)
+        return LoopContext(self.rt, self.emit, self.cancel, phase, seed, o.momentum, o.weight_decay, self._tick, self.dist)
 
     def stream(self, seed: int) -> BatchStream:
         o = self.cfg.optim
         return BatchStream(self.data.train, o.batch_size, self.rt.device, self.data.mean, self.data.std,
-                           augment=o.augment, seed=seed, channels_last=self.rt.channels_last)
+                           augment=o.augment, seed=seed, channels_last=self.rt.channels_last, shard=self.dist.shard)
 
     def build(self, arch: str, width: float = 1.0, seed: int = 0):
         seed_everything(seed)
@@ -174,8 +177,14 @@ class Experiment:
     # ------------------------------------------------------------ run
     def run(self) -> dict:
         """Run every remaining phase unit; returns ``results`` (also in ``results.json``)."""
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        write_json(self.cfg.to_dict(), self.folder.config)
+        if self.cfg.optim.batch_size % self.dist.world:
+            raise ConfigError(f"optim.batch_size={self.cfg.optim.batch_size} must be divisible by the "
+                              f"{self.dist.world} processes torchrun started (each takes an equal slice of every batch)")
+        self.dist.setup(self.cfg.device)
+        self.run_dir = self.dist.from_main(self.run_dir)
+        if self.dist.main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            write_json(self.cfg.to_dict(), self.folder.config)
         self.results.setdefault("phases", {})
         self.results.update({"config": self.cfg.to_dict(), "schedule": self.plan.schedule_dicts(),
                              "verdict": self.plan.verdict.to_dict() if self.plan.verdict else None,
@@ -183,6 +192,7 @@ class Experiment:
         phase = None
         try:
             self.rt: Runtime = resolve(self.cfg.device, self.cfg.precision)
+            self.dist.share_cores()
             self.results["device"] = self.rt.describe()
             self.results["precision"] = self.rt.precision
             self.log(f"device: {self.rt.describe()}")
@@ -220,8 +230,11 @@ class Experiment:
             for phase in self.plan.schedules:
                 for seed in range(self.cfg.seeds):
                     self.student_phase(phase, seed, stage2, frozen_pruned, maps)  # maps: from the unfolded filters
-                self.aggregate(phase)
-            self.compare()
+                if self.dist.main:  # rank 0 alone records results
+                    self.aggregate(phase)
+            if self.dist.main:
+                self.compare()
+            self.dist.barrier()  # the other ranks wait for rank 0's last evaluation and writes
             self.results["status"] = "finished"
             self.save_results()
             self.emit(ev.Finished(str(self.run_dir), self.results))
@@ -322,9 +335,10 @@ class Experiment:
             seconds, epochs = 0.0, 0.0
         else:
             seconds, epochs = self._train(model, u, history), sum(p.epochs for p in u.segments)
-        result = self._evaluate(model, u.arch, u.width, seconds, epochs, history)
-        save_model(model, self.ckpt(name), self.meta(u.arch, u.width, u.phase, u.seed, result["test_acc"]))
-        self._record(u.phase, u.seed, result)
+        if self.dist.main:  # under torchrun, rank 0 alone evaluates, writes and records
+            result = self._evaluate(model, u.arch, u.width, seconds, epochs, history)
+            save_model(model, self.ckpt(name), self.meta(u.arch, u.width, u.phase, u.seed, result["test_acc"]))
+            self._record(u.phase, u.seed, result)
         return model.eval()
 
     def _train(self, model, u: Unit, history: list) -> float:
@@ -342,7 +356,7 @@ class Experiment:
             last_warm = max((i for i, p in enumerate(u.segments) if p.kind in WARMUP_KINDS), default=None)
 
             def after_segment(index: int, _seg) -> None:  # keep the student as the warm-up left it
-                if index == last_warm:
+                if index == last_warm and self.dist.main:
                     save_model(model, self.ckpt(unit_name(u.phase, u.seed) + "-warmup"),
                                self.meta(u.arch, u.width, f"{u.phase}-warmup", u.seed, None))
             return run_segments(model, stream, segments, self.loop(u.phase, seed),
@@ -397,6 +411,8 @@ class Experiment:
         information and, for students of a run with channel maps, ``feature_mse`` (per stage)
         and ``flow_divergence`` from the pruned network."""
         compare = phase in STUDENT_PHASES and self.flow_targets is not None
+        if not self.dist.main:  # rank 0 evaluates; the others go on to the next step
+            return None
 
         def on_epoch(epoch: int) -> dict:
             metrics = {"eval_acc": round(eval_accuracy(model, self.data.eval_split, self.data, self.rt), 5),
@@ -449,6 +465,8 @@ class Experiment:
         return self.run_unit(u)
 
     def student_phase(self, phase: str, seed: int, teacher, pruned, maps) -> None:
+        """One student unit; ``teacher`` and ``pruned`` are frozen, folded copies (targets only;
+        channel ``maps`` were chosen on the unfolded network's filters)."""
         cfg = self.cfg
         if self.unit_done(phase, seed):
             return

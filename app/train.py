@@ -22,6 +22,7 @@ from torch import nn
 from . import events as ev
 from .augment import BatchStream
 from .device import Runtime
+from .distributed import SINGLE, Dist
 from .features import FeatureTap
 from .losses import EMBED_LOSSES, WARMUP_LOSSES, KDLoss
 from .pruning import PrunedFeatures
@@ -59,6 +60,7 @@ class LoopContext:
     momentum: float = 0.9
     weight_decay: float = 5e-4
     on_step: Callable[[], None] = lambda: None  # global progress tick
+    dist: Dist = SINGLE                          # ranks under torchrun (app.distributed)
 
 
 def steps_for(epochs: float, steps_per_epoch: int) -> int:
@@ -91,37 +93,39 @@ def run_segments(model: nn.Module, stream: BatchStream, segments: list[Segment],
     batches = _forever(stream)
     step, start = 0, time.perf_counter()
     model.train()
-    for index, seg in enumerate(segments):
-        if seg.steps <= 0:
-            continue
-        ctx.emit(ev.LayerSwitch(ctx.phase, ctx.seed, index, seg.name, step))
-        opt, sched = make_optimizer(seg, ctx)
-        for i in range(seg.steps):
-            if ctx.cancel.is_set():
-                raise CancelledError
-            x, y = next(batches)
-            with ctx.runtime.autocast():
-                parts = seg.objective(x, y, i / spe)  # epochs within this segment (DKD's ramp starts at 0)
-            loss = sum(parts.values())
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            step += 1
-            ctx.on_step()
-            if step % log_every == 0 or i == seg.steps - 1:
-                values = {k: float(v.detach()) for k, v in parts.items()}
-                values["total"] = sum(values.values())
-                if not math.isfinite(values["total"]):
-                    raise TrainingError(f"{ctx.phase} ({seg.name}): loss became {values['total']} at step {step}; "
-                                        "lower the learning rate or the loss weights")
-                ctx.emit(ev.StepLoss(ctx.phase, ctx.seed, step, round(step / spe, 4), seg.name, values))
-            if on_epoch is not None and (step % spe == 0 or step == total):
-                metrics = on_epoch(math.ceil(step / spe))
-                model.train()
-                ctx.emit(ev.EpochMetrics(ctx.phase, ctx.seed, math.ceil(step / spe), metrics))
-        if on_segment_end is not None:
-            on_segment_end(index, seg)
+    with ctx.dist.training(model):
+        for index, seg in enumerate(segments):
+            if seg.steps <= 0:
+                continue
+            ctx.emit(ev.LayerSwitch(ctx.phase, ctx.seed, index, seg.name, step))
+            opt, sched = make_optimizer(seg, ctx)
+            for i in range(seg.steps):
+                if ctx.cancel.is_set():
+                    raise CancelledError
+                x, y = next(batches)
+                with ctx.runtime.autocast():
+                    parts = seg.objective(x, y, i / spe)  # epochs within this segment (DKD's ramp starts at 0)
+                loss = sum(parts.values())
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                ctx.dist.average_gradients(seg.params)
+                opt.step()
+                sched.step()
+                step += 1
+                ctx.on_step()
+                if step % log_every == 0 or i == seg.steps - 1:
+                    values = ctx.dist.mean_values(parts)
+                    values["total"] = sum(values.values())
+                    if not math.isfinite(values["total"]):
+                        raise TrainingError(f"{ctx.phase} ({seg.name}): loss became {values['total']} at step {step}; "
+                                            "lower the learning rate or the loss weights")
+                    ctx.emit(ev.StepLoss(ctx.phase, ctx.seed, step, round(step / spe, 4), seg.name, values))
+                if on_epoch is not None and (step % spe == 0 or step == total):
+                    metrics = on_epoch(math.ceil(step / spe))
+                    model.train()
+                    ctx.emit(ev.EpochMetrics(ctx.phase, ctx.seed, math.ceil(step / spe), metrics))
+            if on_segment_end is not None:
+                on_segment_end(index, seg)
     return time.perf_counter() - start
 
 
