@@ -10,6 +10,7 @@ from pathlib import Path
 
 import gradio as gr
 
+from app import library
 from app.config import ASSETS, PRESETS, preset
 from . import handlers as h
 from . import views
@@ -94,6 +95,9 @@ def train_tab() -> dict:
         out["run_id_box"] = gr.Textbox(label="Open a run by id (its share link: this page's address + ?run=ID)",
                                        scale=2, elem_id="run-id", max_length=200)
         out["open_btn"] = gr.Button("Open", size="sm", elem_id="open")
+    shipped = library.ids()
+    out["library"] = gr.Dropdown(shipped, value=None, label="Results library: multi-seed runs shipped with the app "
+                                 "(open one read-only, in every tab)", visible=bool(shipped), elem_id="library")
     out["status"] = gr.Markdown("No run yet — press **Start**.", elem_id="status")
     out["action_msg"] = gr.Markdown(elem_id="action-msg")
     out["loss_plot"] = gr.Plot(label="Losses", elem_id="loss-plot")
@@ -236,6 +240,7 @@ def wire(demo, c, s, d, t, pr, cm, r, i, session, stored, seen, seen_charts) -> 
     t["start_btn"].click(h.start, [session] + controls, [session, stored, t["action_msg"]], **PRIVATE)
     t["cancel_btn"].click(h.cancel, session, t["action_msg"], **PRIVATE)
     t["open_btn"].click(h.open_run, [session, t["run_id_box"]], [session, stored, t["action_msg"]], **PRIVATE)
+    t["library"].input(h.open_run, [session, t["library"]], [session, stored, t["action_msg"]], **PRIVATE)
     timer = gr.Timer(POLL_SECONDS)
     results_cue = gr.Textbox(visible=False)
     timer.tick(h.tick_status, [session, seen],
