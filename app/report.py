@@ -69,7 +69,8 @@ STUDIES: dict[str, Study] = {
     # 1,000 images per class, the residual pair on 500 (its ResNets cost ~30× the CNNs' FLOPs per image).
     "cpu": Study(
         "cpu", "CIFAR-10 (JPEG copy), 1,000 training images per class for the CNN pair and 500 for the residual "
-               "pair (10 % held out for the per-epoch curves), evaluated on the full 10,000-image test set; 5 seeds; "
+               "pair (plus 10 % more per class held out of the training folder for the per-epoch curves), "
+               "evaluated on the full 10,000-image test set; 5 seeds; "
                "equal-epoch controls; 2 CPU cores",
         (Pair("cnn", "workshop", {"data.dataset": "cifar10", "teacher.checkpoint": _CNN_TEACHER,
                                   "student.epochs": 6, "indistill.a": 1.0, "indistill.b": 0.5},
@@ -77,7 +78,7 @@ STUDIES: dict[str, Study] = {
          Pair("resnet", "quick-cpu", {"teacher.arch": "resnet20", "student.arch": "resnet8", "teacher.epochs": 15,
                                       "teacher.lr": 0.1, "student.epochs": 6, "indistill.a": 1.0,
                                       "indistill.b": 0.5, "data.train_per_class": 500, "data.val_per_class": 50},
-              "ResNet-20 (trained in the study, 15 epochs on 4,500 images) → ResNet-8")),
+              "ResNet-20 (trained in the study, 15 epochs on 5,000 images) → ResNet-8")),
         {"seeds": 5, "device": "cpu", "precision": "fp32", "data.train_per_class": 1000,
          "data.test_per_class": None, "data.val_per_class": 100, "eval.max_queries": 2000,
          "eval.latency_runs": 20}),
