@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import os
 import socket
 import statistics
@@ -135,20 +136,26 @@ def warm_up(server: Server, timeout: float) -> float:
     return cold
 
 
+def visit(url: str, deadline: float, delay: float) -> dict:
+    """One visitor in its own process: a staggered start, then :func:`visitor`."""
+    time.sleep(delay)
+    out: dict = {}
+    visitor(url, deadline, out)
+    return out
+
+
 def load(server: Server, sessions: int, timeout: float) -> dict:
     cold = warm_up(server, timeout)
     before = server.rss()
     sampler = Sampler(server)
     sampler.start()
     deadline = time.time() + timeout
-    outs = [{} for _ in range(sessions)]
-    threads = [threading.Thread(target=visitor, args=(server.url, deadline, o), daemon=True) for o in outs]
     t0 = time.time()
-    for th in threads:
-        th.start()
-        time.sleep(0.05)
-    for th in threads:
-        th.join(max(1.0, deadline - time.time()))
+    # one process per visitor (as separate browsers/scripts would be): threads in one client process
+    # would measure the client's own GIL contention, not the server
+    with multiprocessing.get_context("spawn").Pool(sessions) as pool:
+        pending = [pool.apply_async(visit, (server.url, deadline, 0.05 * i)) for i in range(sessions)]
+        outs = [r.get(max(1.0, deadline - time.time() + 30)) for r in pending]
     wall = time.time() - t0
     time.sleep(3)
     sampler.stop_flag.set()
