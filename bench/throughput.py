@@ -17,8 +17,9 @@ channels-last batches already in memory (no augmentation, no hooks, no events) d
 only the necessary work per step — the student's forward + backward + SGD step for
 CE, plus the frozen teacher's forward (inference mode, batch norm folded) and Hinton
 KD for KD. The engine's CE and KD phases (``run_segments`` fed by ``BatchStream`` with
-augmentation, the teacher folded as in ``Experiment``) are timed alternately with their
-limits; each share is the median of the paired engine/limit ratios.
+augmentation, the teacher folded as in ``Experiment``) take turns with their limits in
+short rounds (``--chunks`` × ``--chunk-steps``); each share is the median of the
+same-round engine/limit ratios, which holds up on a machine shared with other work.
 
     python bench/throughput.py --device cpu --data-dir ../shared/data/cifar10-jpeg.tar.gz --json
     python bench/throughput.py --device cpu --parts limit --json
@@ -103,24 +104,65 @@ def _sync(rt) -> None:
         torch.cuda.synchronize()
 
 
-def engine_loop(model, data, images: int, rt, batch: int, objective=None, params=None) -> float:
-    """Images/s of the engine's loop (CE unless ``objective``/``params`` are given), after 3 warm-up steps."""
-    stream = BatchStream(data.train, batch, rt.device, data.mean, data.std, seed=0, channels_last=rt.channels_last)
+def engine_loop(model, data, images: int, rt, batch: int) -> float:
+    """Images/s of the engine's CE loop, after 3 warm-up steps."""
+    loop = EngineLoop(model, data, rt, batch)
+    loop(3)
     steps = max(1, images // batch)
-    objective = objective or ce_objective(model)
-    params = params or trainable(model)
-    ctx = LoopContext(rt, lambda e: None, threading.Event(), "bench", 0)
-    run_segments(model, stream, [Segment("warm-up", 3, objective, params, "sgd", 0.05)], ctx)
-    _sync(rt)
-    seconds = run_segments(model, stream, [Segment("train", steps, objective, params, "sgd", 0.05)], ctx)
-    _sync(rt)
-    return steps * stream.batch_size / seconds
+    return steps * loop.stream.batch_size / loop(steps)
 
 
-def engine_kd(model, teacher, loss, data, images: int, rt, batch: int) -> float:
-    """The engine's KD phase: FeatureTaps on both nets, ``kd_objective`` as ``Experiment`` builds it."""
-    with FeatureTap(model) as s_tap, FeatureTap(teacher) as t_tap:
-        return engine_loop(model, data, images, rt, batch, kd_objective(s_tap, t_tap, loss), trainable(model, loss))
+class LimitLoop:
+    """The bare necessary work per step on pre-normalised in-memory ``batches`` (see the module doc)."""
+
+    def __init__(self, model, batches, rt, teacher=None, loss=None) -> None:
+        self.model, self.batches, self.rt, self.teacher, self.loss = model.train(), batches, rt, teacher, loss
+        self.opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4, nesterov=True)
+        self.i = 0
+
+    def step(self, x, y) -> None:
+        if self.teacher is None:
+            total = F.cross_entropy(self.model(x), y)
+        else:
+            with torch.inference_mode():
+                t = self.teacher(x)
+            s = self.model(x)
+            total = self.loss.ce_weight * F.cross_entropy(s, y) + sum(
+                self.loss(Outputs(logits=s), Outputs(logits=t), y).values())
+        self.opt.zero_grad(set_to_none=True)
+        total.backward()
+        self.opt.step()
+
+    def __call__(self, steps: int) -> float:
+        """Seconds for ``steps`` steps."""
+        _sync(self.rt)
+        start = time.perf_counter()
+        for _ in range(steps):
+            self.step(*self.batches[self.i % len(self.batches)])
+            self.i += 1
+        _sync(self.rt)
+        return time.perf_counter() - start
+
+
+class EngineLoop:
+    """The engine: ``run_segments`` over an augmenting ``BatchStream``, one segment per call."""
+
+    def __init__(self, model, data, rt, batch: int, objective=None, params=None) -> None:
+        self.model, self.rt = model, rt
+        self.stream = BatchStream(data.train, batch, rt.device, data.mean, data.std, seed=0,
+                                  channels_last=rt.channels_last)
+        self.objective = objective or ce_objective(model)
+        self.params = params or trainable(model)
+        self.ctx = LoopContext(rt, lambda e: None, threading.Event(), "bench", 0)
+
+    def __call__(self, steps: int) -> float:
+        """Seconds for ``steps`` steps (a fresh segment: optimizer, schedule, shuffled epoch)."""
+        _sync(self.rt)
+        start = time.perf_counter()
+        run_segments(self.model, self.stream, [Segment("train", steps, self.objective, self.params, "sgd", 0.05)],
+                     self.ctx)
+        _sync(self.rt)
+        return time.perf_counter() - start
 
 
 def memory_batches(data, rt, batch: int, count: int = 32) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -128,34 +170,6 @@ def memory_batches(data, rt, batch: int, count: int = 32) -> list[tuple[torch.Te
     stream = BatchStream(data.train, batch, rt.device, data.mean, data.std, augment=False, seed=1,
                          channels_last=rt.channels_last)
     return [b for b, _ in zip(stream.epoch(), range(count))]
-
-
-def limit_loop(model, batches, images: int, rt, teacher=None, loss=None) -> float:
-    """Images/s of the bare necessary work per step on in-memory ``batches`` (see the module doc)."""
-    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4, nesterov=True)
-    model.train()
-
-    def step(x, y):
-        if teacher is None:
-            total = F.cross_entropy(model(x), y)
-        else:
-            with torch.inference_mode():
-                t = teacher(x)
-            s = model(x)
-            total = loss.ce_weight * F.cross_entropy(s, y) + sum(loss(Outputs(logits=s), Outputs(logits=t), y).values())
-        opt.zero_grad(set_to_none=True)
-        total.backward()
-        opt.step()
-
-    steps = max(1, images // len(batches[0][1]))
-    for i in range(3):
-        step(*batches[i % len(batches)])
-    _sync(rt)
-    start = time.perf_counter()
-    for i in range(steps):
-        step(*batches[i % len(batches)])
-    _sync(rt)
-    return steps * len(batches[0][1]) / (time.perf_counter() - start)
 
 
 def load_teacher(path: Path, data, rt):
@@ -168,8 +182,26 @@ def load_teacher(path: Path, data, rt):
     return teacher.eval()
 
 
+def interleaved(loops: dict, chunks: int, steps: int, batch: int) -> dict[str, list[float]]:
+    """Images/s of each loop over ``chunks`` rounds of ``steps`` steps, the loops taking turns
+    (order reversed every other round) so that they share the machine's load alike."""
+    for loop in loops.values():
+        loop(3)  # warm-up
+    rates: dict[str, list[float]] = {name: [] for name in loops}
+    names = list(loops)
+    for c in range(chunks):
+        for name in names if c % 2 == 0 else names[::-1]:
+            rates[name].append(steps * batch / loops[name](steps))
+    return rates
+
+
 def share_of_limit(args, data, rt) -> dict:
-    """Engine vs limit rates for a CE phase and a Hinton-KD phase, measured alternately."""
+    """The engine's CE and KD phases against their limits, measured in interleaved chunks.
+
+    ``share``: median over rounds of engine/limit in the same round (robust to other load
+    on a shared machine); ``best_share``: the best engine round over the best limit round;
+    ``*_img_s``: each loop's best round.
+    """
     teacher = load_teacher(Path(args.teacher), data, rt)
     folded = fold_batchnorm(teacher)
     size = data.train.images.shape[-1]
@@ -181,21 +213,22 @@ def share_of_limit(args, data, rt) -> dict:
         seed_everything(0)
         return rt.prepare(build_model(args.arch, data.num_classes))
 
-    runs: dict[str, list[float]] = {k: [] for k in ("ce_limit", "ce_engine", "kd_limit", "kd_engine", "kd_limit_unfolded")}
-    for _ in range(args.repeats):
-        runs["ce_limit"].append(limit_loop(student(), batches, args.images, rt))
-        runs["ce_engine"].append(engine_loop(student(), data, args.images, rt, args.batch))
-        runs["kd_limit"].append(limit_loop(student(), batches, args.images, rt, folded, loss))
-        runs["kd_engine"].append(engine_kd(student(), folded, loss, data, args.images, rt, args.batch))
-        runs["kd_limit_unfolded"].append(limit_loop(student(), batches, args.images, rt, teacher, loss))
-    med = {k: statistics.median(v) for k, v in runs.items()}
-    out = {"teacher": f"{teacher.arch} ({Path(args.teacher).name}, {folded.folded_pairs} BN folded)"}
-    for phase in ("ce", "kd"):
-        shares = [e / l for e, l in zip(runs[f"{phase}_engine"], runs[f"{phase}_limit"])]
-        out[phase] = {"limit_img_s": round(med[f"{phase}_limit"], 1), "engine_img_s": round(med[f"{phase}_engine"], 1),
-                      "share": round(statistics.median(shares), 3), "shares": [round(v, 3) for v in shares]}
-    out["kd"]["limit_unfolded_teacher_img_s"] = round(med["kd_limit_unfolded"], 1)
-    out["runs"] = {k: [round(v) for v in vs] for k, vs in runs.items()}
+    out = {"teacher": f"{teacher.arch} ({Path(args.teacher).name}, {folded.folded_pairs} BN folded)",
+           "chunks": args.chunks, "chunk_steps": args.chunk_steps}
+    ce = interleaved({"limit": LimitLoop(student(), batches, rt),
+                      "engine": EngineLoop(student(), data, rt, args.batch)}, args.chunks, args.chunk_steps, args.batch)
+    kd_student = student()
+    with FeatureTap(kd_student) as s_tap, FeatureTap(folded) as t_tap:
+        kd = interleaved({"limit": LimitLoop(student(), batches, rt, folded, loss),
+                          "engine": EngineLoop(kd_student, data, rt, args.batch, kd_objective(s_tap, t_tap, loss),
+                                               trainable(kd_student, loss)),
+                          "limit_unfolded_teacher": LimitLoop(student(), batches, rt, teacher, loss)},
+                         args.chunks, args.chunk_steps, args.batch)
+    for phase, rates in (("ce", ce), ("kd", kd)):
+        paired = [e / l for e, l in zip(rates["engine"], rates["limit"])]
+        out[phase] = {f"{name}_img_s": round(max(r), 1) for name, r in rates.items()} | {
+            "share": round(statistics.median(paired), 3), "best_share": round(max(rates["engine"]) / max(rates["limit"]), 3),
+            "round_shares": [round(v, 3) for v in paired], "round_img_s": {k: [round(v) for v in r] for k, r in rates.items()}}
     return out
 
 
@@ -212,6 +245,8 @@ def main() -> None:
     p.add_argument("--parts", default="reference,limit",
                    help="comma-separated: reference (vs a DataLoader loop), limit (share of the student's limit)")
     p.add_argument("--teacher", default=str(TEACHER), help="teacher checkpoint for the KD phase (default: shipped CNN 16/32/64)")
+    p.add_argument("--chunks", type=int, default=24, help="limit: rounds, each loop taking a turn")
+    p.add_argument("--chunk-steps", type=int, default=8, help="limit: steps per loop per round")
     p.add_argument("--json", action="store_true")
     args = p.parse_args()
     parts = set(args.parts.split(","))
