@@ -67,6 +67,13 @@ class Studio:
         import atexit
         atexit.register(shutil.rmtree, self.scratch, True)
         self.uploads = self.runs_root / ".uploads"
+        from app.data import default_cache_dir
+        roots = [(self.uploads, "<your upload>"), (self.runs_root, "<runs>"), (ASSETS, "assets"),
+                 (default_cache_dir(), "<cache>"), (Path(tempfile.gettempdir()), "<tmp>")]
+        if policy.data_root() is not None:
+            roots.append((policy.data_root(), "<data root>"))
+        # server paths a public message must not show, resolved once: (text, placeholder)
+        self.places = [(str(p), name) for path, name in roots for p in dict.fromkeys((path.resolve(), path))]
 
     def context(self, session: dict | None) -> FormContext:
         upload = (session or {}).get("upload")
@@ -102,14 +109,8 @@ def shown(text: str) -> str:
     s = studio()
     if not s.public or not text:
         return text
-    from app.data import default_cache_dir
-    import tempfile
-    places = [(s.uploads, "<your upload>"), (s.runs_root, "<runs>"), (ASSETS, "assets"),
-              (default_cache_dir(), "<cache>"), (Path(tempfile.gettempdir()), "<tmp>")]
-    if policy.data_root() is not None:
-        places.append((policy.data_root(), "<data root>"))
-    for path, name in places:
-        text = text.replace(str(path.resolve()), name).replace(str(path), name)
+    for path, name in s.places:
+        text = text.replace(path, name)
     return text
 
 
@@ -439,13 +440,13 @@ def tick_charts(session: Any, seen):
 def status_dict(session: Any) -> dict:
     """The run on show as plain data (the ``status`` API endpoint)."""
     session = session_of(session)
-    job, _, _ = _access(session)
+    job, results, refusal = _access(session)
     if job is not None:  # live or recent: read the job's facts without copying its curves
         out = job.summary()
         return {**out, "read_only": job.owner != owner(session), "error": shown(out["error"] or "") or None}
-    snap, refusal = _view(session)
-    if snap is None:
+    if results is None:
         return {"run": session.get("run"), "state": None, "message": refusal or "no run yet"}
+    snap = runfolder.snapshot_from_results(session["run"], results)  # the one read of results.json
     last = views.last_step(snap)
     phases = {p: {"test_acc": r.get("test_acc"), "test_acc_std": r.get("test_acc_std")}
               for p, r in (snap.get("results") or {}).items() if isinstance(r, dict) and "test_acc" in r}

@@ -34,5 +34,7 @@ def launch(**kwargs):
     demo.launch(server_name=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"),
                 server_port=int(os.environ.get("GRADIO_SERVER_PORT", "7860")),
                 max_file_size="50mb" if s.public else "500mb", allowed_paths=[str(ASSETS)],
-                blocked_paths=[str(s.runs_root)], footer_links=["api", "gradio"], **kwargs)
+                blocked_paths=[str(s.runs_root)], footer_links=["api", "gradio"],
+                state_session_capacity=2000 if s.public else 10000,  # ~0.3 MB each: sessions stay bounded
+                **kwargs)
     return demo
