@@ -27,6 +27,7 @@ from .checkpoint import CheckpointError
 from .export import ExportError
 from .losses import LOSSES
 from .runfolder import RunIdError, new_run_id
+from .sweep import SweepError
 
 
 def _catalogue() -> dict:
@@ -215,6 +216,24 @@ def cmd_train_teacher(args) -> int:
     return 0
 
 
+def _backend(args, device: str):
+    """None for ``--backend local``; a Ray backend whose tasks declare one GPU each when the
+    runs are set to ``device=cuda`` (``--task-gpus`` overrides)."""
+    from .sweep import make_backend
+    gpus = args.task_gpus if args.task_gpus is not None else (1 if device == "cuda" else 0)
+    return make_backend(args.backend, args.address, num_cpus=args.ray_cpus, task_cpus=args.task_cpus, task_gpus=gpus)
+
+
+def _sweep_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("where the units run")
+    g.add_argument("--backend", choices=["local", "ray"], default="local",
+                   help="local: here, one unit after another; ray: units as Ray tasks (pip install -r requirements-ray.txt)")
+    g.add_argument("--address", help="join this Ray cluster ('auto', or ray://HOST:10001); default: start a local Ray")
+    g.add_argument("--ray-cpus", type=int, help="CPUs of the local Ray (default: all cores)")
+    g.add_argument("--task-cpus", type=int, default=1, help="CPUs (training threads) each task declares (default 1)")
+    g.add_argument("--task-gpus", type=float, help="GPUs each task declares (default 1 when device=cuda, else 0)")
+
+
 def cmd_grid(args) -> int:
     from .grid import CurriculumGrid, parse_values
     if distributed.from_env().enabled:
@@ -222,9 +241,15 @@ def cmd_grid(args) -> int:
     cfg = _config(args)
     progress = _progress(args)
     run_dir = Path(args.out) / new_run_id(f"grid-{cfg.name}")
-    grid = CurriculumGrid(cfg, parse_values(args.a, "--a"), parse_values(args.b, "--b"), run_dir, emit=progress)
+    backend = _backend(args, cfg.device)
+    grid = CurriculumGrid(cfg, parse_values(args.a, "--a"), parse_values(args.b, "--b"), run_dir, emit=progress,
+                          backend=backend)
     progress.experiment = grid
-    results = grid.run()
+    try:
+        results = grid.run()
+    finally:
+        if backend is not None:
+            backend.shutdown()
     print("mode        a     b   warm-up + KD epochs   test acc % [95 % interval]")
     for c in results["grid"]["cells"]:
         ci = c.get("test_acc_ci") or [c["test_acc"]] * 2
@@ -245,8 +270,14 @@ def cmd_report(args) -> int:
         print(json.dumps({"study": s.name, "minutes_on_2_cpu_cores": minutes, "total": round(sum(minutes.values()), 1)}))
         return 0
     progress = _progress(args)
-    root = report.run_study(s, args.out, data_dir=args.data_dir, cache_dir=args.cache_dir, emit=progress,
-                            on_experiment=lambda exp: setattr(progress, "experiment", exp))
+    backend = _backend(args, str(s.settings.get("device", "auto")))
+    try:
+        root = report.run_study(s, args.out, data_dir=args.data_dir, cache_dir=args.cache_dir, emit=progress,
+                                on_experiment=lambda exp: setattr(progress, "experiment", exp), backend=backend,
+                                parts=report.PARTS if args.part == "all" else (args.part,))
+    finally:
+        if backend is not None:
+            backend.shutdown()
     print(f"report: {root / 'report.md'}, {root / 'report.html'}, {root / 'report.csv'}")
     if args.ship:
         from . import library
@@ -321,6 +352,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--epochs-scale", type=float)
     p.add_argument("--seeds", type=int)
     _common(p)
+    _sweep_options(p)
     p.set_defaults(func=cmd_grid)
     p = sub.add_parser("train-teacher", help="train a teacher with CE and save its checkpoint")
     p.add_argument("--arch", required=True)
@@ -338,10 +370,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data-dir", help="the CIFAR-10 JPEG copy (default $INDISTILL_DATA_DIR)")
     p.add_argument("--cache-dir", help="where decoded tensors are cached")
     p.add_argument("--estimate", action="store_true", help="print the cost model's minutes per pair; run nothing")
+    p.add_argument("--part", choices=["all", "arms", "grids"], default="all",
+                   help="arms: each pair's baseline/KD/InDistill+KD seeds; grids: each pair's a × b grid (Fig. 5)")
     p.add_argument("--ship", action="store_true",
                    help="then copy each pair's results (curves downsampled) into assets/library/<study>-<pair>/")
     p.add_argument("--quiet", action="store_true")
     _events(p)
+    _sweep_options(p)
     p.set_defaults(func=cmd_report)
     p = sub.add_parser("export", help="export a checkpoint to ONNX, check it against PyTorch, time both "
                                       "(needs: pip install -r requirements-extra.txt)")
@@ -357,7 +392,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with contextlib.ExitStack() as args.stack:  # files a command opens (--events)
             return args.func(args)
-    except (ConfigError, DataError, CheckpointError, RunIdError, ExportError) as exc:
+    except (ConfigError, DataError, CheckpointError, RunIdError, ExportError, SweepError) as exc:
         print("error: " + " ".join(str(exc).split()), file=sys.stderr)
         return 2
     finally:

@@ -2,7 +2,8 @@
 
 Every unit (one phase for one seed) goes through one runner, :meth:`Experiment.run_unit`:
 build → stream → started → run segments → evaluate → save → record, so a cancelled or
-crashed run resumes from the last finished unit (``Experiment(resume=...)``). Cost is
+crashed run resumes from the last finished unit (``Experiment(resume=...)``), and a sweep
+backend can run chosen student units elsewhere (``only=``, :mod:`app.sweep`). Cost is
 measured once per architecture and width (``results["costs"]``); after the students,
 ``results["comparisons"]`` holds the paired differences KD − baseline and
 InDistill+KD − KD with their intervals and verdicts (:mod:`app.stats`).
@@ -16,7 +17,7 @@ import statistics
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Collection
 
 from torch import nn
 
@@ -87,7 +88,8 @@ class Experiment:
 
     def __init__(self, cfg: ExperimentConfig | None = None, run_dir: str | Path | None = None, *,
                  runs_root: str | Path = "runs", emit: Callable[[ev.Event], None] | None = None,
-                 cancel: threading.Event | None = None, resume: bool = False) -> None:
+                 cancel: threading.Event | None = None, resume: bool = False,
+                 only: Collection[str] | None = None) -> None:
         if resume:
             config = read_json(RunFolder(Path(run_dir)).config) if run_dir is not None else None
             if config is None:
@@ -109,6 +111,9 @@ class Experiment:
         self.done_steps = 0
         self._verified: dict[str, bool] = {}
         self.flow_targets: list | None = None    # the pruned network's kept channels on the info batch
+        # student units to run (names such as ``kd-s2``); None: all, then aggregate and compare.
+        # A selection leaves the run ``partial``: the driver merges it (:mod:`app.sweep`).
+        self.only = None if only is None else frozenset(only)
 
     # ------------------------------------------------------------ helpers
     def log(self, message: str) -> None:
@@ -142,6 +147,9 @@ class Experiment:
                 self.log(f"resume: {name} is recorded as done but its checkpoint does not load ({exc}); "
                          "re-running that unit")
         return self._verified[name]
+
+    def selected(self, phase: str, seed: int) -> bool:
+        return self.only is None or unit_name(phase, seed) in self.only
 
     def release(self) -> None:
         """Drop the dataset and evaluation batch (a finished job keeps only its results)."""
@@ -229,15 +237,17 @@ class Experiment:
                 self.flow_reference(pruned, maps)
             for phase in self.plan.schedules:
                 for seed in range(self.cfg.seeds):
-                    self.student_phase(phase, seed, stage2, frozen_pruned, maps)  # maps: from the unfolded filters
-                if self.dist.main:  # rank 0 alone records results
+                    if self.selected(phase, seed):
+                        self.student_phase(phase, seed, stage2, frozen_pruned, maps)  # maps: unfolded filters
+                if self.dist.main and self.only is None:  # rank 0 alone records results
                     self.aggregate(phase)
-            if self.dist.main:
+            if self.dist.main and self.only is None:
                 self.compare()
             self.dist.barrier()  # the other ranks wait for rank 0's last evaluation and writes
-            self.results["status"] = "finished"
+            self.results["status"] = "finished" if self.only is None else "partial"
             self.save_results()
-            self.emit(ev.Finished(str(self.run_dir), self.results))
+            if self.only is None:
+                self.emit(ev.Finished(str(self.run_dir), self.results))
         except CancelledError:
             self.results["status"] = "cancelled"
             self.save_results()
@@ -305,7 +315,8 @@ class Experiment:
             total += sum(steps_for(p.epochs, spe) for p in self.aux_segments())
         for phase, schedule in self.plan.schedules.items():
             per_seed = sum(steps_for(p.epochs, spe) for p in schedule)
-            total += per_seed * sum(not self.unit_done(phase, s) for s in range(self.cfg.seeds))
+            total += per_seed * sum(self.selected(phase, s) and not self.unit_done(phase, s)
+                                    for s in range(self.cfg.seeds))
         return total
 
     @property
@@ -461,6 +472,7 @@ class Experiment:
         else:
             kd = u.segments[-1]
             params = {"ce": 0.0} if self.reference else {}
+            seed_everything(0)
             u.kd_loss = build_loss(kd.loss, self.aux_spec, self.spec(self.cfg.teacher.arch), params).to(self.rt.device)
         return self.run_unit(u)
 
@@ -472,6 +484,7 @@ class Experiment:
             return
         t_spec = self.aux_spec if (self.reference and self.plan.use_aux) else self.spec(cfg.teacher.arch)
         name, params = stage2_loss(cfg)
+        seed_everything(seed)  # a loss with parameters (FitNets' regressors) starts the same in any process
         kd_loss = build_loss(name, self.spec(cfg.student.arch), t_spec, params).to(self.rt.device)
         self.run_unit(Unit(phase, seed, cfg.student.arch, 1.0, self.plan.schedules[phase], cfg.optim.lr, teacher,
                            pruned, maps, kd_loss))

@@ -7,7 +7,8 @@ budget T (``student.epochs``); the warm-up Σ S_l comes out of it and KD gets th
 T − Σ S_l. A cell whose warm-up leaves no KD epochs is refused. Every cell is an ordinary
 :class:`~app.experiment.Experiment` with only the InDistill student; all share one teacher
 and one auxiliary teacher (trained by the first cell unless given, then passed on as
-``teacher.checkpoint`` and ``indistill.aux_checkpoint``).
+``teacher.checkpoint`` and ``indistill.aux_checkpoint``). With a Ray backend
+(:mod:`app.sweep`) the first cell runs as one task, then every other cell at once.
 """
 from __future__ import annotations
 
@@ -42,8 +43,8 @@ class CurriculumGrid:
 
     def __init__(self, cfg: ExperimentConfig, a_values: list[float], b_values: list[float], run_dir: str | Path, *,
                  emit: Callable[[ev.Event], None] | None = None, cancel: threading.Event | None = None,
-                 include_joint: bool = True, include_off: bool = True) -> None:
-        self.cfg, self.run_dir = cfg, Path(run_dir)
+                 include_joint: bool = True, include_off: bool = True, backend=None) -> None:
+        self.cfg, self.run_dir, self.backend = cfg, Path(run_dir), backend  # backend: None (here) or app.sweep
         self.emit = emit or (lambda e: None)
         self.cancel = cancel or threading.Event()
         self.total = cfg.student.epochs           # T: every cell's student epochs, warm-up included
@@ -96,51 +97,88 @@ class CurriculumGrid:
         if self.current is not None:
             self.current.release()
 
+    def cell_dir(self, i: int) -> Path:
+        return self.run_dir / f"cell-{i}"
+
+    def shared(self, cfg: ExperimentConfig) -> ExperimentConfig:
+        """``cfg`` with the teacher and auxiliary teacher of the first cell (once it ran)."""
+        shared = {k: v for k, v in (("teacher.checkpoint", self.teacher_ckpt),
+                                    ("indistill.aux_checkpoint", self.aux_ckpt)) if v}
+        return cfg.with_overrides(shared) if shared else cfg
+
     def run(self) -> dict:
+        """Every cell in order (the first trains the shared networks), recorded as it ends."""
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.results["status"] = "running"
-        teacher_ckpt, aux_ckpt = self.cfg.teacher.checkpoint, self.cfg.indistill.aux_checkpoint
-        for i, ((mode, a, b), cfg) in enumerate(zip(self.cells, self.configs)):
-            if teacher_ckpt:
-                cfg = cfg.with_overrides({"teacher.checkpoint": teacher_ckpt})
-            if aux_ckpt:
-                cfg = cfg.with_overrides({"indistill.aux_checkpoint": aux_ckpt})
-            self.emit(ev.Log(f"grid cell {i + 1}/{len(self.cells)}: {mode} a={a:g} b={b:g}"))
-            self.current = Experiment(cfg, self.run_dir / f"cell-{i}", emit=self._forward, cancel=self.cancel)
-            try:
-                out = self.current.run()
-            except Exception:
-                self.results["status"] = "failed"
-                RunFolder(self.run_dir).write_results(self.results)
-                raise
-            if out["status"] != "finished":
-                self.results["status"] = out["status"]
-                RunFolder(self.run_dir).write_results(self.results)
-                return self.results
-            teacher_ckpt = teacher_ckpt or str(self.current.ckpt("teacher"))
-            if "aux" in out["phases"] and not aux_ckpt:
-                aux_ckpt = str(self.current.ckpt("aux"))
-            ind = out["phases"]["indistill"]
-            unit = ind["units"]["0"]
-            schedule = out["schedule"]["indistill"]
-            self.results["grid"]["cells"].append({
-                "mode": mode, "a": a, "b": b, "test_acc": ind["test_acc"], "test_acc_ci": ind.get("test_acc_ci"),
-                "test_images": unit.get("test_images"), "correct": unit.get("correct"),
-                "warmup_epochs": sum(p["epochs"] for p in schedule if p["kind"] != "kd"),
-                "kd_epochs": sum(p["epochs"] for p in schedule if p["kind"] == "kd"),
-                "total_epochs": sum(p["epochs"] for p in schedule),
-                "info_flow": [h.get("info_flow") for h in unit.get("history", [])],
-                "epochs": [h["epoch"] for h in unit.get("history", [])]})
-            for shared in ("teacher", "aux"):
-                if shared in out["phases"] and shared not in self.results["phases"]:
-                    self.results["phases"][shared] = out["phases"][shared]
-            self.finished_cells += 1
+        self.teacher_ckpt, self.aux_ckpt = self.cfg.teacher.checkpoint, self.cfg.indistill.aux_checkpoint
+        try:
+            for i, out in (self._cells_here() if self.backend is None else self._cells_on_ray()):
+                if out["status"] != "finished":
+                    self.results["status"] = out["status"]
+                    RunFolder(self.run_dir).write_results(self.results)
+                    return self.results
+                self._record(i, out)
+        except Exception:
+            self.results["status"] = "failed"
             RunFolder(self.run_dir).write_results(self.results)
+            raise
         self.results["grid"]["comparisons"] = self.compare(self.results["grid"]["cells"])
         self.results["status"] = "finished"
         RunFolder(self.run_dir).write_results(self.results)
         self.emit(ev.Finished(str(self.run_dir), self.results))
         return self.results
+
+    def finished_cell(self, i: int) -> dict | None:
+        """A cell's results when an earlier run of this grid finished it (resume cell by cell)."""
+        results = RunFolder(self.cell_dir(i)).read_results() or {}
+        return results if results.get("status") == "finished" else None
+
+    def _cells_here(self):
+        for i, ((mode, a, b), cfg) in enumerate(zip(self.cells, self.configs)):
+            if (done := self.finished_cell(i)) is not None:
+                self.emit(ev.Log(f"grid cell {i + 1}/{len(self.cells)}: finished earlier"))
+                yield i, done
+                continue
+            self.emit(ev.Log(f"grid cell {i + 1}/{len(self.cells)}: {mode} a={a:g} b={b:g}"))
+            self.current = Experiment(self.shared(cfg), self.cell_dir(i), emit=self._forward, cancel=self.cancel)
+            yield i, self.current.run()
+
+    def _cells_on_ray(self):
+        """The first cell as one task; then every other cell at once, with the first's networks."""
+        from .sweep import run_experiments
+        self.emit(ev.Log(f"grid on {self.backend.describe()}: cell 1 trains the shared networks, then "
+                         f"{len(self.cells) - 1} cells at once"))
+        first = self.finished_cell(0) or run_experiments(
+            self.backend, [(self.shared(self.configs[0]), self.cell_dir(0))], emit=self.emit, cancel=self.cancel)[0]
+        yield 0, first
+        todo = [i for i in range(1, len(self.configs)) if self.finished_cell(i) is None]
+        outs = dict(zip(todo, run_experiments(self.backend, [(self.shared(self.configs[i]), self.cell_dir(i))
+                                                             for i in todo], emit=self.emit, cancel=self.cancel)))
+        for i in range(1, len(self.configs)):
+            yield i, outs.get(i) or self.finished_cell(i)
+
+    def _record(self, i: int, out: dict) -> None:
+        mode, a, b = self.cells[i]
+        folder = RunFolder(self.cell_dir(i))
+        self.teacher_ckpt = self.teacher_ckpt or str(folder.checkpoint("teacher"))
+        if "aux" in out["phases"] and not self.aux_ckpt:
+            self.aux_ckpt = str(folder.checkpoint("aux"))
+        ind = out["phases"]["indistill"]
+        unit = ind["units"]["0"]
+        schedule = out["schedule"]["indistill"]
+        self.results["grid"]["cells"].append({
+            "mode": mode, "a": a, "b": b, "test_acc": ind["test_acc"], "test_acc_ci": ind.get("test_acc_ci"),
+            "test_images": unit.get("test_images"), "correct": unit.get("correct"),
+            "warmup_epochs": sum(p["epochs"] for p in schedule if p["kind"] != "kd"),
+            "kd_epochs": sum(p["epochs"] for p in schedule if p["kind"] == "kd"),
+            "total_epochs": sum(p["epochs"] for p in schedule),
+            "info_flow": [h.get("info_flow") for h in unit.get("history", [])],
+            "epochs": [h["epoch"] for h in unit.get("history", [])]})
+        for shared in ("teacher", "aux"):
+            if shared in out["phases"] and shared not in self.results["phases"]:
+                self.results["phases"][shared] = out["phases"][shared]
+        self.finished_cells += 1
+        RunFolder(self.run_dir).write_results(self.results)
 
     @staticmethod
     def compare(cells: list[dict]) -> list[dict]:

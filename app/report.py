@@ -19,9 +19,19 @@ from typing import Callable
 
 from . import events as ev
 from .config import ASSETS, ConfigError, ExperimentConfig, preset
-from .runfolder import RunFolder, resolve, snapshot_from_results, write_json
+from .runfolder import RunFolder, read_json, resolve, snapshot_from_results, write_json
 
 ARMS = ("baseline", "kd", "indistill")
+PARTS = ("arms", "grids")
+
+
+@dataclass(frozen=True)
+class GridSpec:
+    """A pair's a × b curriculum grid (the paper's Fig. 5) at a total of ``epochs`` student
+    epochs per cell, warm-up included (:class:`~app.grid.CurriculumGrid`)."""
+    a: tuple[float, ...]
+    b: tuple[float, ...]
+    epochs: float
 
 
 @dataclass(frozen=True)
@@ -31,6 +41,7 @@ class Pair:
     preset: str
     overrides: dict
     summary: str
+    grid: GridSpec | None = None   # Fig. 5, run after the arms
 
 
 @dataclass(frozen=True)
@@ -55,6 +66,8 @@ class Study:
 
 
 _CNN_TEACHER = str(ASSETS / "teachers" / "cnn_16_32_64.pt")
+# the cpu study's Fig. 5: a ∈ {0.5, 1} × b ∈ {0, 0.5} at the arms' total of 15 student epochs
+CPU_GRID = GridSpec((0.5, 1.0), (0.0, 0.5), 15)
 _SMALL_EVAL = {"eval.latency_runs": 2, "eval.info_batch": 32, "optim.batch_size": 24}
 
 STUDIES: dict[str, Study] = {
@@ -62,7 +75,7 @@ STUDIES: dict[str, Study] = {
         "smoke", "seconds: the shipped CNN 16/32/64 → CNN 8/16/32 on 12 images per class of the embedded sample, "
                  "2 seeds, one KD epoch (for the tests)",
         (Pair("cnn", "workshop", {"student.epochs": 1, "indistill.a": 0.5, "indistill.b": 0.25},
-              "shipped CNN 16/32/64 → CNN 8/16/32"),),
+              "shipped CNN 16/32/64 → CNN 8/16/32", GridSpec((0.1,), (0.0,), 1)),),
         {"seeds": 2, "device": "cpu", "data.train_per_class": 12, "data.test_per_class": 4,
          "data.val_per_class": 3} | _SMALL_EVAL, needs_data_dir=False),
     # Sized with app.public.estimate (2 CPU cores; `report --study cpu --estimate` prints it): the CNN pair on
@@ -74,11 +87,11 @@ STUDIES: dict[str, Study] = {
                "equal-epoch controls; 2 CPU cores",
         (Pair("cnn", "workshop", {"data.dataset": "cifar10", "teacher.checkpoint": _CNN_TEACHER,
                                   "student.epochs": 6, "indistill.a": 1.0, "indistill.b": 0.5},
-              "shipped CNN 16/32/64 (trained on all 50,000 images) → CNN 8/16/32"),
+              "shipped CNN 16/32/64 (trained on all 50,000 images) → CNN 8/16/32", CPU_GRID),
          Pair("resnet", "quick-cpu", {"teacher.arch": "resnet20", "student.arch": "resnet8", "teacher.epochs": 15,
                                       "teacher.lr": 0.1, "student.epochs": 6, "indistill.a": 1.0,
                                       "indistill.b": 0.5, "data.train_per_class": 500, "data.val_per_class": 50},
-              "ResNet-20 (trained in the study, 15 epochs on 5,000 images) → ResNet-8")),
+              "ResNet-20 (trained in the study, 15 epochs on 5,000 images) → ResNet-8", CPU_GRID)),
         {"seeds": 5, "device": "cpu", "precision": "fp32", "data.train_per_class": 1000,
          "data.test_per_class": None, "data.val_per_class": 100, "eval.max_queries": 2000,
          "eval.latency_runs": 20}),
@@ -112,11 +125,59 @@ def estimate_minutes(s: Study, data_dir: str | None = "x") -> dict[str, float]:
 
 def run_study(s: Study, out: str | Path = "reports", *, data_dir: str | None = None, cache_dir: str | None = None,
               emit: Callable[[ev.Event], None] | None = None,
-              on_experiment: Callable[[object], None] | None = None) -> Path:
-    """Run (or resume) every pair of ``s`` under ``<out>/<study>/``, then write the report; returns its folder."""
-    from .experiment import Experiment
+              on_experiment: Callable[[object], None] | None = None, backend=None,
+              parts: tuple[str, ...] = PARTS) -> Path:
+    """Run (or resume) every pair of ``s`` under ``<out>/<study>/``, then write the report; returns its folder.
+
+    ``backend``: None runs the pairs here, one unit after another; a :class:`~app.sweep.RayBackend`
+    runs each pair's shared networks, then every student unit of every pair, as Ray tasks.
+    ``parts``: ``arms`` (the pairs' experiments) and/or ``grids`` (each pair's a × b grid)."""
+    unknown = set(parts) - set(PARTS)
+    if unknown:
+        raise ConfigError(f"unknown part(s) {sorted(unknown)}; a study has {', '.join(PARTS)}")
     root = Path(out) / s.name
     root.mkdir(parents=True, exist_ok=True)
+    if "arms" in parts and backend is not None:
+        from .sweep import run_units
+        runs = []
+        for pair, cfg in s.configs(data_dir, cache_dir):
+            folder = RunFolder(resolve(root, pair.name))
+            saved = read_json(folder.config) if folder.config.is_file() else None  # resume: its own config
+            runs.append((ExperimentConfig.from_dict(saved) if saved else cfg, folder.path))
+        for (pair, _), results in zip(s.configs(data_dir, cache_dir), run_units(backend, runs, emit=emit)):
+            if results.get("status") != "finished":
+                raise RuntimeError(f"pair {pair.name} did not finish; run the same command again to resume it")
+    elif "arms" in parts:
+        _run_pairs_here(s, root, data_dir, cache_dir, emit, on_experiment)
+    for pair, cfg in s.configs(data_dir, cache_dir):
+        if pair.grid and "grids" in parts:
+            run_pair_grid(pair, cfg, root, emit=emit, on_experiment=on_experiment, backend=backend)
+    write_report(s, root)
+    return root
+
+
+def run_pair_grid(pair: Pair, cfg: ExperimentConfig, root: Path, *, emit=None, on_experiment=None, backend=None) -> dict:
+    """The pair's a × b grid (with the joint and no-warm-up controls) in ``<root>/<pair>-grid/``,
+    sharing the pair's teacher (and auxiliary teacher); finished cells are not run again."""
+    from .grid import CurriculumGrid
+    folder = RunFolder(resolve(root, pair.name))
+    shared: dict = {"student.epochs": pair.grid.epochs}
+    for key, unit, given in (("teacher.checkpoint", "teacher", cfg.teacher.checkpoint),
+                             ("indistill.aux_checkpoint", "aux", cfg.indistill.aux_checkpoint)):
+        if folder.checkpoint(unit).is_file() and not given:  # else the grid's first cell trains it
+            shared[key] = str(folder.checkpoint(unit))
+    grid = CurriculumGrid(cfg.with_overrides(shared), list(pair.grid.a), list(pair.grid.b),
+                          resolve(root, f"{pair.name}-grid"), emit=emit, backend=backend)
+    if on_experiment is not None:
+        on_experiment(grid)
+    out = grid.run()
+    if out["status"] != "finished":
+        raise RuntimeError(f"the grid of pair {pair.name} did not finish; run the same command again to resume it")
+    return out
+
+
+def _run_pairs_here(s: Study, root: Path, data_dir, cache_dir, emit, on_experiment) -> None:
+    from .experiment import Experiment
     for pair, cfg in s.configs(data_dir, cache_dir):
         folder = RunFolder(resolve(root, pair.name))
         exp = Experiment(run_dir=folder.path, resume=True, emit=emit) if folder.config.is_file() \
@@ -125,8 +186,6 @@ def run_study(s: Study, out: str | Path = "reports", *, data_dir: str | None = N
             on_experiment(exp)
         if exp.run()["status"] != "finished":
             raise RuntimeError(f"pair {pair.name} did not finish; run the same command again to resume it")
-    write_report(s, root)
-    return root
 
 
 # ---------------------------------------------------------------- the report
@@ -177,6 +236,23 @@ def cost_table(results: dict) -> tuple[list[str], list[list[str]]]:
     return head, rows
 
 
+def grid_table(grid: dict) -> tuple[list[str], list[list[str]]]:
+    """Per grid cell and control: warm-up + KD epochs, accuracy with its interval, and the paired
+    difference to the no-warm-up control with its interval and verdict."""
+    head = ["run", "a", "b", "warm-up + KD epochs", "test acc %", "95 % interval", "− no warm-up (points)",
+            "95 % interval", "verdict"]
+    vs = {(c["mode"], c["a"], c["b"]): c for c in grid.get("comparisons") or []}
+    rows = []
+    for c in grid.get("cells", []):
+        d = vs.get((c["mode"], c["a"], c["b"]))
+        off = c["mode"] == "off"
+        rows.append([c["mode"], "–" if off else f"{c['a']:g}", "–" if off else f"{c['b']:g}",
+                     f"{c['warmup_epochs']:g} + {c['kd_epochs']:g}", _pct(c["test_acc"]), _interval(c.get("test_acc_ci")),
+                     f"{d['diff'] * 100:+.2f}" if d else "–", _interval(d["ci"], True) if d else "–",
+                     d["verdict"] if d else ("the control" if off else "–")])
+    return head, rows
+
+
 def _md(head: list[str], rows: list[list[str]]) -> str:
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows])
@@ -219,6 +295,21 @@ def csv_rows(pair: str, results: dict) -> list[dict]:
     return rows
 
 
+def grid_csv_rows(pair: str, grid: dict) -> list[dict]:
+    vs = {(c["mode"], c["a"], c["b"]): c for c in grid.get("comparisons") or []}
+    rows = []
+    for c in grid.get("cells", []):
+        ci, d = c.get("test_acc_ci") or [None, None], vs.get((c["mode"], c["a"], c["b"]))
+        name = f"grid {c['mode']} a={c['a']:g} b={c['b']:g}"
+        rows.append({"pair": pair, "row": "grid", "name": name, "seed": 0, "metric": "test_acc", "value": c["test_acc"],
+                     "ci_low": ci[0], "ci_high": ci[1], "n": c.get("test_images"), "verdict": "", "train_seconds": ""})
+        if d:
+            rows.append({"pair": pair, "row": "grid comparison", "name": f"{name} - off", "seed": 0,
+                         "metric": "test_acc", "value": d["diff"], "ci_low": d["ci"][0], "ci_high": d["ci"][1],
+                         "n": c.get("test_images"), "verdict": d["verdict"], "train_seconds": ""})
+    return rows
+
+
 def write_report(s: Study, root: Path) -> dict[str, Path]:
     """report.md, report.html and report.csv in ``root`` from its pairs' results.json."""
     md = [f"# Study `{s.name}`", "", s.summary, ""]
@@ -250,8 +341,22 @@ def write_report(s: Study, root: Path) -> dict[str, Path]:
                     f"{ref['estimator']}; divergence {ref['divergence']}; on {ref['images']} validation images.")
             md += [note, ""]
             body.append(f"<p>{html.escape(note)}</p>")
-        md += ["Figures (information per layer, Fig. 2 and Fig. 4 analogues, accuracy vs cost): report.html", ""]
-        for fig in pair_figures(results):
+        grid = (RunFolder(resolve(root, f"{pair.name}-grid")).read_results() or {}).get("grid") if pair.grid else None
+        figures = pair_figures(results)
+        if grid and grid.get("cells"):
+            from .ui import views
+            head, table = grid_table(grid)
+            note = (f"The a × b curriculum grid (Fig. 5 analogue): the InDistill+KD student alone, seed 0, every run "
+                    f"{grid['total_epochs']:g} student epochs in all (the warm-up Σ S_l comes out of them, KD gets the "
+                    f"rest), one shared teacher; the joint control runs the same warm-up without the curriculum, the "
+                    f"no-warm-up control KD only. Differences are paired on the same test images (McNemar-style interval).")
+            md += ["### Curriculum grid (Fig. 5 analogue)", "", note, "", _md(head, table), ""]
+            body.append("<h3>Curriculum grid (Fig. 5 analogue)</h3>" + f"<p>{html.escape(note)}</p>" + _html_table(head, table))
+            figures += list(views.grid_figures(grid))
+            rows += grid_csv_rows(pair.name, grid)
+        md += ["Figures (information per layer, Fig. 2 and Fig. 4 analogues, accuracy vs cost"
+               + (", the grid's heatmap" if grid else "") + "): report.html", ""]
+        for fig in figures:
             body.append(fig.to_html(full_html=False, include_plotlyjs="inline" if first_fig else False))
             first_fig = False
         rows += csv_rows(pair.name, results)

@@ -1,6 +1,8 @@
 """ONNX export: the round trip matches PyTorch on real images; a missing extra says what to install."""
 import builtins
 import json
+import re
+from pathlib import Path
 
 import pytest
 import torch
@@ -84,3 +86,29 @@ def test_a_checkpoint_without_metadata_is_refused(tmp_path, capsys):
     torch.save(build_model("cnn_8_16_32").state_dict(), path)
     assert cli(["export", str(path), "--out", str(tmp_path / "bare.onnx")]) == 2
     assert "no architecture in its metadata" in capsys.readouterr().err
+
+
+def test_compare_exports_a_student_of_the_run_on_show(cifar_jpeg, cache_dir, tmp_path, monkeypatch):
+    pytest.importorskip("onnxruntime")
+    from app.experiment import Experiment
+    from app.runfolder import new_run_id
+    from app.ui import handlers as ui
+    from test_experiment import tiny
+    monkeypatch.delenv("INDISTILL_DATA_DIR", raising=False)   # check images: the embedded sample
+    monkeypatch.setenv("INDISTILL_CACHE", str(cache_dir))
+    ui.configure(runs_root=tmp_path / "runs")
+    assert "no student checkpoints" in ui.export_onnx(None, "kd-s0")[1]
+    run_id = new_run_id("onnx")
+    cfg = tiny(cifar_jpeg, cache_dir, **{"phases.baseline": False, "phases.indistill": False})
+    Experiment(cfg, tmp_path / "runs" / run_id).run()
+    session, _, msg = ui.open_run(None, run_id)
+    picker = ui.onnx_choices(session)
+    assert picker["choices"] == ["kd-s0"] and picker["value"] == "kd-s0"
+    path, md = ui.export_onnx(session, "kd-s0")
+    assert path.endswith("kd-s0.onnx") and Path(path).stat().st_size > 1000
+    diff = float(re.search(r"max \|ONNX − PyTorch\| = ([0-9.e+-]+)", md).group(1))
+    assert diff <= 1e-4 and "| onnxruntime" in md and "| PyTorch" in md and str(tmp_path) not in md
+    assert ui.export_onnx(session, "kd-s0") == (path, md)          # served again, not re-exported
+    for forged in ("../../../etc/passwd", "teacher", 7):
+        none, message = ui.export_onnx(session, forged)
+        assert none is None and "is not one of this run's student checkpoints (kd-s0)" in message

@@ -39,7 +39,7 @@ def test_smoke_report_writes_the_three_files(smoke):
 
 def test_second_run_resumes_without_retraining(smoke):
     root, first, second, mtime = smoke
-    assert sum(isinstance(e, ev.PhaseStarted) for e in first) == 6      # 3 arms × 2 seeds (teacher loaded)
+    assert sum(isinstance(e, ev.PhaseStarted) for e in first) == 6 + 3  # 3 arms × 2 seeds, 3 grid runs (teacher loaded)
     assert not any(isinstance(e, ev.PhaseStarted) for e in second)
     assert (root / "cnn" / "checkpoints" / "kd-s0.pt").stat().st_mtime_ns == mtime
     assert json.loads((root / "cnn" / "results.json").read_text())["status"] == "finished"
@@ -96,3 +96,21 @@ def test_library_ships_a_run_read_only(smoke, tmp_path, monkeypatch):
     assert len(fmse.data) == 6
     enforce_retention(tmp_path / "runs", Retention(max_runs=0))
     assert library.ids() == ["smoke-cnn"]
+
+
+def test_each_pair_has_its_curriculum_grid_fig5(smoke):
+    root = smoke[0]
+    grid = json.loads((root / "cnn-grid" / "results.json").read_text())["grid"]
+    assert [(c["mode"], c["a"], c["b"]) for c in grid["cells"]] == [("curriculum", 0.1, 0.0), ("joint", 0.1, 0.0),
+                                                                    ("off", 0.1, 0.0)]
+    assert {c["total_epochs"] for c in grid["cells"]} == {1}           # equal totals: the warm-up comes out of T
+    md = (root / "report.md").read_text()
+    assert "### Curriculum grid (Fig. 5 analogue)" in md
+    cur = grid["cells"][0]
+    line = next(l for l in md.splitlines() if l.startswith("| curriculum | 0.1 | 0 |"))
+    assert f"| {cur['test_acc'] * 100:.2f} |" in line and grid["comparisons"][0]["verdict"] in line
+    assert "| off | – | – |" in md and "the control" in md
+    page = (root / "report.html").read_text()
+    assert "InDistill accuracy over the curriculum grid" in page
+    rows = list(csv.DictReader((root / "report.csv").open()))
+    assert [r["verdict"] for r in rows if r["row"] == "grid comparison"] == [c["verdict"] for c in grid["comparisons"]]

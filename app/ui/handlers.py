@@ -511,6 +511,55 @@ def compare(session: Any):
     return gr.update(value=rows, headers=views.COMPARE_HEADERS), views.scatter_figure(results), files, note
 
 
+ONNX_TIMED_RUNS = {"local": (200, 20), "public": (50, 5)}   # timed calls at batch 1 and 256
+_EXPORT_LOCK = threading.Lock()   # exports time the CPU: one at a time, so two don't skew each other
+
+
+def onnx_choices(session: Any):
+    """The student checkpoints of the run on show, for Compare's export picker."""
+    folder = _folder(session_of(session))
+    names = [p.stem for p in folder.student_checkpoints()] if folder is not None else []
+    return gr.update(choices=names, value=names[0] if names else None)
+
+
+def export_onnx(session: Any, name: Any):
+    """One student checkpoint of the run on show as ONNX: checked against PyTorch on test images,
+    both timed on this CPU. One export at a time; a repeat of the same checkpoint is served again."""
+    from app.checkpoint import CheckpointError
+    from app.export import ExportError, export_for_download
+    import hashlib
+    folder = _folder(session_of(session))
+    students = {p.stem: p for p in folder.student_checkpoints()} if folder is not None else {}
+    if not students:
+        return None, "Nothing to export: the run on show has no student checkpoints yet (start or open one in Train)."
+    if not isinstance(name, str) or name not in students:
+        return None, (f"Not exported: {str(name)[:40]!r} is not one of this run's student checkpoints "
+                      f"({', '.join(sorted(students))}).")
+    ckpt, s = students[name], studio()
+    runfolder.reap_old(s.scratch, SCRATCH_MAX_AGE_S)
+    version = f"{folder.id}:{name}:{ckpt.stat().st_mtime_ns}"
+    out = s.scratch / ("onnx-" + hashlib.sha1(version.encode()).hexdigest()[:16])
+    if not (out / "summary.md").is_file():
+        if not _EXPORT_LOCK.acquire(blocking=False):
+            return None, "Another ONNX export is running on this server (one at a time); try again in a few seconds."
+        try:
+            tmp = s.scratch / f"tmp-{secrets.token_hex(6)}"
+            runs = ONNX_TIMED_RUNS["public" if policy.is_public() else "local"]
+            _, md = export_for_download(ckpt, tmp, runs=runs[0], runs_b256=runs[1])
+            (tmp / "summary.md").write_text(md)
+            try:
+                tmp.rename(out)
+            except OSError:  # the same export finished first elsewhere
+                shutil.rmtree(tmp, ignore_errors=True)
+        except (ExportError, CheckpointError) as exc:
+            shutil.rmtree(tmp, ignore_errors=True)
+            return None, "Not exported: " + shown(" ".join(str(exc).split()))
+        finally:
+            _EXPORT_LOCK.release()
+    os.utime(out)
+    return str(out / f"{name}.onnx"), (out / "summary.md").read_text()
+
+
 def info_views(session: Any):
     """Per-layer information curves, the final divergence table, and the Fig. 2 / Fig. 4 analogues."""
     session = session_of(session)

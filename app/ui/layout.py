@@ -122,7 +122,19 @@ def compare_tab() -> dict:
             "compare_note": gr.Markdown(),
             "table": gr.Dataframe(headers=views.COMPARE_HEADERS, interactive=False, elem_id="compare-table"),
             "scatter": gr.Plot(label="Accuracy vs latency"),
-            "downloads": gr.File(label="Downloads: results (JSON, CSV) and student checkpoints", file_count="multiple")}
+            "downloads": gr.File(label="Downloads: results (JSON, CSV) and student checkpoints", file_count="multiple"),
+            **onnx_export()}
+
+
+def onnx_export() -> dict:
+    gr.Markdown("#### Deploy a student: ONNX\nExports the checkpoint with `torch.onnx` (outputs: logits and the "
+                "embedding), checks it against PyTorch on test images and times both on this CPU.")
+    with gr.Row():
+        out = {"onnx_pick": gr.Dropdown(label="Student checkpoint", choices=[], elem_id="onnx-pick"),
+               "onnx_btn": gr.Button("Export to ONNX", elem_id="onnx-export")}
+    out["onnx_md"] = gr.Markdown(elem_id="onnx-md")
+    out["onnx_file"] = gr.File(label="ONNX model", elem_id="onnx-file")
+    return out
 
 
 def retrieval_tab(examples: list[str]) -> dict:
@@ -251,6 +263,8 @@ def wire(demo, c, s, d, t, pr, cm, r, i, session, stored, seen, seen_charts) -> 
     for trigger in (cm["compare_btn"].click, results_cue.change):
         trigger(h.compare, session, [cm["table"], cm["scatter"], cm["downloads"], cm["compare_note"]],
                 show_progress="hidden", **PRIVATE)
+        trigger(h.onnx_choices, session, cm["onnx_pick"], show_progress="hidden", **PRIVATE)
+    cm["onnx_btn"].click(h.export_onnx, [session, cm["onnx_pick"]], [cm["onnx_file"], cm["onnx_md"]], **PRIVATE)
     for trigger in (i["info_btn"].click, results_cue.change):
         trigger(h.info_views, session, [i["info_plot"], i["div_table"], i["fmse_plot"], i["fdiv_plot"]], show_progress="hidden", **PRIVATE)
         trigger(h.grid_views, session, [i["grid_heat"], i["grid_flow"]], show_progress="hidden", **PRIVATE)
