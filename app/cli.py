@@ -282,7 +282,9 @@ def cmd_report(args) -> int:
     if args.ship:
         from . import library
         for pair in s.pairs:
-            print(f"shipped: {library.ship(root / pair.name, f'{s.name}-{pair.name}')}")
+            for name in (pair.name, f"{pair.name}-grid"):   # the arms, and the Fig. 5 grid when it ran
+                if (root / name / "results.json").is_file():
+                    print(f"shipped: {library.ship(root / name, f'{s.name}-{name}')}")
     return 0
 
 

@@ -203,7 +203,7 @@ def export_onnx(checkpoint_path: str | Path, out_path: str | Path, images: torch
 
 def summary_markdown(r: dict) -> str:
     """The export report as a short markdown block (Compare shows it beside the download)."""
-    verdict = "✅ within" if r["ok"] else "❌ above"
+    verdict = "within" if r["ok"] else "ABOVE"
     return (f"**ONNX export of {r['arch']}** ({r['phase'] or 'model'}, opset {r['opset']}, "
             f"{r['onnx_bytes'] / 1e6:.2f} MB): outputs `logits`, `embedding`; input normalised float32 "
             f"`[batch, 3, H, W]` (mean/std in the file's metadata).\n\n"

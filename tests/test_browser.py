@@ -133,6 +133,12 @@ def test_train_cancel_retrieve_and_screenshots(page):
     tab(page, "Compare")
     page.locator("#compare-refresh").click()
     page.wait_for_function("() => document.querySelector('#compare-table').innerText.includes('InDistill + KD')")
+    # deploy a student: the picker lists the run's student checkpoints; the export shows its check
+    page.wait_for_function("() => document.querySelector('#onnx-pick input').value.endsWith('-s0')")
+    page.locator("#onnx-export").click()
+    page.wait_for_function("() => document.querySelector('#onnx-md').innerText.includes('max |ONNX')", timeout=120000)
+    assert "onnxruntime" in page.locator("#onnx-md").inner_text()
+    page.wait_for_selector("#onnx-file a", timeout=30000)
     page.screenshot(path=str(ARTIFACTS / "tab-Compare.png"), full_page=True)
     tab(page, "Information flow")
     page.wait_for_timeout(1500)
@@ -170,3 +176,16 @@ def test_train_cancel_retrieve_and_screenshots(page):
         tab(page, name)
         page.wait_for_timeout(1200)
         page.screenshot(path=str(ARTIFACTS / f"tab-{name.replace(' ', '_')}.png"), full_page=True)
+
+
+def test_the_results_library_opens_in_every_tab(page):
+    tab(page, "Train")
+    page.locator("#library input").click()
+    page.get_by_role("option", name="cpu-cnn").click()
+    page.wait_for_function("() => document.querySelector('#status').innerText.includes('cpu-cnn')", timeout=30000)
+    tab(page, "Compare")
+    page.wait_for_function("() => document.querySelector('#compare-table').innerText.includes('InDistill + KD')",
+                           timeout=30000)
+    table = page.locator("#compare-table").inner_text()
+    assert "Baseline (CE)" in table and "[" in table      # the shipped 5-seed run, with its intervals
+    page.screenshot(path=str(ARTIFACTS / "library-Compare.png"), full_page=True)
