@@ -66,7 +66,7 @@ def main() -> None:
             run_id = ids[i % len(ids)]
             page.get_by_role("tab", name="Train").click()
             page.locator("#library input").click()
-            option = page.get_by_role("option", name=run_id)
+            option = page.get_by_role("option", name=run_id, exact=True)
             start = time.perf_counter()
             option.click()
             page.get_by_role("tab", name="Compare").click()

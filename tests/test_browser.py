@@ -181,7 +181,7 @@ def test_train_cancel_retrieve_and_screenshots(page):
 def test_the_results_library_opens_in_every_tab(page):
     tab(page, "Train")
     page.locator("#library input").click()
-    page.get_by_role("option", name="cpu-cnn").click()
+    page.get_by_role("option", name="cpu-cnn", exact=True).click()
     page.wait_for_function("() => document.querySelector('#status').innerText.includes('cpu-cnn')", timeout=30000)
     tab(page, "Compare")
     page.wait_for_function("() => document.querySelector('#compare-table').innerText.includes('InDistill + KD')",

@@ -251,8 +251,13 @@ def wire(demo, c, s, d, t, pr, cm, r, i, session, stored, seen, seen_charts) -> 
 
     t["start_btn"].click(h.start, [session] + controls, [session, stored, t["action_msg"]], **PRIVATE)
     t["cancel_btn"].click(h.cancel, session, t["action_msg"], **PRIVATE)
-    t["open_btn"].click(h.open_run, [session, t["run_id_box"]], [session, stored, t["action_msg"]], **PRIVATE)
-    t["library"].input(h.open_run, [session, t["library"]], [session, stored, t["action_msg"]], **PRIVATE)
+    for opened in (t["open_btn"].click(h.open_run, [session, t["run_id_box"]], [session, stored, t["action_msg"]],
+                                       **PRIVATE),
+                   t["library"].input(h.open_run, [session, t["library"]], [session, stored, t["action_msg"]],
+                                      **PRIVATE)):
+        # an opened run's comparison shows at once, not after the next poll notices the new run
+        opened.then(h.compare, session, [cm["table"], cm["scatter"], cm["downloads"], cm["compare_note"]],
+                    show_progress="hidden", **PRIVATE)
     timer = gr.Timer(POLL_SECONDS)
     results_cue = gr.Textbox(visible=False)
     timer.tick(h.tick_status, [session, seen],
