@@ -109,6 +109,12 @@ def test_compare_exports_a_student_of_the_run_on_show(cifar_jpeg, cache_dir, tmp
     diff = float(re.search(r"max \|ONNX − PyTorch\| = ([0-9.e+-]+)", md).group(1))
     assert diff <= 1e-4 and "| onnxruntime" in md and "| PyTorch" in md and str(tmp_path) not in md
     assert ui.export_onnx(session, "kd-s0") == (path, md)          # served again, not re-exported
+    monkeypatch.setattr(ui, "ONNX_SCRATCH_MAX_BYTES", 1000)     # the space for exported files is bounded
+    Path(path).touch()                                             # (the finished export is still served)
+    assert ui.export_onnx(session, "kd-s0")[0] == path
+    (tmp_path / "runs" / run_id / "checkpoints" / "kd-s0.pt").touch()   # a new version: would export again
+    refused = ui.export_onnx(session, "kd-s0")
+    assert refused[0] is None and "fill this server's 1e-06 GB" in refused[1]
     for forged in ("../../../etc/passwd", "teacher", 7):
         none, message = ui.export_onnx(session, forged)
         assert none is None and "is not one of this run's student checkpoints (kd-s0)" in message

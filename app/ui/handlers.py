@@ -512,6 +512,7 @@ def compare(session: Any):
 
 
 ONNX_TIMED_RUNS = {"local": (200, 20), "public": (50, 5)}   # timed calls at batch 1 and 256
+ONNX_SCRATCH_MAX_BYTES = 10 ** 9   # exported files kept for download (each for 10 min), all sessions together
 _EXPORT_LOCK = threading.Lock()   # exports time the CPU: one at a time, so two don't skew each other
 
 
@@ -540,6 +541,10 @@ def export_onnx(session: Any, name: Any):
     version = f"{folder.id}:{name}:{ckpt.stat().st_mtime_ns}"
     out = s.scratch / ("onnx-" + hashlib.sha1(version.encode()).hexdigest()[:16])
     if not (out / "summary.md").is_file():
+        held = sum(f.stat().st_size for d in s.scratch.glob("onnx-*") for f in d.iterdir() if f.is_file())
+        if held + ckpt.stat().st_size > ONNX_SCRATCH_MAX_BYTES:
+            return None, (f"Not exported: exported models waiting for download already fill this server's "
+                          f"{ONNX_SCRATCH_MAX_BYTES / 1e9:g} GB for them; each is kept 10 minutes, try again then.")
         if not _EXPORT_LOCK.acquire(blocking=False):
             return None, "Another ONNX export is running on this server (one at a time); try again in a few seconds."
         try:
