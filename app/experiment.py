@@ -489,10 +489,19 @@ class Experiment:
         self.run_unit(Unit(phase, seed, cfg.student.arch, 1.0, self.plan.schedules[phase], cfg.optim.lr, teacher,
                            pruned, maps, kd_loss))
 
+    def fill_costs(self, phase: str) -> None:
+        """Units recorded by a sweep task carry no cost (``cost_pending``): measure their
+        architecture here, once (latency depends on the architecture, not the weights)."""
+        for unit in self.results["phases"][phase]["units"].values():
+            if unit.pop("cost_pending", False):
+                arch, width = unit["cost_key"].rsplit("@", 1)
+                unit.update(self.cost(self.build(arch, float(width)).eval(), arch, float(width)))
+
     def aggregate(self, phase: str) -> None:
         """Over seeds: accuracy and mAP as mean ± sd with a 95 % interval (Wilson for one seed's
         accuracy, the bootstrap over queries for one seed's mAP, a t-interval for several);
         cost is the architecture's one figure."""
+        self.fill_costs(phase)
         entry = self.results["phases"][phase]
         units = [entry["units"][str(s)] for s in range(self.cfg.seeds) if str(s) in entry["units"]]
         if not units:

@@ -12,6 +12,7 @@ and one auxiliary teacher (trained by the first cell unless given, then passed o
 """
 from __future__ import annotations
 
+import json
 import threading
 from pathlib import Path
 from typing import Callable
@@ -24,8 +25,9 @@ from models import MODELS
 
 from .pairing import spec_of
 from .plan import make_plan
-from .runfolder import RunFolder
+from .runfolder import RunFolder, read_json
 from .schedule import curriculum_epochs
+from .train import CancelledError
 
 
 def parse_values(text: str, name: str) -> list[float]:
@@ -75,6 +77,7 @@ class CurriculumGrid:
                               "status": "queued", "run_dir": str(self.run_dir), "phases": {}}
         self.current: Experiment | None = None
         self.finished_cells = 0
+        self.teacher_ckpt, self.aux_ckpt = cfg.teacher.checkpoint, cfg.indistill.aux_checkpoint
 
     def warmup_epochs(self, mode: str, a: float, b: float) -> float:
         """Σ S_l of a cell (0 for the no-warm-up control), unscaled, as in ``student.epochs``."""
@@ -118,6 +121,10 @@ class CurriculumGrid:
                     RunFolder(self.run_dir).write_results(self.results)
                     return self.results
                 self._record(i, out)
+        except CancelledError:  # a sweep on Ray cancelled between cells (the local path returns it as status)
+            self.results["status"] = "cancelled"
+            RunFolder(self.run_dir).write_results(self.results)
+            return self.results
         except Exception:
             self.results["status"] = "failed"
             RunFolder(self.run_dir).write_results(self.results)
@@ -130,8 +137,12 @@ class CurriculumGrid:
 
     def finished_cell(self, i: int) -> dict | None:
         """A cell's results when an earlier run of this grid finished it (resume cell by cell)."""
-        results = RunFolder(self.cell_dir(i)).read_results() or {}
-        return results if results.get("status") == "finished" else None
+        folder = RunFolder(self.cell_dir(i))
+        results = folder.read_results() or {}
+        if results.get("status") != "finished":
+            return None
+        expected = json.loads(json.dumps(self.shared(self.configs[i]).to_dict(), default=str))
+        return results if read_json(folder.config) == expected else None  # settings changed: run it again
 
     def _cells_here(self):
         for i, ((mode, a, b), cfg) in enumerate(zip(self.cells, self.configs)):

@@ -310,6 +310,43 @@ def grid_csv_rows(pair: str, grid: dict) -> list[dict]:
     return rows
 
 
+def _arms_section(results: dict, md: list, body: list) -> list:
+    """The arms' tables (accuracy, paired differences, cost) and figure notes; returns the figures."""
+    data = results.get("data", {})
+    where = (f"Test accuracy on the {data.get('test_data', 'test split')}; trained on {data.get('train', 0):,} "
+             f"images; device {results.get('device', '?')}.")
+    md += [where, ""]
+    body.append(f"<p>{html.escape(where)}</p>")
+    for name, (head, table) in (("Accuracy and retrieval", arm_table(results)),
+                                ("Paired differences (same seeds, same test images)", difference_table(results)),
+                                ("Cost", cost_table(results))):
+        md += [f"### {name}", "", _md(head, table), ""]
+        body.append(f"<h3>{html.escape(name)}</h3>" + _html_table(head, table))
+    ref = results.get("flow_reference")
+    if ref:
+        note = (f"Fig. 2 / Fig. 4 analogues: reference network {ref['network']}; information estimator "
+                f"{ref['estimator']}; divergence {ref['divergence']}; on {ref['images']} validation images.")
+        md += [note, ""]
+        body.append(f"<p>{html.escape(note)}</p>")
+    return pair_figures(results)
+
+
+def _grid_section(grid: dict, status: str | None, md: list, body: list) -> list:
+    """The grid's table (Fig. 5 analogue), marked when unfinished; returns its figures."""
+    from .ui import views
+    head, table = grid_table(grid)
+    cells = len(grid.get("cells", []))
+    partial = "" if status == "finished" else f" **Unfinished ({status}): {cells} runs recorded so far.**"
+    note = (f"The a × b curriculum grid (Fig. 5 analogue): the InDistill+KD student alone, seed 0, every run "
+            f"{grid['total_epochs']:g} student epochs in all (the warm-up Σ S_l comes out of them, KD gets the "
+            f"rest), one shared teacher; the joint control runs the same warm-up without the curriculum, the "
+            f"no-warm-up control KD only. Differences are paired on the same test images (McNemar-style interval).")
+    md += ["### Curriculum grid (Fig. 5 analogue)", "", note + partial, "", _md(head, table), ""]
+    body.append("<h3>Curriculum grid (Fig. 5 analogue)</h3>" + f"<p>{html.escape(note + partial.replace('**', ''))}</p>"
+                + _html_table(head, table))
+    return list(views.grid_figures(grid))
+
+
 def write_report(s: Study, root: Path) -> dict[str, Path]:
     """report.md, report.html and report.csv in ``root`` from its pairs' results.json."""
     md = [f"# Study `{s.name}`", "", s.summary, ""]
@@ -321,45 +358,25 @@ def write_report(s: Study, root: Path) -> dict[str, Path]:
         title = f"{pair.name}: {pair.summary}"
         md += [f"## {title}", ""]
         body.append(f"<h2>{html.escape(title)}</h2>")
+        figures = []
         if results.get("status") != "finished":
-            md += ["Not run (or not finished): no results.", ""]
-            body.append("<p>Not run (or not finished): no results.</p>")
-            continue
-        data = results.get("data", {})
-        where = (f"Test accuracy on the {data.get('test_data', 'test split')}; trained on {data.get('train', 0):,} "
-                 f"images; device {results.get('device', '?')}.")
-        md += [where, ""]
-        body.append(f"<p>{html.escape(where)}</p>")
-        for name, (head, table) in (("Accuracy and retrieval", arm_table(results)),
-                                    ("Paired differences (same seeds, same test images)", difference_table(results)),
-                                    ("Cost", cost_table(results))):
-            md += [f"### {name}", "", _md(head, table), ""]
-            body.append(f"<h3>{html.escape(name)}</h3>" + _html_table(head, table))
-        ref = results.get("flow_reference")
-        if ref:
-            note = (f"Fig. 2 / Fig. 4 analogues: reference network {ref['network']}; information estimator "
-                    f"{ref['estimator']}; divergence {ref['divergence']}; on {ref['images']} validation images.")
-            md += [note, ""]
-            body.append(f"<p>{html.escape(note)}</p>")
-        grid = (RunFolder(resolve(root, f"{pair.name}-grid")).read_results() or {}).get("grid") if pair.grid else None
-        figures = pair_figures(results)
-        if grid and grid.get("cells"):
-            from .ui import views
-            head, table = grid_table(grid)
-            note = (f"The a × b curriculum grid (Fig. 5 analogue): the InDistill+KD student alone, seed 0, every run "
-                    f"{grid['total_epochs']:g} student epochs in all (the warm-up Σ S_l comes out of them, KD gets the "
-                    f"rest), one shared teacher; the joint control runs the same warm-up without the curriculum, the "
-                    f"no-warm-up control KD only. Differences are paired on the same test images (McNemar-style interval).")
-            md += ["### Curriculum grid (Fig. 5 analogue)", "", note, "", _md(head, table), ""]
-            body.append("<h3>Curriculum grid (Fig. 5 analogue)</h3>" + f"<p>{html.escape(note)}</p>" + _html_table(head, table))
-            figures += list(views.grid_figures(grid))
+            md += ["Arms not run (or not finished): no results.", ""]
+            body.append("<p>Arms not run (or not finished): no results.</p>")
+        else:
+            figures = _arms_section(results, md, body)
+            rows += csv_rows(pair.name, results)
+        grid_results = (RunFolder(resolve(root, f"{pair.name}-grid")).read_results() or {}) if pair.grid else {}
+        grid = grid_results.get("grid") or {}
+        if grid.get("cells"):
+            figures += _grid_section(grid, grid_results.get("status"), md, body)
             rows += grid_csv_rows(pair.name, grid)
-        md += ["Figures (information per layer, Fig. 2 and Fig. 4 analogues, accuracy vs cost"
-               + (", the grid's heatmap" if grid else "") + "): report.html", ""]
+        if figures:
+            shown = (["information per layer, Fig. 2 and Fig. 4 analogues, accuracy vs cost"] if results.get("status")
+                     == "finished" else []) + (["the grid's heatmap"] if grid.get("cells") else [])
+            md += [f"Figures ({', '.join(shown)}): report.html", ""]
         for fig in figures:
             body.append(fig.to_html(full_html=False, include_plotlyjs="inline" if first_fig else False))
             first_fig = False
-        rows += csv_rows(pair.name, results)
     paths = {"md": root / "report.md", "html": root / "report.html", "csv": root / "report.csv"}
     paths["md"].write_text("\n".join(md))
     style = "<style>body{font-family:sans-serif;max-width:1100px;margin:auto}table{border-collapse:collapse}" \

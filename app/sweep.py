@@ -136,35 +136,48 @@ class RayBackend:
         return (f"Ray ({self.address or 'local'}: {res.get('CPU', 0):g} CPUs, {res.get('GPU', 0):g} GPUs; "
                 f"{self.task_cpus} CPU and {self.task_gpus:g} GPU per task)")
 
-    def map(self, jobs: Sequence[Job], *, emit: Callable[[ev.Event], None] | None = None,
-            cancel: threading.Event | None = None) -> list[Output]:
-        """Every job as a task, at once; the outputs in job order. A failed task raises SweepError."""
+    def map(self, jobs: Sequence[Job], *, on_done: Callable[[int, Output], object] | None = None,
+            emit: Callable[[ev.Event], None] | None = None, cancel: threading.Event | None = None) -> list[Output]:
+        """Every job as a task, at once; the outputs in job order. ``on_done(i, output)`` runs as each
+        task ends, so finished work is kept when another task fails (the rest still run; then
+        SweepError names the failures) or the sweep is cancelled (pending tasks are cancelled).
+        Lost workers or nodes are retried twice: a task only writes its own scratch folder."""
         ray = self.ray
         for j in jobs:
             j.threads = self.task_cpus
-        task = ray.remote(num_cpus=self.task_cpus, num_gpus=self.task_gpus, max_retries=0)(run_job)
+        task = ray.remote(num_cpus=self.task_cpus, num_gpus=self.task_gpus, max_retries=2)(run_job)
         refs = [task.remote(j) for j in jobs]
         index = {r: i for i, r in enumerate(refs)}
-        pending, done_count = list(refs), 0
+        outs: list[Output | None] = [None] * len(refs)
+        failed: list[str] = []
+        pending = list(refs)
         try:
             while pending:
                 done, pending = ray.wait(pending, num_returns=1, timeout=1.0)
                 if cancel is not None and cancel.is_set():
-                    for r in pending:
-                        ray.cancel(r, force=True)
                     from .train import CancelledError
                     raise CancelledError()
                 for r in done:
-                    done_count += 1
-                    out = ray.get(r)
+                    i = index[r]
+                    try:
+                        outs[i] = ray.get(r)
+                    except ray.exceptions.RayError as exc:  # the others go on: their work is kept
+                        cause = getattr(exc, "cause", None) or exc
+                        failed.append(f"{jobs[i].label}: {type(cause).__name__}: {' '.join(str(cause).split())[:300]}")
+                        continue
+                    if on_done is not None:
+                        on_done(i, outs[i])
                     if emit is not None:
-                        emit(ev.Log(f"ray: {jobs[index[r]].label} done ({done_count}/{len(jobs)})"))
-                        for line in out.log[-3:]:
-                            emit(ev.Log(f"  {jobs[index[r]].label}: {line}"))
-            return ray.get(refs)
-        except ray.exceptions.RayTaskError as exc:
-            cause = getattr(exc, "cause", None) or exc
-            raise SweepError(f"a Ray task failed: {type(cause).__name__}: {cause}") from None
+                        emit(ev.Log(f"ray: {jobs[i].label} done ({sum(o is not None for o in outs)}/{len(jobs)})"))
+                        for line in outs[i].log[-3:]:
+                            emit(ev.Log(f"  {jobs[i].label}: {line}"))
+        finally:
+            for r in pending:
+                ray.cancel(r, force=True)
+        if failed:
+            raise SweepError(f"{len(failed)} of {len(jobs)} Ray tasks failed (the others' results are kept; run the "
+                             f"same command again to retry): " + "; ".join(failed[:3]))
+        return outs
 
     def shutdown(self) -> None:
         if self.started:
@@ -206,7 +219,8 @@ def make_job(cfg: ExperimentConfig, folder: RunFolder, only: Collection[str] | N
 def absorb(cfg: ExperimentConfig, folder: RunFolder, out: Output, only: Collection[str] | None = None) -> dict:
     """Write a task's files into ``folder`` and its results into ``results.json``: all of them
     for a whole run (``only=None``), else just the units in ``only`` and the cost of their
-    architecture (the first measured stays: one figure per architecture)."""
+    architecture is left to the merge (:meth:`Experiment.fill_costs`: one figure per architecture,
+    measured outside the crowd of training tasks)."""
     folder.path.mkdir(parents=True, exist_ok=True)
     write_json(cfg.to_dict(), folder.config)
     for rel, blob in out.files.items():
@@ -218,16 +232,15 @@ def absorb(cfg: ExperimentConfig, folder: RunFolder, out: Output, only: Collecti
     theirs = copy.deepcopy(out.results)
     if only is None:
         results = theirs
-    else:
+    else:  # the task's cost figures are dropped: measured beside other tasks; the merge measures them
         results = folder.read_results() or {}
-        costs = results.setdefault("costs", {})
         for phase, entry in theirs.get("phases", {}).items():
             for key, unit in entry.get("units", {}).items():
                 if unit_name(phase, None if key == "single" else int(key)) in only:
-                    if unit.get("cost_key") in theirs.get("costs", {}):
-                        costs.setdefault(unit["cost_key"], theirs["costs"][unit["cost_key"]])
-                        unit.update(costs[unit["cost_key"]])
-                    results.setdefault("phases", {}).setdefault(phase, {"units": {}})["units"][key] = unit
+                    unit["cost_pending"] = True
+                    mine = results.setdefault("phases", {}).setdefault(phase, {"units": {}})
+                    mine["units"][key] = unit  # tasks end in any order; the units stay in seed order
+                    mine["units"] = dict(sorted(mine["units"].items(), key=lambda kv: int(kv[0]) if kv[0].isdigit() else -1))
     results.update({"config": cfg.to_dict(), "run_dir": str(folder.path)})
     folder.write_results(results)
     return results
@@ -239,8 +252,12 @@ def run_experiments(backend: RayBackend, runs: Sequence[tuple[ExperimentConfig, 
     """Whole experiments, one task each (the grid's cells); their results, in order."""
     folders = [RunFolder(Path(path)) for _, path in runs]
     jobs = [make_job(cfg, f, None, cfg.name, units=()) for (cfg, _), f in zip(runs, folders)]
-    outs = backend.map(jobs, emit=emit, cancel=cancel)
-    return [absorb(cfg, f, out) for (cfg, _), f, out in zip(runs, folders, outs)]
+    results: list[dict | None] = [None] * len(jobs)
+
+    def keep(i: int, out: Output) -> None:
+        results[i] = absorb(runs[i][0], folders[i], out)
+    backend.map(jobs, on_done=keep, emit=emit, cancel=cancel)
+    return results
 
 
 def pending_units(cfg: ExperimentConfig, results: dict) -> list[str]:
@@ -260,16 +277,16 @@ def run_units(backend: RayBackend, runs: Sequence[tuple[ExperimentConfig, Path]]
     folders = [RunFolder(Path(path)) for _, path in runs]
     for f in folders:
         f.path.mkdir(parents=True, exist_ok=True)
-    outs = backend.map([make_job(cfg, f, (), f"{cfg.name} teacher/aux") for (cfg, _), f in zip(runs, folders)],
-                       emit=emit, cancel=cancel)
-    for (cfg, _), f, out in zip(runs, folders, outs):
-        absorb(cfg, f, out)
+    backend.map([make_job(cfg, f, (), f"{cfg.name} teacher/aux") for (cfg, _), f in zip(runs, folders)],
+                on_done=lambda i, out: absorb(runs[i][0], folders[i], out), emit=emit, cancel=cancel)
     todo = [(cfg, f, unit) for (cfg, _), f in zip(runs, folders)
             for unit in pending_units(cfg, f.read_results() or {})]
-    outs = backend.map([make_job(cfg, f, [unit], f"{cfg.name} {unit}") for cfg, f, unit in todo],
-                       emit=emit, cancel=cancel)
-    for (cfg, f, unit), out in zip(todo, outs):
-        absorb(cfg, f, out, [unit])
-    outs = backend.map([make_job(cfg, f, None, f"{cfg.name} merge", units=SHARED_UNITS + tuple(pending_units(cfg, {})))
-                        for (cfg, _), f in zip(runs, folders)], emit=emit, cancel=cancel)
-    return [absorb(cfg, f, out) for (cfg, _), f, out in zip(runs, folders, outs)]
+    backend.map([make_job(cfg, f, [unit], f"{cfg.name} {unit}") for cfg, f, unit in todo],
+                on_done=lambda i, out: absorb(todo[i][0], todo[i][1], out, [todo[i][2]]), emit=emit, cancel=cancel)
+    results: list[dict | None] = [None] * len(runs)
+
+    def merged(i: int, out: Output) -> None:
+        results[i] = absorb(runs[i][0], folders[i], out)
+    backend.map([make_job(cfg, f, None, f"{cfg.name} merge", units=SHARED_UNITS + tuple(pending_units(cfg, {})))
+                 for (cfg, _), f in zip(runs, folders)], on_done=merged, emit=emit, cancel=cancel)
+    return results

@@ -114,3 +114,18 @@ def test_each_pair_has_its_curriculum_grid_fig5(smoke):
     assert "InDistill accuracy over the curriculum grid" in page
     rows = list(csv.DictReader((root / "report.csv").open()))
     assert [r["verdict"] for r in rows if r["row"] == "grid comparison"] == [c["verdict"] for c in grid["comparisons"]]
+
+
+def test_report_marks_an_unfinished_grid_and_missing_arms(smoke, tmp_path):
+    import shutil
+    from app.report import write_report
+    root = tmp_path / "smoke"
+    shutil.copytree(smoke[0], root)
+    shutil.rmtree(root / "cnn")                                      # the arms never ran
+    grid = json.loads((root / "cnn-grid" / "results.json").read_text())
+    grid["status"], grid["grid"]["cells"] = "failed", grid["grid"]["cells"][:2]
+    (root / "cnn-grid" / "results.json").write_text(json.dumps(grid))
+    write_report(study("smoke"), root)
+    md = (root / "report.md").read_text()
+    assert "Arms not run (or not finished)" in md and "Unfinished (failed): 2 runs recorded so far" in md
+    assert "| curriculum | 0.1 | 0 |" in md and "Figures (the grid's heatmap)" in md

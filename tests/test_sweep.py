@@ -88,3 +88,22 @@ def test_without_ray_the_backend_names_the_extra(monkeypatch):
         make_backend("local", "ray://head:10001")
     with pytest.raises(ConfigError, match="local, ray"):
         make_backend("dask")
+
+
+def test_a_failed_task_keeps_the_others_work(ray_backend, cifar_jpeg, cache_dir, tmp_path):
+    from app.runfolder import RunFolder
+    from app.sweep import SweepError, make_job
+    good = tiny(cifar_jpeg, cache_dir, **{"phases.baseline": False, "phases.indistill": False, "name": "good"})
+    bad = good.with_overrides({"data.data_dir": str(tmp_path / "nowhere"), "name": "bad"})
+    kept = []
+    jobs = [make_job(cfg, RunFolder(tmp_path / cfg.name), None, cfg.name, units=()) for cfg in (bad, good)]
+    with pytest.raises(SweepError, match=r"1 of 2 Ray tasks failed .* bad: DataError"):
+        ray_backend.map(jobs, on_done=lambda i, out: kept.append((i, out.results["status"])))
+    assert kept == [(1, "finished")]
+
+
+def test_a_grid_resumes_only_cells_with_the_same_settings(cifar_jpeg, cache_dir, tmp_path):
+    cfg = tiny(cifar_jpeg, cache_dir, **{"student.epochs": 2})
+    CurriculumGrid(cfg, [0.25], [0.0], tmp_path / "g", include_joint=False, include_off=False).run()
+    assert CurriculumGrid(cfg, [0.25], [0.0], tmp_path / "g").finished_cell(0) is not None
+    assert CurriculumGrid(cfg, [0.3], [0.0], tmp_path / "g").finished_cell(0) is None   # other a: run again

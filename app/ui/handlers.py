@@ -541,14 +541,17 @@ def export_onnx(session: Any, name: Any):
     version = f"{folder.id}:{name}:{ckpt.stat().st_mtime_ns}"
     out = s.scratch / ("onnx-" + hashlib.sha1(version.encode()).hexdigest()[:16])
     if not (out / "summary.md").is_file():
-        held = sum(f.stat().st_size for d in s.scratch.glob("onnx-*") for f in d.iterdir() if f.is_file())
+        try:
+            held = sum(f.stat().st_size for d in s.scratch.glob("onnx-*") for f in d.iterdir() if f.is_file())
+        except OSError:  # another request reaped a folder mid-count: count again next time, assume full now
+            held = ONNX_SCRATCH_MAX_BYTES
         if held + ckpt.stat().st_size > ONNX_SCRATCH_MAX_BYTES:
             return None, (f"Not exported: exported models waiting for download already fill this server's "
                           f"{ONNX_SCRATCH_MAX_BYTES / 1e9:g} GB for them; each is kept 10 minutes, try again then.")
         if not _EXPORT_LOCK.acquire(blocking=False):
             return None, "Another ONNX export is running on this server (one at a time); try again in a few seconds."
+        tmp = s.scratch / f"tmp-{secrets.token_hex(6)}"
         try:
-            tmp = s.scratch / f"tmp-{secrets.token_hex(6)}"
             runs = ONNX_TIMED_RUNS["public" if policy.is_public() else "local"]
             _, md = export_for_download(ckpt, tmp, runs=runs[0], runs_b256=runs[1])
             (tmp / "summary.md").write_text(md)
@@ -556,9 +559,10 @@ def export_onnx(session: Any, name: Any):
                 tmp.rename(out)
             except OSError:  # the same export finished first elsewhere
                 shutil.rmtree(tmp, ignore_errors=True)
-        except (ExportError, CheckpointError) as exc:
+        except Exception as exc:  # the exporter's own failures too: a message, never a trace
             shutil.rmtree(tmp, ignore_errors=True)
-            return None, "Not exported: " + shown(" ".join(str(exc).split()))
+            text = str(exc) if isinstance(exc, (ExportError, CheckpointError)) else f"{type(exc).__name__}: {exc}"
+            return None, "Not exported: " + shown(" ".join(text.split())[:500])
         finally:
             _EXPORT_LOCK.release()
     os.utime(out)

@@ -257,7 +257,8 @@ def wire(demo, c, s, d, t, pr, cm, r, i, session, stored, seen, seen_charts) -> 
                                       **PRIVATE)):
         # an opened run's comparison shows at once, not after the next poll notices the new run
         opened.then(h.compare, session, [cm["table"], cm["scatter"], cm["downloads"], cm["compare_note"]],
-                    show_progress="hidden", **PRIVATE)
+                    show_progress="hidden", **PRIVATE).then(h.onnx_choices, session, cm["onnx_pick"],
+                                                             show_progress="hidden", **PRIVATE)
     timer = gr.Timer(POLL_SECONDS)
     results_cue = gr.Textbox(visible=False)
     timer.tick(h.tick_status, [session, seen],
