@@ -137,19 +137,14 @@ def run_study(s: Study, out: str | Path = "reports", *, data_dir: str | None = N
         raise ConfigError(f"unknown part(s) {sorted(unknown)}; a study has {', '.join(PARTS)}")
     root = Path(out) / s.name
     root.mkdir(parents=True, exist_ok=True)
-    if "arms" in parts and backend is not None:
-        from .sweep import run_units
-        runs = []
-        for pair, cfg in s.configs(data_dir, cache_dir):
-            folder = RunFolder(resolve(root, pair.name))
-            saved = read_json(folder.config) if folder.config.is_file() else None  # resume: its own config
-            runs.append((ExperimentConfig.from_dict(saved) if saved else cfg, folder.path))
-        for (pair, _), results in zip(s.configs(data_dir, cache_dir), run_units(backend, runs, emit=emit)):
-            if results.get("status") != "finished":
+    configs = s.configs(data_dir, cache_dir)
+    if "arms" in parts:
+        results = _run_pairs_here(configs, root, emit, on_experiment) if backend is None else \
+            _run_pairs_on(backend, configs, root, emit)
+        for (pair, _), r in zip(configs, results):
+            if r.get("status") != "finished":
                 raise RuntimeError(f"pair {pair.name} did not finish; run the same command again to resume it")
-    elif "arms" in parts:
-        _run_pairs_here(s, root, data_dir, cache_dir, emit, on_experiment)
-    for pair, cfg in s.configs(data_dir, cache_dir):
+    for pair, cfg in configs:
         if pair.grid and "grids" in parts:
             run_pair_grid(pair, cfg, root, emit=emit, on_experiment=on_experiment, backend=backend)
     write_report(s, root)
@@ -176,16 +171,29 @@ def run_pair_grid(pair: Pair, cfg: ExperimentConfig, root: Path, *, emit=None, o
     return out
 
 
-def _run_pairs_here(s: Study, root: Path, data_dir, cache_dir, emit, on_experiment) -> None:
+def _run_pairs_here(configs, root: Path, emit, on_experiment) -> list[dict]:
+    """Each pair as one experiment here, one unit after another (a pair folder with a config resumes)."""
     from .experiment import Experiment
-    for pair, cfg in s.configs(data_dir, cache_dir):
+    out = []
+    for pair, cfg in configs:
         folder = RunFolder(resolve(root, pair.name))
         exp = Experiment(run_dir=folder.path, resume=True, emit=emit) if folder.config.is_file() \
             else Experiment(cfg, run_dir=folder.path, emit=emit)
         if on_experiment is not None:
             on_experiment(exp)
-        if exp.run()["status"] != "finished":
-            raise RuntimeError(f"pair {pair.name} did not finish; run the same command again to resume it")
+        out.append(exp.run())
+    return out
+
+
+def _run_pairs_on(backend, configs, root: Path, emit) -> list[dict]:
+    """Every pair's units as Ray tasks (:func:`app.sweep.run_units`); a pair folder keeps its own config."""
+    from .sweep import run_units
+    runs = []
+    for pair, cfg in configs:
+        folder = RunFolder(resolve(root, pair.name))
+        saved = read_json(folder.config) if folder.config.is_file() else None
+        runs.append((ExperimentConfig.from_dict(saved) if saved else cfg, folder.path))
+    return run_units(backend, runs, emit=emit)
 
 
 # ---------------------------------------------------------------- the report

@@ -467,32 +467,47 @@ def _scratch_dir() -> Path:
     return path
 
 
-def _downloads(folder: runfolder.RunFolder, results: dict) -> tuple[list[str], str]:
-    """Copies of the run's results and student checkpoints for Gradio to serve; one copy per run version
-    (reused while fresh), checkpoints only while they fit ``DOWNLOAD_MAX_BYTES``."""
+def _version_dir(kind: str, version: str) -> Path:
+    """The scratch folder for one version of a download (``kind``: run, onnx), reaped with the others."""
     import hashlib
     s = studio()
     runfolder.reap_old(s.scratch, SCRATCH_MAX_AGE_S)
-    version = f"{folder.id}:{folder.results.stat().st_mtime_ns}"
-    out = s.scratch / ("run-" + hashlib.sha1(version.encode()).hexdigest()[:16])
+    return s.scratch / f"{kind}-{hashlib.sha1(version.encode()).hexdigest()[:16]}"
+
+
+def _fill_once(out: Path, build) -> None:
+    """``build(folder)`` in a temporary folder, then renamed to ``out`` (a request that got there first
+    keeps its copy); a failed build leaves nothing behind."""
+    tmp = out.parent / f"tmp-{secrets.token_hex(6)}"
+    tmp.mkdir(parents=True)
+    try:
+        build(tmp)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    try:
+        tmp.rename(out)
+    except OSError:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _downloads(folder: runfolder.RunFolder, results: dict) -> tuple[list[str], str]:
+    """Copies of the run's results and student checkpoints for Gradio to serve; one copy per run version
+    (reused while fresh), checkpoints only while they fit ``DOWNLOAD_MAX_BYTES``."""
+    out = _version_dir("run", f"{folder.id}:{folder.results.stat().st_mtime_ns}")
     ckpts = folder.student_checkpoints()
     size = sum(p.stat().st_size for p in ckpts)
     note = "" if size <= DOWNLOAD_MAX_BYTES else \
         f"Student checkpoints ({size / 1e6:.0f} MB) are over the {DOWNLOAD_MAX_BYTES / 1e6:.0f} MB download limit: results only."
     names = ["results.json", "results.csv"] + ([p.name for p in ckpts] if not note else [])
-    if not out.is_dir():
-        tmp = s.scratch / f"tmp-{secrets.token_hex(6)}"
-        tmp.mkdir(parents=True)
+    def build(tmp: Path) -> None:
         public_results = {k: v for k, v in results.items() if k != "run_dir"}
         (tmp / "results.json").write_text(shown(json.dumps(public_results, indent=2, default=str)))
         (tmp / "results.csv").write_text(views.results_csv(results))
-        if not note:
-            for p in ckpts:
-                shutil.copyfile(p, tmp / p.name)
-        try:
-            tmp.rename(out)
-        except OSError:  # another request made the same copy first
-            shutil.rmtree(tmp, ignore_errors=True)
+        for p in ckpts if not note else ():
+            shutil.copyfile(p, tmp / p.name)
+    if not out.is_dir():
+        _fill_once(out, build)
     os.utime(out)
     return [str(out / n) for n in names], note
 
@@ -528,7 +543,6 @@ def export_onnx(session: Any, name: Any):
     both timed on this CPU. One export at a time; a repeat of the same checkpoint is served again."""
     from app.checkpoint import CheckpointError
     from app.export import ExportError, export_for_download
-    import hashlib
     folder = _folder(session_of(session))
     students = {p.stem: p for p in folder.student_checkpoints()} if folder is not None else {}
     if not students:
@@ -537,9 +551,7 @@ def export_onnx(session: Any, name: Any):
         return None, (f"Not exported: {str(name)[:40]!r} is not one of this run's student checkpoints "
                       f"({', '.join(sorted(students))}).")
     ckpt, s = students[name], studio()
-    runfolder.reap_old(s.scratch, SCRATCH_MAX_AGE_S)
-    version = f"{folder.id}:{name}:{ckpt.stat().st_mtime_ns}"
-    out = s.scratch / ("onnx-" + hashlib.sha1(version.encode()).hexdigest()[:16])
+    out = _version_dir("onnx", f"{folder.id}:{name}:{ckpt.stat().st_mtime_ns}")
     if not (out / "summary.md").is_file():
         try:
             held = sum(f.stat().st_size for d in s.scratch.glob("onnx-*") for f in d.iterdir() if f.is_file())
@@ -550,17 +562,14 @@ def export_onnx(session: Any, name: Any):
                           f"{ONNX_SCRATCH_MAX_BYTES / 1e9:g} GB for them; each is kept 10 minutes, try again then.")
         if not _EXPORT_LOCK.acquire(blocking=False):
             return None, "Another ONNX export is running on this server (one at a time); try again in a few seconds."
-        tmp = s.scratch / f"tmp-{secrets.token_hex(6)}"
-        try:
-            runs = ONNX_TIMED_RUNS["public" if policy.is_public() else "local"]
+        runs = ONNX_TIMED_RUNS["public" if policy.is_public() else "local"]
+
+        def build(tmp: Path) -> None:
             _, md = export_for_download(ckpt, tmp, runs=runs[0], runs_b256=runs[1])
             (tmp / "summary.md").write_text(md)
-            try:
-                tmp.rename(out)
-            except OSError:  # the same export finished first elsewhere
-                shutil.rmtree(tmp, ignore_errors=True)
+        try:
+            _fill_once(out, build)
         except Exception as exc:  # the exporter's own failures too: a message, never a trace
-            shutil.rmtree(tmp, ignore_errors=True)
             text = str(exc) if isinstance(exc, (ExportError, CheckpointError)) else f"{type(exc).__name__}: {exc}"
             return None, "Not exported: " + shown(" ".join(text.split())[:500])
         finally:
