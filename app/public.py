@@ -268,9 +268,11 @@ def admit(cfg: ExperimentConfig, allowed_data: set[Path], budget: Budget) -> lis
     elif d.data_dir is None or Path(d.data_dir).expanduser().resolve() not in allowed_data:
         problems.append("data: on a public server pick the embedded sample, a dataset offered by name, or upload "
                         "your own (a .zip or .tar.gz of an ImageFolder tree); server paths are not accepted")
-    if cfg.teacher.checkpoint and Path(cfg.teacher.checkpoint).resolve() not in shipped_teacher_files():
-        problems.append("teacher.checkpoint: on a public server only the shipped teachers can be loaded "
-                        f"({', '.join(sorted(p.stem for p in shipped_teacher_files())) or 'none shipped'})")
+    for key, path in (("teacher.checkpoint", cfg.teacher.checkpoint),
+                      ("indistill.aux_checkpoint", cfg.indistill.aux_checkpoint)):
+        if path and Path(path).resolve() not in shipped_teacher_files():  # no server path is ever opened
+            problems.append(f"{key}: on a public server only the shipped teachers can be loaded "
+                            f"({', '.join(sorted(p.stem for p in shipped_teacher_files())) or 'none shipped'})")
     if cfg.device == "cuda":
         problems.append("device: use auto on a public server")
     for name, value, limit in (("data.input_size", d.input_size, budget.max_input_size),

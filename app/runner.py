@@ -188,6 +188,9 @@ class Job:
             if self.state in runfolder.LIVE_STATES:  # ended without an event (cancelled while queued)
                 self.state = "cancelled"
             self.revision += 1
+        folder = runfolder.RunFolder(self.run_dir)
+        if folder.path.is_dir() and not folder.results.is_file():  # never started: retention can see it now
+            folder.write_results({"status": "cancelled", "phases": {}})
         if self.manager:
             self.manager.job_ended(self)
 
@@ -363,9 +366,6 @@ class JobManager:
         """The a × b curriculum grid (plus a joint run) as one background job."""
         return self._admit_and_add(Job(cfg, self.runs_root, self, grid=(a_values, b_values), owner=owner,
                                        estimate_s=estimate_s))
-
-    def resume(self, run_dir: str | Path, owner: str | None = None) -> Job:
-        return self._admit_and_add(Job(None, self.runs_root, self, resume_dir=run_dir, owner=owner))
 
     # ------------------------------------------------------------ reading
     def get(self, job_id: object) -> Job | None:

@@ -69,6 +69,8 @@ def test_budgets_refuse_oversized_jobs_naming_the_limit(overrides, words):
     ({"data.dataset": "cifar10", "data.data_dir": "/tmp/anywhere"}, "downloaded into the server's cache"),
     ({"data.cache_dir": "/tmp/x"}, "data.cache_dir cannot be set"),
     ({"teacher.checkpoint": "/etc/passwd"}, "only the shipped teachers"),
+    ({"indistill.aux": "on", "indistill.aux_checkpoint": "/srv/runs/x/checkpoints/aux.pt"},
+     "indistill.aux_checkpoint: on a public server only the shipped teachers"),
 ])
 def test_public_configs_cannot_name_server_paths(overrides, words):
     assert any(words in r for r in refusals(**overrides))
@@ -170,6 +172,10 @@ def test_one_live_run_per_session_and_a_bounded_queue(public_studio):
     assert "position 2 in the queue" in status and "estimated wait" in status
     for s in (a, b, c):
         ui.cancel(s)
+    public_studio.manager.get(c["run"]).thread.join(10)
+    # cancelled while queued: its folder says so, so retention can remove it like any ended run
+    folder = runfolder.RunFolder(public_studio.runs_root / c["run"])
+    assert folder.read_results()["status"] == "cancelled"
 
 
 def test_another_session_can_neither_follow_nor_cancel_a_live_run(public_studio):
@@ -180,6 +186,9 @@ def test_another_session_can_neither_follow_nor_cancel_a_live_run(public_studio)
     assert ui.cancel({**b, "run": a["run"]}).startswith("Nothing to cancel")
     assert ui.status_dict({**b, "run": a["run"]})["state"] is None
     assert ui.results_of({**b, "run": a["run"]}) == {}
+    # the live run's uploaded dataset stays while the run lives: no new upload replaces it
+    _, msg, _ = ui.upload_dataset(a, str(Path(__file__)))
+    assert "your run is queued or training on your uploaded dataset" in msg
     assert "Cancelling" in ui.cancel(a)
     wait_ended(public_studio.manager, a["run"])
     b3, _, msg = ui.open_run(b, a["run"])

@@ -195,10 +195,6 @@ def _view(session: dict) -> tuple[dict | None, str]:
     return None, refusal
 
 
-def snapshot_of(session: Any) -> dict | None:
-    return _view(session_of(session))[0]
-
-
 def _folder(session: dict) -> runfolder.RunFolder | None:
     """The run folder on show, if this session may see it."""
     job, results, _ = _access(session)
@@ -232,7 +228,8 @@ def open_run_in(session: dict, run_id: Any) -> tuple[dict, str]:
 def end_session(session: Any) -> None:
     """The tab closed or the session expired: delete its uploaded dataset."""
     if isinstance(session, dict) and isinstance(session.get("secret"), str) and SECRET.match(session["secret"]):
-        shutil.rmtree(studio().uploads / owner(session)[:16], ignore_errors=True)
+        if studio().manager.live_job_of(owner(session)) is None:  # another tab's run may still read it
+            shutil.rmtree(studio().uploads / owner(session)[:16], ignore_errors=True)
 
 
 # ---------------------------------------------------------------- form checks
@@ -273,7 +270,7 @@ def _admit(cfg: ExperimentConfig, session: dict) -> tuple[Plan, policy.Estimate 
 
 def _problem_md(exc: Exception) -> str:
     lines = str(exc).split("\n")
-    return "### ✖ Not ready\n- " + lines[0] + "".join(f"\n{line.replace('  - ', '  - ', 1)}" for line in lines[1:])
+    return "### ✖ Not ready\n- " + lines[0] + "".join(f"\n{line}" for line in lines[1:])
 
 
 def check(session: Any, *values) -> tuple[str, dict, object, str]:
@@ -562,6 +559,10 @@ def export_onnx(session: Any, name: Any):
                           f"{ONNX_SCRATCH_MAX_BYTES / 1e9:g} GB for them; each is kept 10 minutes, try again then.")
         if not _EXPORT_LOCK.acquire(blocking=False):
             return None, "Another ONNX export is running on this server (one at a time); try again in a few seconds."
+        if (out / "summary.md").is_file():  # the same export finished while this request waited for the lock
+            _EXPORT_LOCK.release()
+            os.utime(out)
+            return str(out / f"{name}.onnx"), (out / "summary.md").read_text()
         runs = ONNX_TIMED_RUNS["public" if policy.is_public() else "local"]
 
         def build(tmp: Path) -> None:
@@ -635,6 +636,9 @@ def upload_dataset(session: Any, file):
     s = studio()
     if not file:
         return session, "No archive given: upload a .zip or .tar.gz of an ImageFolder tree (train/ and test/ class folders).", gr.skip()
+    if s.manager.live_job_of(owner(session)) is not None:
+        return session, ("**Upload refused:** your run is queued or training on your uploaded dataset; upload a new "
+                         "one when it has ended (or cancel it in the Train tab)."), gr.skip()
     home = s.uploads / owner(session)[:16]
     shutil.rmtree(home, ignore_errors=True)  # one uploaded dataset per session
     runfolder.reap_old(s.uploads, UPLOAD_MAX_AGE_S)  # sessions Gradio forgot without a callback
