@@ -150,3 +150,23 @@ def test_views_render_results_of_a_run(cifar_jpeg, cache_dir, tmp_path):
     assert "KD − baseline, accuracy" in note and "InDistill+KD − KD, accuracy" in note
     assert any(v in note for v in ("within noise", "better", "worse"))
     assert "kd - baseline" in views.results_csv(results)
+
+
+def test_a_live_runs_charts_are_redrawn_at_most_every_chart_seconds(monkeypatch):
+    from types import SimpleNamespace
+    version, clock, drawn = [("r1", 1)], [100.0], []
+    monkeypatch.setattr(ui, "_version", lambda session: version[0])
+    monkeypatch.setattr(ui, "time", SimpleNamespace(time=lambda: clock[0]))
+    monkeypatch.setattr(views, "loss_figure", lambda snap: drawn.append(version[0]) or "figure")
+    out = ui.tick_charts(None, None)
+    assert out[0] == "figure" and drawn == [("r1", 1)]
+    seen = out[-1]
+    version[0], clock[0] = ("r1", 2), 100.5           # new points half a second later: not yet
+    out = ui.tick_charts(None, seen)
+    assert out[0] is not None and drawn == [("r1", 1)] and out[-1] == seen
+    clock[0] = 100.0 + ui.CHART_SECONDS               # … drawn once the interval has passed
+    out = ui.tick_charts(None, out[-1])
+    assert drawn == [("r1", 1), ("r1", 2)]
+    version[0], clock[0] = ("r2", 1), clock[0] + 0.1   # another run: at once
+    ui.tick_charts(None, out[-1])
+    assert drawn[-1] == ("r2", 1)

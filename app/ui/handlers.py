@@ -16,6 +16,7 @@ import re
 import secrets
 import shutil
 import threading
+import time
 from collections import OrderedDict
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -420,18 +421,24 @@ def tick_status(session: Any, seen):
             gr.update(interactive=live and own), _results_version(snap), version)
 
 
+CHART_SECONDS = 2.0   # a live run's charts are redrawn at most this often: each redraw takes CPU from training
+
+
 def tick_charts(session: Any, seen):
-    """Chart timer: loss and accuracy curves when new points arrived; channel maps when they change."""
+    """Chart timer: loss and accuracy curves when new points arrived (at most every ``CHART_SECONDS``
+    for the same run); channel maps when they change. ``seen``: (version, maps revision, drawn at)."""
     session = session_of(session)
     job = studio().manager.get(session.get("run"))
     version = (_version(session), job.maps_revision if job else None)
-    if version == seen:
+    seen = seen if isinstance(seen, tuple) and len(seen) == 3 else None
+    run_of = lambda v: v[0][0] if v and v[0] else None  # noqa: E731
+    same_run = seen is not None and run_of(seen) == run_of(version) and seen[1] == version[1]
+    if seen is not None and (version == seen[:2] or (same_run and time.time() - seen[2] < CHART_SECONDS)):
         return (gr.skip(),) * 3 + (seen,)
     snap = _view(session)[0]
-    run_of = lambda v: v[0][0] if v and v[0] else None  # noqa: E731
-    maps_changed = seen is None or run_of(seen) != run_of(version) or seen[1] != version[1]
     return (views.loss_figure(snap), views.accuracy_figure(snap),
-            views.channel_figure((snap or {}).get("channel_maps")) if maps_changed else gr.skip(), version)
+            views.channel_figure((snap or {}).get("channel_maps")) if not same_run else gr.skip(),
+            (*version, time.time()))
 
 
 def status_dict(session: Any) -> dict:

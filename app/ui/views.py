@@ -178,6 +178,7 @@ def loss_figure(snap: dict | None) -> go.Figure:
     keys = keys[-4:]
     fig = make_subplots(rows=len(keys), cols=1, subplot_titles=[_unit_title(k) for k in keys], vertical_spacing=0.08)
     palette = ["#2563eb", "#dc2626", "#16a34a", "#9333ea", "#ea580c", "#0891b2", "#4b5563", "#be185d"]
+    shapes, labels = [], list(fig.layout.annotations)   # the subplot titles
     for r, key in enumerate(keys, 1):
         s = series[key]
         for i, (name, values) in enumerate(sorted(s["losses"].items(), key=lambda kv: kv[0] != "total")):
@@ -186,11 +187,13 @@ def loss_figure(snap: dict | None) -> go.Figure:
                                      showlegend=r == 1 or name not in _names_in(series, keys[:r - 1]),
                                      line=dict(width=3 if name == "total" else 1.5, color=palette[i % len(palette)])),
                           row=r, col=1)
-        _shade_segments(fig, snap, key, r)
+        spans, names = _segment_spans(snap, key, r)
+        shapes += spans
+        labels += names
         fig.update_yaxes(type="log", row=r, col=1)
     fig.update_xaxes(title_text="epoch", row=len(keys), col=1)
     fig.update_layout(template="plotly_white", height=230 * len(keys) + 60, uirevision="losses",
-                      margin=dict(l=10, r=10, t=40, b=40))
+                      margin=dict(l=10, r=10, t=40, b=40), shapes=shapes, annotations=labels)
     return fig
 
 
@@ -203,16 +206,21 @@ def _unit_title(key: str) -> str:
     return LABELS.get(phase, phase) + (f" — seed {seed}" if phase in ("baseline", "kd", "indistill") else "")
 
 
-def _shade_segments(fig: go.Figure, snap: dict, key: str, row: int) -> None:
+def _segment_spans(snap: dict, key: str, row: int) -> tuple[list[dict], list[dict]]:
+    """The unit's schedule segments as shaded spans and labels of its panel (plain dicts, set on the
+    figure once: ``add_vrect`` per segment made most of a redraw's cost)."""
     schedule = snap.get("schedules", {}).get(key, [])
     if len(schedule) < 2:
-        return
-    start = 0.0
+        return [], []
+    x, y = ("x", "y") if row == 1 else (f"x{row}", f"y{row}")
+    shapes, labels, start = [], [], 0.0
     for ph in schedule:
-        fig.add_vrect(x0=start, x1=start + ph["epochs"], fillcolor=KIND_COLORS.get(ph["kind"], "#eee"), opacity=0.35,
-                      line_width=0, row=row, col=1, annotation_text=ph["name"], annotation_position="top left",
-                      annotation_font_size=10)
+        shapes.append(dict(type="rect", xref=x, yref=f"{y} domain", x0=start, x1=start + ph["epochs"], y0=0, y1=1,
+                           fillcolor=KIND_COLORS.get(ph["kind"], "#eee"), opacity=0.35, line_width=0, layer="below"))
+        labels.append(dict(x=start, y=1, xref=x, yref=f"{y} domain", text=ph["name"], showarrow=False,
+                           xanchor="left", yanchor="top", font=dict(size=10)))
         start += ph["epochs"]
+    return shapes, labels
 
 
 def accuracy_figure(snap: dict | None) -> go.Figure:
