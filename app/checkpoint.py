@@ -64,3 +64,16 @@ def load_into(model: nn.Module, blob: dict, what: str) -> None:
             f"{len(missing)} missing, {len(unexpected)} unexpected, {len(wrong)} wrong-shaped tensors"
             + (f" (e.g. {(missing + unexpected + wrong)[0]})" if missing or unexpected or wrong else ""))
     model.load_state_dict(state)
+
+
+def load_model(path: str | Path) -> tuple[nn.Module, dict]:
+    """The eval-mode network a checkpoint saved by this project holds, and its ``meta``."""
+    from models import build_model
+    blob = load_checkpoint(path)
+    meta = blob.get("meta") or {}
+    if "arch" not in meta:
+        raise CheckpointError(f"{Path(path).name} has no architecture in its metadata; a checkpoint saved by "
+                              "InDistill Studio is needed (a run folder's checkpoints/*.pt or train-teacher --out)")
+    model = build_model(meta["arch"], meta.get("num_classes", 10), meta.get("width", 1.0))
+    load_into(model, blob, f"checkpoint {Path(path).name}")
+    return model.eval(), meta

@@ -2,14 +2,13 @@
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .augment import eval_batches
 from .data import Dataset, Split
 from .device import Runtime
 from .features import FeatureTap
-from .losses import match_spatial
+from . import losses
 from . import stats
 from .metrics import information_with_labels, reference_map, retrieval_metrics
 
@@ -69,7 +68,7 @@ def layer_information(model: nn.Module, batch: Split, data: Dataset, runtime: Ru
 def feature_mse(features: list[torch.Tensor], targets: list[torch.Tensor]) -> list[float]:
     """Per stage, the MSE between a student's stage output and the pruned network's kept
     channels, larger map average-pooled to the smaller as in the warm-up (InDistill's Fig. 2)."""
-    return [round(float(F.mse_loss(*match_spatial(s.float(), t.float()))), 6) for s, t in zip(features, targets)]
+    return [round(float(losses.feature_mse(s.float(), t.float())), 6) for s, t in zip(features, targets)]
 
 
 def evaluate_model(model: nn.Module, data: Dataset, runtime: Runtime, *, retrieval: bool = True,

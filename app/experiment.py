@@ -72,9 +72,6 @@ def new_run_dir(root: str | Path, name: str) -> Path:
     return Path(root) / new_run_id(name)
 
 
-mean_sd = stats.mean_sd
-
-
 def _is_stats(values) -> bool:
     return isinstance(values, (list, tuple)) and len(values) == 3 and all(isinstance(v, (int, float)) for v in values)
 
@@ -153,7 +150,7 @@ class Experiment:
 
     def release(self) -> None:
         """Drop the dataset and evaluation batch (a finished job keeps only its results)."""
-        for attr in ("data", "info_batch", "flow_targets"):
+        for attr in ("data", "info_batch", "flow_targets", "teacher_blob"):
             self.__dict__.pop(attr, None)
 
     def _tick(self) -> None:
@@ -229,7 +226,6 @@ class Experiment:
             self.results["procedure"] = self.procedure_record()
             maps = None
             if self.cfg.phases.indistill:
-                size, ind = self.cfg.data.input_size, self.cfg.indistill
                 pruned_spec = self.aux_spec if self.plan.use_aux else self.spec(self.cfg.teacher.arch)
                 maps = plan_pruning(pruned, pruned_spec, self.spec(self.cfg.student.arch))
                 self.results["channel_maps"] = {"pruned_arch": pruned.arch, "stages": [m.to_dict() for m in maps]}
@@ -388,6 +384,8 @@ class Experiment:
         ``width``, measured once per run: every model of one architecture shows one figure."""
         key = f"{arch}@{width:g}"
         costs = self.results.setdefault("costs", {})
+        if self.only and key not in costs:  # a student-unit task beside others: the merge measures it
+            return {"cost_key": key, "cost_pending": True}
         if key not in costs:
             costs[key] = profile(model, self.rt.device, self.cfg.data.input_size, self.cfg.eval.latency_runs)
         return {"cost_key": key} | costs[key]

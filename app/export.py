@@ -27,11 +27,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from models import build_model
 
-from .checkpoint import CheckpointError, load_checkpoint, load_into
+from .checkpoint import load_model
 from .config import SAMPLE_DATA, DataConfig
-from .data import DataError, Split, load_dataset
+from .data import DataError, load_dataset
 from .device import Runtime
 
 EXTRA_HINT = "pip install -r requirements-extra.txt"
@@ -68,18 +67,6 @@ class LogitsAndEmbedding(nn.Module):
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         embedding = self.body(x)
         return self.classifier(embedding), embedding
-
-
-def model_from_checkpoint(path: str | Path) -> tuple[nn.Module, dict]:
-    """The eval-mode model a checkpoint holds, and its ``meta``."""
-    blob = load_checkpoint(path)
-    meta = blob.get("meta") or {}
-    if "arch" not in meta or "num_classes" not in meta:
-        raise CheckpointError(f"{Path(path).name} has no architecture in its metadata; export needs a checkpoint "
-                              "saved by InDistill Studio (a run folder's checkpoints/*.pt or train-teacher --out)")
-    model = build_model(meta["arch"], meta["num_classes"], meta.get("width", 1.0))
-    load_into(model, blob, f"checkpoint {Path(path).name}")
-    return model.eval(), meta
 
 
 def _data_source(meta: dict, data_dir: str | None) -> str | None:
@@ -161,7 +148,7 @@ def export_onnx(checkpoint_path: str | Path, out_path: str | Path, images: torch
     ``data_dir`` or the checkpoint's data, else the embedded sample (see module doc).
     Returns the figures; ``ok`` says whether the largest difference is within 1e-4.
     """
-    model, meta = model_from_checkpoint(checkpoint_path)
+    model, meta = load_model(checkpoint_path)
     _, ort = require_onnx()
     out_path = Path(out_path)
     if images is None:

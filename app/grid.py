@@ -203,15 +203,12 @@ class CurriculumGrid:
         for c in cells:
             if c is off or not c.get("correct"):
                 continue
-            d, lo, hi = stats.paired_correct(base, stats.unpack_bits(c["correct"], c["test_images"]))
-            out.append({"mode": c["mode"], "a": c["a"], "b": c["b"], "versus": "off", "diff": d, "ci": [lo, hi],
-                        "verdict": stats.verdict(lo, hi)})
+            d = stats.paired_difference([off["test_acc"]], [c["test_acc"]], a_items=base,
+                                        b_items=stats.unpack_bits(c["correct"], c["test_images"]), kind="correct")
+            out.append({"mode": c["mode"], "a": c["a"], "b": c["b"], "versus": "off"} | d)
         return out
 
     def _forward(self, e: ev.Event) -> None:
         if e.kind not in ("finished",):  # the grid announces its own end
             self.emit(e)
 
-
-def load_grid(run_dir: str | Path) -> dict | None:
-    return (RunFolder(Path(run_dir)).read_results() or {}).get("grid")

@@ -86,7 +86,7 @@ def assess_pair(teacher: str, student: str, aux: str = "auto", aux_width: float 
     a_spec = spec_of(student, num_classes, aux_width, input_size)
     aux_problems = direct_problems(a_spec, s_spec)
     if aux_width < 1:
-        aux_problems.append(f"aux_width must be ≥ 1 so the auxiliary teacher is at least as wide as the student")
+        aux_problems.append("aux_width must be ≥ 1 so the auxiliary teacher is at least as wide as the student")
     why = problems or ([f"width ratio {ratio:g} exceeds {ratio_threshold:g}"] if too_wide else ["auxiliary teacher forced on"])
     if aux_problems:
         return PairVerdict(False, True, student, aux_width, [f"auxiliary teacher {student}×{aux_width:g}: " + p

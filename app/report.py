@@ -113,12 +113,10 @@ def study(name: str) -> Study:
 def estimate_minutes(s: Study, data_dir: str | None = "x") -> dict[str, float]:
     """Minutes per pair on 2 CPU cores by the public cost model (:func:`app.public.estimate`)."""
     from .plan import make_plan
-    from .public import CPU_MODEL, estimate
+    from .public import CPU_MODEL, dataset_size, estimate
     out = {}
-    for pair, cfg in s.configs(data_dir):
-        per, val = cfg.data.train_per_class or 5000, cfg.data.val_per_class
-        test = 10 * (cfg.data.test_per_class or 1000)
-        e = estimate(cfg, make_plan(cfg), 10, 10 * (per - val), 10 * val, test, CPU_MODEL)
+    for pair, cfg in s.configs(data_dir):  # the images each pair selects, counted as the data module selects them
+        e = estimate(cfg, make_plan(cfg), *dataset_size(cfg), CPU_MODEL)
         out[pair.name] = round(e.minutes, 1)
     return out
 

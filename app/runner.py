@@ -122,7 +122,6 @@ class Job:
         self.state = "queued"
         self.submitted = time.time()
         self.started: float | None = None
-        self.ended: float | None = None
         self.series: dict[str, LossSeries] = {}
         self.view: dict = {"phase": None, "seed": None, "segment": None, "epoch": 0, "eval": {},
                            "segments": {}, "channel_maps": None, "results": {}, "error": None, "schedules": {}}
@@ -153,7 +152,7 @@ class Job:
         self.cancel_event.set()
         with self.lock:
             if self.state == "queued":
-                self.state, self.ended = "cancelled", time.time()
+                self.state = "cancelled"
                 self.log.append("cancelled before it started")
                 self.revision += 1
 
@@ -184,7 +183,6 @@ class Job:
         self.experiment.release()
         return_memory()
         with self.lock:
-            self.ended = self.ended or time.time()
             if self.state in runfolder.LIVE_STATES:  # ended without an event (cancelled while queued)
                 self.state = "cancelled"
             self.revision += 1
@@ -277,16 +275,20 @@ class Job:
             return max(0.0, (self.estimate_s or 0.0) - elapsed)
         return self.estimate_s or 0.0
 
+    def _progress(self, wait_s: float) -> tuple[int, int, float, float, float | None]:
+        """(steps done, steps in all, seconds running, fraction done, seconds until it ends: the queue
+        wait plus :meth:`remaining_s` while live, None once ended); one rule for summary and snapshot."""
+        done, total = self.experiment.done_steps, self.experiment.total_steps
+        elapsed = (time.time() - self.started) if self.started else 0.0
+        frac = done / total if total else (1.0 if self.state == "finished" else 0.0)
+        return done, total, elapsed, frac, (wait_s + self.remaining_s() if self.live else None)
+
     def summary(self) -> dict:
         """The status line's facts without copying the curves (what a script polls)."""
         position, wait_s = self.manager.queue_place(self) if self.manager else (0, 0.0)
         last = self.last_step()
         with self.lock:
-            done, total = self.experiment.done_steps, self.experiment.total_steps
-            elapsed = (time.time() - self.started) if self.started else 0.0
-            frac = done / total if total else (1.0 if self.state == "finished" else 0.0)
-            eta = wait_s + (self.estimate_s or 0.0) if self.state == "queued" else \
-                (elapsed / frac - elapsed if 0 < frac < 1 else None)
+            _, _, _, frac, eta = self._progress(wait_s)
             results = {p: {"test_acc": r.get("test_acc"), "test_acc_std": r.get("test_acc_std")}
                        for p, r in self.view["results"].items() if isinstance(r, dict) and "test_acc" in r}
             return {"run": self.id, "state": self.state, "progress": round(frac, 4), "queue_position": position,
@@ -298,20 +300,14 @@ class Job:
         """A JSON-ready copy of the job's state, safe to read from any thread."""
         queue_position, wait_s = self.manager.queue_place(self) if self.manager else (0, 0.0)
         with self.lock:
-            exp = self.experiment
-            done, total = exp.done_steps, exp.total_steps
-            elapsed = (time.time() - self.started) if self.started else 0.0
-            frac = done / total if total else (1.0 if self.state == "finished" else 0.0)
-            eta = elapsed / frac - elapsed if 0 < frac < 1 else (0.0 if self.state == "finished" else None)
-            if self.state == "queued":
-                eta = wait_s + (self.estimate_s or 0.0)
+            done, total, elapsed, frac, eta = self._progress(wait_s)
             snap = copy.deepcopy(self.view)
             snap["series"] = {k: s.to_dict() for k, s in self.series.items()}
             snap.update(id=self.id, state=self.state, steps_done=done, steps_total=total,
                         progress=round(frac, 4), elapsed_s=round(elapsed, 1), eta_s=None if eta is None else round(eta, 1),
                         queue_position=queue_position, queue_wait_s=round(wait_s, 1),
                         estimate_s=None if self.estimate_s is None else round(self.estimate_s, 1),
-                        log=list(self.log), config=self.cfg.to_dict(), data=exp.results.get("data"), read_only=False)
+                        log=list(self.log), config=self.cfg.to_dict(), data=self.experiment.results.get("data"), read_only=False)
             return snap
 
 

@@ -31,7 +31,6 @@ class SegmentPlan:
         return asdict(self)
 
 
-Phase = SegmentPlan  # the former name, kept for code written before the vocabulary was fixed
 
 
 def curriculum_epochs(a: float, b: float, n_layers: int) -> list[float]:

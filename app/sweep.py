@@ -237,7 +237,6 @@ def absorb(cfg: ExperimentConfig, folder: RunFolder, out: Output, only: Collecti
         for phase, entry in theirs.get("phases", {}).items():
             for key, unit in entry.get("units", {}).items():
                 if unit_name(phase, None if key == "single" else int(key)) in only:
-                    unit["cost_pending"] = True
                     mine = results.setdefault("phases", {}).setdefault(phase, {"units": {}})
                     mine["units"][key] = unit  # tasks end in any order; the units stay in seed order
                     mine["units"] = dict(sorted(mine["units"].items(), key=lambda kv: int(kv[0]) if kv[0].isdigit() else -1))

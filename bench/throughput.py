@@ -41,7 +41,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from app.augment import BatchStream  # noqa: E402
-from app.checkpoint import load_checkpoint, load_into  # noqa: E402
+from app.checkpoint import load_model  # noqa: E402
 from app.config import ASSETS, DataConfig  # noqa: E402
 from app.data import load_dataset  # noqa: E402
 from app.device import resolve, seed_everything  # noqa: E402
@@ -173,13 +173,10 @@ def memory_batches(data, rt, batch: int, count: int = 32) -> list[tuple[torch.Te
 
 
 def load_teacher(path: Path, data, rt):
-    blob = load_checkpoint(path)
-    meta = blob["meta"]
+    teacher, meta = load_model(path)
     if meta.get("num_classes", data.num_classes) != data.num_classes:
         raise SystemExit(f"teacher {path} has {meta['num_classes']} classes, the data {data.num_classes}")
-    teacher = rt.prepare(build_model(meta["arch"], data.num_classes, meta.get("width", 1.0)))
-    load_into(teacher, blob, f"teacher {path}")
-    return teacher.eval()
+    return rt.prepare(teacher).eval()
 
 
 def interleaved(loops: dict, chunks: int, steps: int, batch: int) -> dict[str, list[float]]:

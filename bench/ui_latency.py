@@ -37,9 +37,8 @@ def main() -> None:
     from app.ui import handlers, layout, views
     from app.ui import main as ui
     ui._warm_up_plotting()
-    demo = ui.build_app()
-    demo.queue()
-    demo.launch(server_port=args.port, prevent_thread_lock=True, quiet=True)
+    os.environ["GRADIO_SERVER_PORT"] = str(args.port)
+    demo = ui.launch(prevent_thread_lock=True, quiet=True)   # the app as users get it (queue, paths, limits)
     startup = time.time() - t0
 
     # server side: when each (phase, step) reached the job's snapshot, and each chart point count

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from app.config import ASSETS, ConfigError, preset
+from app.config import ASSETS, preset
 from app.ui import form
 from app.ui import handlers as ui
 from app.ui import views
@@ -170,3 +170,11 @@ def test_a_live_runs_charts_are_redrawn_at_most_every_chart_seconds(monkeypatch)
     version[0], clock[0] = ("r2", 1), clock[0] + 0.1   # another run: at once
     ui.tick_charts(None, out[-1])
     assert drawn[-1] == ("r2", 1)
+
+
+def test_retrieval_reports_a_model_failure_as_a_message(monkeypatch):
+    def broken(session):
+        raise RuntimeError("checkpoint unreadable")
+    monkeypatch.setattr(ui, "model_set", broken)
+    picture, message, gallery = ui.retrieve(str(ASSETS / "examples" / "cat.jpg"), None, "cosine", 8)
+    assert "Could not run the models" in message and "checkpoint unreadable" in message and gallery == []

@@ -18,7 +18,7 @@ import shutil
 import threading
 import time
 from collections import OrderedDict
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -751,9 +751,9 @@ def retrieve(file, session: Any, metric: str, k):
     basis = f"true class **{classes[true]}** (from the example's name)" if true is not None else "each model's predicted class"
     legend = ", ".join(f"{_tag(a['model'])} = {a['model'].label}" for a in answers)
     lines.append(f"\nOne row per model ({legend}); neighbours marked ✓/✗ against {basis}; {metric} distance.")
-    shown = picture.resize((128, 128 * picture.height // max(picture.width, 1)), Image.NEAREST) \
+    preview = picture.resize((128, 128 * picture.height // max(picture.width, 1)), Image.NEAREST) \
         if picture.width < 128 else picture
-    return shown, "\n\n".join(x for x in lines if x), gr.update(value=gallery, columns=k)
+    return preview, "\n\n".join(x for x in lines if x), gr.update(value=gallery, columns=k)
 
 
 def feature_maps(example: str, session: Any):

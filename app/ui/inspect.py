@@ -12,13 +12,12 @@ import torch
 from PIL import Image
 
 from app.augment import Normalizer
-from app.checkpoint import load_checkpoint, load_into
+from app import checkpoint
 from app.config import DataConfig
 from app.data import Dataset, Split, load_dataset
 from app.device import Runtime
 from app.evaluate import predict
 from app.features import FeatureTap
-from models import build_model
 
 from .views import LABELS, PHASES
 
@@ -32,11 +31,8 @@ class LoadedModel:
 
 
 def load_model(path: Path, key: str) -> LoadedModel:
-    blob = load_checkpoint(path)
-    meta = blob.get("meta", {})
-    model = build_model(meta["arch"], meta.get("num_classes", 10), meta.get("width", 1.0))
-    load_into(model, blob, f"{key} checkpoint")
-    return LoadedModel(key, LABELS.get(key, key), model.eval(), meta)
+    model, meta = checkpoint.load_model(path)
+    return LoadedModel(key, LABELS.get(key, key), model, meta)
 
 
 MAX_DATABASE = 5000  # training images searched per model (evenly spaced over the split when larger)
