@@ -67,7 +67,7 @@ class InDistillConfig:
     a: float = 2.0                    # S_l = a + b·l epochs for layer l (1-based)
     b: float = 1.0
     mode: str = "curriculum"          # curriculum | joint | off
-    embed: bool = True                # then the embedding layer with embed_loss
+    embed: bool | None = None         # then the embedding layer with embed_loss (None: the procedure's choice)
     embed_loss: str = "pkt_indistill"
     lr: float = 1e-3                  # Adam during warm-up (loss scales differ by layer)
     aux: str = "auto"                 # auto | on | off
@@ -77,6 +77,20 @@ class InDistillConfig:
     aux_checkpoint: str | None = None  # load the auxiliary teacher instead of training it (the grid shares one)
     ratio_threshold: float = 4.0      # teacher/student width ratio above which auto uses an aux
     procedure: str = "studio"         # studio | reference (see README: "Procedures")
+
+
+@dataclass
+class RecipeConfig:
+    """How student units are optimised. ``None`` takes the value of ``indistill.procedure``
+    (``app.recipe.PROCEDURE_RECIPES``: studio or the InDistill reference code)."""
+    optimizer: str | None = None      # sgd | adam: the KD arms' stage 2 (studio: sgd, reference: adam)
+    lr: float | None = None           # its learning rate (studio: optim.lr, reference: 1e-3)
+    schedule: str | None = None       # segment-cosine (restarts per segment) | cosine | step (one schedule per unit)
+    step_epoch: float | None = None   # step: the unit epoch from which lr × step_factor (reference: 60)
+    step_factor: float | None = None  # reference: 0.1
+    fresh_optimizer: str | None = None  # segment | epoch: re-create the optimizer at every segment or epoch start
+    targets: str | None = None        # teacher-bn | batch-gamma: how the pruned network computes its targets
+    baseline: str | None = None       # equal (the KD arms' optimizer, schedule and total epochs) | reference
 
 
 @dataclass
@@ -104,6 +118,7 @@ class ExperimentConfig:
     student: StudentConfig = field(default_factory=StudentConfig)
     kd: KDConfig = field(default_factory=KDConfig)
     indistill: InDistillConfig = field(default_factory=InDistillConfig)
+    recipe: RecipeConfig = field(default_factory=RecipeConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     phases: PhasesConfig = field(default_factory=PhasesConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
@@ -164,10 +179,10 @@ def _assign(d: dict, key: str, value: Any) -> None:
 
 def _coerce(value: Any, typ: Any, where: str) -> Any:
     text = isinstance(value, str)
-    opt = typ in (int | None, float | None, str | None)
+    opt = typ in (int | None, float | None, str | None, bool | None)
     if opt and (value is None or (text and value.lower() in ("none", "null", ""))):
         return None
-    base = {int | None: int, float | None: float, str | None: str}.get(typ, typ)
+    base = {int | None: int, float | None: float, str | None: str, bool | None: bool}.get(typ, typ)
     try:
         if base is bool:
             if isinstance(value, bool):
@@ -242,9 +257,18 @@ PRESETS: dict[str, dict[str, Any]] = {
     "paper-cnn": {
         "summary": "InDistill reference: ResNet-18 → auxiliary CNN 16/32/64 → CNN 8/16/32",
         "teacher.arch": "resnet18", "teacher.epochs": 200, "teacher.lr": 0.1,
-        "student.arch": "cnn_8_16_32", "student.epochs": 50,
+        "student.arch": "cnn_8_16_32", "student.epochs": 58,
         "indistill.aux": "on", "indistill.aux_width": 2.0, "indistill.a": 2.0, "indistill.b": 1.0,
         "indistill.procedure": "reference", "kd.loss": "pkt_indistill", "data.val_per_class": 500,
+    },
+    "reference-cifar10": {
+        "summary": "The InDistill authors' auxiliary teacher (CNN 16/32/64, PKT from their ResNet-18) → CNN 8/16/32 "
+                   "by their procedure: all 50,000 CIFAR-10 training images, 12 warm-up + 58 PKT epochs",
+        "data.dataset": "cifar10", "data.val_per_class": 0,
+        "teacher.arch": "cnn_16_32_64", "teacher.checkpoint": str(ASSETS / "teachers" / "indistill_aux_cnn_16_32_64.pt"),
+        "teacher.epochs": 0, "student.arch": "cnn_8_16_32", "student.epochs": 58,
+        "indistill.aux": "off", "indistill.a": 2.0, "indistill.b": 1.0,
+        "indistill.procedure": "reference", "kd.loss": "pkt_indistill",
     },
     "resnet56-resnet20": {
         "summary": "CIFAR ResNet-56 → ResNet-20 (same widths, no pruning needed beyond identity)",

@@ -63,6 +63,9 @@ class Split:
         return len(self.labels)
 
 
+TRAIN_PROBE = 1000   # training images watched per epoch when no validation split is held out
+
+
 @dataclass
 class Dataset:
     name: str
@@ -80,9 +83,25 @@ class Dataset:
         return len(self.classes)
 
     @property
+    def has_val(self) -> bool:
+        return self.val is not None and len(self.val) > 0
+
+    @property
     def eval_split(self) -> Split:
-        """The split watched during training: validation if held out, else test."""
-        return self.val if self.val is not None and len(self.val) else self.test
+        """The split watched during training: validation if held out, else a fixed, evenly
+        spaced probe of ``TRAIN_PROBE`` training images (seen in training: it shows fit, not
+        generalisation). Never the test split, which is used once per model at the end."""
+        if self.has_val:
+            return self.val
+        if "probe" not in self.__dict__:
+            n = len(self.train)
+            idx = torch.linspace(0, n - 1, min(TRAIN_PROBE, n)).round().long()
+            self.__dict__["probe"] = Split(self.train.images[idx], self.train.labels[idx])
+        return self.__dict__["probe"]
+
+    @property
+    def eval_split_name(self) -> str:
+        return "val" if self.has_val else "train-probe"
 
 
 def default_cache_dir() -> Path:

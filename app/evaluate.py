@@ -10,7 +10,7 @@ from .device import Runtime
 from .features import FeatureTap
 from . import losses
 from . import stats
-from .metrics import information_with_labels, reference_map, retrieval_metrics
+from .metrics import information_with_labels, retrieval_metrics
 
 
 @torch.no_grad()
@@ -44,13 +44,25 @@ def fixed_batch(split: Split, size: int) -> Split:
 
 
 @torch.no_grad()
-def representations(model: nn.Module, batch: Split, data: Dataset, runtime: Runtime) -> tuple[list[torch.Tensor], torch.Tensor]:
-    """Each stage's output, then the embedding (fp32), and the labels, for one fixed batch."""
+def representations(model: nn.Module, batch: Split, data: Dataset, runtime: Runtime, raw: bool = False):
+    """Each stage's output, then the embedding (fp32), and the labels, for one fixed batch;
+    ``raw``: the pass's :class:`~app.features.Outputs` (with each stage's input) and the labels."""
     model.eval()
     x, y = next(eval_batches(batch, runtime.device, data.mean, data.std, batch_size=len(batch)))
     with FeatureTap(model) as tap, runtime.autocast():
-        out = tap(x)
+        out = tap(x, inputs=raw)
+    if raw:
+        return out, y
     return [f.float() for f in out.features] + [out.embedding.float()], y
+
+
+@torch.no_grad()
+def split_map(model: nn.Module, split: Split, data: Dataset, runtime: Runtime) -> float:
+    """Cosine retrieval mAP within ``split``: its even-indexed images query its odd-indexed ones
+    (no image retrieves itself). The per-epoch curve of a unit that trains no classifier."""
+    _, emb = predict(model, split, data, runtime)
+    labels = split.labels.cpu()
+    return retrieval_metrics(emb[0::2], labels[0::2], emb[1::2], labels[1::2], "cosine")["map"]
 
 
 def information_of(reps: list[torch.Tensor], labels: torch.Tensor) -> list[float]:
@@ -95,11 +107,9 @@ def evaluate_model(model: nn.Module, data: Dataset, runtime: Runtime, *, retriev
             keep = torch.linspace(0, len(q_lab) - 1, max_queries).round().long()
             q_emb, q_lab = q_emb[keep], q_lab[keep]
         result["retrieval"] = {}
-        for m in ("cosine", "euclidean"):
-            r = retrieval_metrics(q_emb, q_lab, db_emb, data.train.labels, m)
+        for m in ("cosine", "euclidean"):  # each query ranked once for every figure
+            r = retrieval_metrics(q_emb, q_lab, db_emb, data.train.labels, m, query_batch=query_batch)
             ap = r.pop("ap")
-            r.update(map_ci=list(stats.bootstrap_mean(ap)), ap=stats.pack_unit(ap),
-                     map_reference=reference_map(db_emb, data.train.labels, q_emb, q_lab, m, query_batch),
-                     map_reference_query_batch=query_batch)
+            r.update(map_ci=list(stats.bootstrap_mean(ap)), ap=stats.pack_unit(ap))
             result["retrieval"][m] = r
     return result

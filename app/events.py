@@ -141,7 +141,8 @@ class Cancelled(Event):
 def eval_text(metrics: dict) -> str:
     """An epoch's evaluation accuracy with the data it was measured on, for log lines."""
     n = metrics.get("eval_images")
-    return f"{metrics['eval_split']} acc {metrics['eval_acc']:.4f}" + (f" ({n:,} images)" if n else "")
+    value = f"acc {metrics['eval_acc']:.4f}" if "eval_acc" in metrics else f"mAP {metrics.get('eval_map', 0):.4f}"
+    return f"{metrics['eval_split']} {value}" + (f" ({n:,} images)" if n else "")
 
 
 def test_text(result: dict) -> str:

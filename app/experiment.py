@@ -32,7 +32,7 @@ from .config import ConfigError, ExperimentConfig
 from .data import Dataset, Split, load_dataset
 from .device import Runtime, resolve, seed_everything
 from .evaluate import (eval_accuracy, evaluate_model, feature_mse, fixed_batch, information_of, layer_information,
-                       representations)
+                       representations, split_map)
 from .features import FeatureTap
 from .fold import fold_batchnorm
 from .losses import KDLoss, build_loss
@@ -40,7 +40,8 @@ from .metrics import flow_divergence
 from .pairing import spec_of
 from .plan import Plan, make_plan, stage2_loss
 from .profile import profile
-from .pruning import PrunedFeatures, plan_pruning
+from .pruning import PrunedTargets, make_targets, plan_pruning
+from .recipe import LRSchedule, UnitOptim, resolve_recipe, unit_optim
 from .runfolder import RunFolder, new_run_id, read_json, unit_name, write_json
 from .schedule import SegmentPlan
 from .train import WARMUP_KINDS, CancelledError, LoopContext, Taps, run_segments, segment_for, steps_for
@@ -60,9 +61,10 @@ class Unit:
     segments: list[SegmentPlan] = field(default_factory=list)
     lr: float = 0.05
     teacher: nn.Module | None = None          # read by kd segments
-    pruned: nn.Module | None = None           # read by warm-up segments, through ``maps``
-    maps: list | None = None
+    pruned: nn.Module | None = None           # read by warm-up segments, through ``targets``
+    targets: PrunedTargets | None = None
     kd_loss: KDLoss | None = None
+    optim: UnitOptim | None = None            # None: Nesterov SGD at ``lr``, a cosine per segment
     load: dict | None = None                  # a checkpoint to load instead of training
     load_what: str = ""
 
@@ -97,6 +99,7 @@ class Experiment:
         self.cfg = cfg
         self.plan: Plan = make_plan(cfg)
         self.plan.raise_if_invalid()
+        self.recipe = resolve_recipe(cfg)
         self.run_dir = Path(run_dir) if run_dir is not None else new_run_dir(runs_root, cfg.name)
         self.dist = distributed.from_env()  # torchrun ranks; rank 0 alone writes and emits
         self.emit = (emit or (lambda e: None)) if self.dist.main else (lambda e: None)
@@ -111,6 +114,7 @@ class Experiment:
         # student units to run (names such as ``kd-s2``); None: all, then aggregate and compare.
         # A selection leaves the run ``partial``: the driver merges it (:mod:`app.sweep`).
         self.only = None if only is None else frozenset(only)
+        self.trace: Callable[[dict], None] | None = None  # per training step (app.train.LoopContext.trace)
 
     # ------------------------------------------------------------ helpers
     def log(self, message: str) -> None:
@@ -156,9 +160,10 @@ class Experiment:
     def _tick(self) -> None:
         self.done_steps += 1
 
-    def loop(self, phase: str, seed: int) -> LoopContext:
+    def loop(self, phase: str, seed: int, schedule: LRSchedule = LRSchedule(), fresh: str = "segment") -> LoopContext:
         o = self.cfg.optim
-        return LoopContext(self.rt, self.emit, self.cancel, phase, seed, o.momentum, o.weight_decay, self._tick, self.dist)
+        return LoopContext(self.rt, self.emit, self.cancel, phase, seed, o.momentum, o.weight_decay, self._tick, self.dist,
+                           schedule, fresh, self.trace)
 
     def stream(self, seed: int) -> BatchStream:
         o = self.cfg.optim
@@ -203,7 +208,7 @@ class Experiment:
             self.log(f"device: {self.rt.describe()}")
             self.data: Dataset = self.normalisation(load_dataset(self.cfg.data, self.log))
             d = self.data
-            eval_split = "val" if d.val is not None and len(d.val) else "test"
+            eval_split = d.eval_split_name
             self.results["data"] = {"name": d.name, "description": d.description, "classes": d.classes,
                                     "train": len(d.train), "test": len(d.test), "val": len(d.val) if d.val else 0,
                                     "skipped": d.skipped[:50], "skipped_count": len(d.skipped),
@@ -224,18 +229,23 @@ class Experiment:
             # the reference procedure: the auxiliary teacher also teaches stage 2 (both arms)
             stage2 = frozen_pruned if self.reference else frozen_teacher
             self.results["procedure"] = self.procedure_record()
-            maps = None
+            targets = None
             if self.cfg.phases.indistill:
                 pruned_spec = self.aux_spec if self.plan.use_aux else self.spec(self.cfg.teacher.arch)
                 maps = plan_pruning(pruned, pruned_spec, self.spec(self.cfg.student.arch))
-                self.results["channel_maps"] = {"pruned_arch": pruned.arch, "stages": [m.to_dict() for m in maps]}
+                targets = make_targets(self.recipe.targets, pruned, maps, self.rt.device)  # unfolded filters
+                self.results["channel_maps"] = {"pruned_arch": pruned.arch, "stages": [m.to_dict() for m in maps],
+                                                "targets": self.recipe.targets}
                 self.emit(ev.ChannelMaps(pruned.arch, self.results["channel_maps"]["stages"]))
-                self.flow_reference(pruned, maps)
-            for phase in self.plan.schedules:
-                for seed in range(self.cfg.seeds):
+                self.flow_reference(frozen_pruned, targets)
+            # seed by seed (every arm of seed 0, then of seed 1, …): a study stopped part-way
+            # already holds complete paired comparisons for its finished seeds
+            for seed in range(self.cfg.seeds):
+                for phase in self.plan.schedules:
                     if self.selected(phase, seed):
-                        self.student_phase(phase, seed, stage2, frozen_pruned, maps)  # maps: unfolded filters
-                if self.dist.main and self.only is None:  # rank 0 alone records results
+                        self.student_phase(phase, seed, stage2, frozen_pruned, targets)
+            if self.dist.main and self.only is None:  # rank 0 alone records results
+                for phase in self.plan.schedules:
                     self.aggregate(phase)
             if self.dist.main and self.only is None:
                 self.compare()
@@ -268,7 +278,7 @@ class Experiment:
         """``results["procedure"]``: which chain ran — who teaches the warm-up and stage 2, with what."""
         aux = self.plan.use_aux
         name, params = stage2_loss(self.cfg)
-        return {"name": self.cfg.indistill.procedure,
+        return {"name": self.cfg.indistill.procedure, "recipe": self.recipe.to_dict(),
                 "aux": [p.to_dict() for p in self.aux_segments()] if aux and not self.cfg.indistill.aux_checkpoint
                 else ("loaded from indistill.aux_checkpoint" if aux else None),
                 "warmup_source": "aux" if aux else "teacher",
@@ -344,6 +354,7 @@ class Experiment:
             seconds, epochs = self._train(model, u, history), sum(p.epochs for p in u.segments)
         if self.dist.main:  # under torchrun, rank 0 alone evaluates, writes and records
             result = self._evaluate(model, u.arch, u.width, seconds, epochs, history)
+            result["classifier_trained"] = self.trains_classifier(u)
             save_model(model, self.ckpt(name), self.meta(u.arch, u.width, u.phase, u.seed, result["test_acc"]))
             self._record(u.phase, u.seed, result)
         return model.eval()
@@ -356,18 +367,21 @@ class Experiment:
         with contextlib.ExitStack() as stack:
             def tap(m):
                 return stack.enter_context(FeatureTap(m)) if m is not None else None
-            taps = Taps(tap(model), tap(u.teacher), tap(u.pruned),
-                        PrunedFeatures(u.maps, self.rt.device) if u.maps else None)
-            segments = [segment_for(p, n, model, taps, lr=u.lr, warmup_lr=self.cfg.indistill.lr, kd_loss=u.kd_loss)
+            taps = Taps(tap(model), tap(u.teacher), tap(u.pruned), u.targets)
+            optim = u.optim or UnitOptim("sgd", u.lr, "segment-cosine", 0.0, 1.0, "segment")
+            segments = [segment_for(p, n, model, taps, optimizer=optim.optimizer, lr=optim.lr,
+                                    warmup_lr=self.recipe.warmup_lr, kd_loss=u.kd_loss)
                         for p, n in zip(u.segments, steps)]
+            loop = self.loop(u.phase, seed, LRSchedule.of(optim, sum(steps), stream.steps_per_epoch),
+                             optim.fresh_optimizer)
             last_warm = max((i for i, p in enumerate(u.segments) if p.kind in WARMUP_KINDS), default=None)
 
             def after_segment(index: int, _seg) -> None:  # keep the student as the warm-up left it
                 if index == last_warm and self.dist.main:
                     save_model(model, self.ckpt(unit_name(u.phase, u.seed) + "-warmup"),
                                self.meta(u.arch, u.width, f"{u.phase}-warmup", u.seed, None))
-            return run_segments(model, stream, segments, self.loop(u.phase, seed),
-                                self._epoch_callback(model, history, u.phase),
+            return run_segments(model, stream, segments, loop,
+                                self._epoch_callback(model, history, u.phase, self.trains_classifier(u)),
                                 after_segment)
 
     # ------------------------------------------------------------ results
@@ -401,12 +415,14 @@ class Experiment:
             result["info_flow"] = layer_information(model, self.info_batch, self.data, self.rt)
         return result
 
-    def flow_reference(self, pruned, maps) -> None:
-        """Once per run, on the information batch: the pruned network's kept channels (what each
-        student's stages are compared with, InDistill's Fig. 2) and its per-layer information
-        (the reference of the information-flow divergence, Fig. 4), in ``results["flow_reference"]``."""
-        reps, y = representations(pruned, self.info_batch, self.data, self.rt)
-        self.flow_targets = PrunedFeatures(maps, self.rt.device)(reps[:-1])
+    def flow_reference(self, pruned, targets: PrunedTargets) -> None:
+        """Once per run, on the information batch: the pruned network's targets (what each
+        student's stages are compared with, InDistill's Fig. 2, computed as the warm-up computes
+        them) and their per-layer information (the reference of the information-flow
+        divergence, Fig. 4), in ``results["flow_reference"]``."""
+        out, y = representations(pruned, self.info_batch, self.data, self.rt, raw=True)
+        reps = [f.float() for f in out.features] + [out.embedding.float()]
+        self.flow_targets = [t.float() for t in targets.of(out)]
         role = "auxiliary teacher" if self.plan.use_aux else "teacher"
         self.results["flow_reference"] = {
             "network": f"{role} {pruned.arch}, pruned to the student's widths (kept channels), then its embedding",
@@ -415,17 +431,20 @@ class Experiment:
             "divergence": "Σ over layers of (I_teacher − I_student)², Passalis et al. 2020 (an analogue: their "
                           "estimator is quadratic MI)"}
 
-    def _epoch_callback(self, model, history: list, phase: str = "") -> Callable[[int], dict]:
-        """Per epoch: accuracy on the evaluation split; on the information batch, per-layer
-        information and, for students of a run with channel maps, ``feature_mse`` (per stage)
-        and ``flow_divergence`` from the pruned network."""
+    def _epoch_callback(self, model, history: list, phase: str = "", classifier: bool = True) -> Callable[[int], dict]:
+        """Per epoch: accuracy on the evaluation split (or, for a unit that trains no classifier,
+        ``eval_map``: the split's images retrieving each other, :func:`app.evaluate.split_map`);
+        on the information batch, per-layer information and, for students of a run with channel
+        maps, ``feature_mse`` (per stage) and ``flow_divergence`` from the pruned network."""
         compare = phase in STUDENT_PHASES and self.flow_targets is not None
         if not self.dist.main:  # rank 0 evaluates; the others go on to the next step
             return None
 
         def on_epoch(epoch: int) -> dict:
-            metrics = {"eval_acc": round(eval_accuracy(model, self.data.eval_split, self.data, self.rt), 5),
-                       "eval_split": self.results["data"]["eval_split"], "eval_images": len(self.data.eval_split)}
+            split = self.data.eval_split
+            metrics = {"eval_acc": round(eval_accuracy(model, split, self.data, self.rt), 5)} if classifier else \
+                {"eval_map": round(split_map(model, split, self.data, self.rt), 5)}
+            metrics |= {"eval_split": self.results["data"]["eval_split"], "eval_images": len(split)}
             if self.cfg.eval.info_flow or compare:
                 reps, y = representations(model, self.info_batch, self.data, self.rt)
                 if compare:
@@ -474,9 +493,9 @@ class Experiment:
             u.kd_loss = build_loss(kd.loss, self.aux_spec, self.spec(self.cfg.teacher.arch), params).to(self.rt.device)
         return self.run_unit(u)
 
-    def student_phase(self, phase: str, seed: int, teacher, pruned, maps) -> None:
-        """One student unit; ``teacher`` and ``pruned`` are frozen, folded copies (targets only;
-        channel ``maps`` were chosen on the unfolded network's filters)."""
+    def student_phase(self, phase: str, seed: int, teacher, pruned, targets) -> None:
+        """One student unit; ``teacher`` and ``pruned`` are frozen, folded copies (``targets``
+        were built from the unfolded network's filters)."""
         cfg = self.cfg
         if self.unit_done(phase, seed):
             return
@@ -485,7 +504,17 @@ class Experiment:
         seed_everything(seed)  # a loss with parameters (FitNets' regressors) starts the same in any process
         kd_loss = build_loss(name, self.spec(cfg.student.arch), t_spec, params).to(self.rt.device)
         self.run_unit(Unit(phase, seed, cfg.student.arch, 1.0, self.plan.schedules[phase], cfg.optim.lr, teacher,
-                           pruned, maps, kd_loss))
+                           pruned, targets, kd_loss, unit_optim(self.recipe, phase, cfg.epochs_scale)))
+
+    @staticmethod
+    def trains_classifier(u: Unit) -> bool:
+        """Whether a segment of ``u`` trains the classifier (CE, or a KD loss on logits or beside CE):
+        the reference's PKT arms never train theirs, so their accuracy means nothing."""
+        if not u.segments:
+            return True  # a loaded network: its checkpoint's classifier
+        return any(p.kind == "ce" or (p.kind == "kd" and u.kd_loss is not None
+                                      and (u.kd_loss.ce_weight > 0 or u.kd_loss.uses_logits))
+                   for p in u.segments)
 
     def fill_costs(self, phase: str) -> None:
         """Units recorded by a sweep task carry no cost (``cost_pending``): measure their
@@ -543,11 +572,13 @@ class Experiment:
             if not seeds:
                 continue
             one = len(seeds) == 1
-            items = (stats.unpack_bits(ua[0]["correct"], ua[0]["test_images"]),
-                     stats.unpack_bits(ub[0]["correct"], ub[0]["test_images"])) if one and "correct" in ua[0] else (None, None)
-            d = stats.paired_difference([u["test_acc"] for u in ua], [u["test_acc"] for u in ub],
-                                        a_items=items[0], b_items=items[1], kind="correct")
-            out.append({"a": a, "b": b, "metric": "test_acc"} | d)
+            if all(u.get("classifier_trained", True) for u in ua + ub):  # an untrained classifier's accuracy is not compared
+                items = (stats.unpack_bits(ua[0]["correct"], ua[0]["test_images"]),
+                         stats.unpack_bits(ub[0]["correct"], ub[0]["test_images"])) if one and "correct" in ua[0] \
+                    else (None, None)
+                d = stats.paired_difference([u["test_acc"] for u in ua], [u["test_acc"] for u in ub],
+                                            a_items=items[0], b_items=items[1], kind="correct")
+                out.append({"a": a, "b": b, "metric": "test_acc"} | d)
             for metric in (ua[0].get("retrieval") or {}):
                 ra, rb = [u["retrieval"][metric] for u in ua], [u["retrieval"][metric] for u in ub]
                 aps = (stats.unpack_unit(ra[0]["ap"]), stats.unpack_unit(rb[0]["ap"])) if one and "ap" in ra[0] \

@@ -25,6 +25,7 @@ from models import MODELS
 
 from .pairing import spec_of
 from .plan import make_plan
+from .recipe import resolve_recipe
 from .runfolder import RunFolder, read_json
 from .schedule import curriculum_epochs
 from .train import CancelledError
@@ -85,7 +86,7 @@ class CurriculumGrid:
             return 0.0
         arch = self.cfg.student.arch
         n = len(spec_of(arch, 10, 1.0, self.cfg.data.input_size).stages) if arch in MODELS else 0
-        return sum(v for v in curriculum_epochs(a, b, n + (1 if self.cfg.indistill.embed else 0)) if v > 0)
+        return sum(v for v in curriculum_epochs(a, b, n + (1 if resolve_recipe(self.cfg).embed else 0)) if v > 0)
 
     @property
     def done_steps(self) -> int:

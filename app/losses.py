@@ -41,6 +41,7 @@ class KDLoss(nn.Module):
     params: dict[str, Param] = {}
     needs_features = False
     needs_embedding = False
+    uses_logits = False   # whether the loss reads the logits (then it trains the classifier)
 
     def __init__(self, student: ModelSpec, teacher: ModelSpec, **values: float) -> None:
         super().__init__()
@@ -172,6 +173,7 @@ class HintonKD(KDLoss):
     name = "kd"
     summary = "Hinton et al. 2015: (1−α)·CE + α·T²·KL(teacher ‖ student)"
     params = {"T": Param(4.0, 0.5, 20.0, "softmax temperature"), "alpha": Param(0.9, 0.0, 1.0, "weight of the KD term")}
+    uses_logits = True
 
     @property
     def ce_weight(self) -> float:
@@ -277,6 +279,7 @@ class DKD(KDLoss):
               "beta": Param(8.0, 0.0, 100.0, "weight of non-target-class KD"),
               "T": Param(4.0, 0.5, 20.0, "softmax temperature"),
               "warmup": Param(20.0, 0.0, 1000.0, "epochs of linear ramp-up of the DKD term")}
+    uses_logits = True
 
     def components(self, s, t, target, epoch):
         T = self.hp["T"]

@@ -20,38 +20,49 @@ def _distances(q: torch.Tensor, db: torch.Tensor, metric: str) -> torch.Tensor:
 
 @torch.no_grad()
 def retrieval_metrics(queries: torch.Tensor, q_labels: torch.Tensor, database: torch.Tensor,
-                      db_labels: torch.Tensor, metric: str = "cosine", k: int = 100, chunk: int = 256) -> dict:
-    """Retrieve the database for every query; relevant = same label.
+                      db_labels: torch.Tensor, metric: str = "cosine", k: int = 100,
+                      query_batch: int = 128) -> dict:
+    """Retrieve the database for every query; relevant = same label. Each query is ranked once
+    for every figure below.
 
     mAP is the 11-point interpolated average precision (precision interpolated as the
     best precision at any recall ≥ r, for r = 0, 0.1, …, 1) averaged over queries.
-    Also returns precision@k, the mean interpolated precision–recall curve and ``ap``,
-    every counted query's AP in query order (for the bootstrap over queries).
+    ``map_reference`` is the reference code's partial interpolation over queries in batches of
+    ``query_batch`` (:func:`reference_map`). Also returns precision@k, the mean interpolated
+    precision–recall curve and ``ap``, every counted query's AP in query order (for the
+    bootstrap over queries).
     """
     queries, database = queries.float().cpu(), database.float().cpu()
     q_labels, db_labels = q_labels.cpu(), db_labels.cpu()
-    n_rel = (q_labels[:, None] == db_labels[None, :]).sum(1).float()
+    if query_batch < 1:
+        raise ValueError("query_batch must be at least 1")
     k = min(k, len(database))
-    ap_all, p_at_k_sum, curve_sum = [], 0.0, torch.zeros(11)
-    for start in range(0, len(queries), chunk):
-        q, ql, nr = queries[start:start + chunk], q_labels[start:start + chunk], n_rel[start:start + chunk]
+    ranks = torch.arange(1, len(database) + 1)
+    ap_all, ref_all, p_at_k_sum, curve_sum = [], [], 0.0, torch.zeros(11)
+    for start in range(0, len(queries), query_batch):
+        q, ql = queries[start:start + query_batch], q_labels[start:start + query_batch]
         order = _distances(q, database, metric).argsort(dim=1, stable=True)
         rel = (db_labels[order] == ql[:, None]).float()          # [q, N], ranked
-        keep = nr > 0                                             # a query with no relevant item has no AP
-        rel, nr = rel[keep], nr[keep]
+        rel = rel[rel.sum(1) > 0]                                 # no relevant item: no AP
+        if not len(rel):
+            continue
         hits = rel.cumsum(1)
-        precision = hits / torch.arange(1, rel.shape[1] + 1)
-        recall = hits / nr[:, None]
-        best_after = precision.flip(1).cummax(1).values.flip(1)   # max precision at rank ≥ i
-        # interpolated precision at recall r: best precision among ranks whose recall ≥ r
+        precision = hits / ranks
+        recall = hits / hits[:, -1:]
         idx = torch.searchsorted(recall.contiguous(), RECALL_POINTS.expand(len(recall), 11).contiguous())
         idx = idx.clamp_max(rel.shape[1] - 1)
-        interp = best_after.gather(1, idx)
+        # interpolated precision at recall r: best precision among ranks whose recall ≥ r
+        interp = precision.flip(1).cummax(1).values.flip(1).gather(1, idx)
         curve_sum += interp.sum(0)
         ap_all += interp.mean(1).tolist()
         p_at_k_sum += rel[:, :k].mean(1).sum().item()
+        # the reference's backward pass spans as many ranks as its batch has queries
+        span = min(len(q), rel.shape[1])
+        partial = torch.cat([precision[:, :span].flip(1).cummax(1).values.flip(1), precision[:, span:]], 1)
+        ref_all += partial.gather(1, idx).mean(1).tolist()
     counted = max(len(ap_all), 1)
     return {"metric": metric, "map": sum(ap_all) / counted, f"precision_at_{k}": p_at_k_sum / counted,
+            "map_reference": sum(ref_all) / counted, "map_reference_query_batch": query_batch,
             "pr_curve": {"recall": RECALL_POINTS.tolist(), "precision": (curve_sum / counted).tolist()},
             "queries": len(ap_all), "database": len(database), "ap": ap_all}
 
@@ -69,27 +80,7 @@ def reference_map(database: torch.Tensor, db_labels: torch.Tensor, queries: torc
     :func:`retrieval_metrics`' mAP when a batch is at least as long as the database;
     otherwise lower or equal. Queries without a relevant item are skipped (as there).
     """
-    if query_batch < 1:
-        raise ValueError("query_batch must be at least 1")
-    queries, database = queries.float().cpu(), database.float().cpu()
-    q_labels, db_labels = q_labels.cpu(), db_labels.cpu()
-    aps: list[float] = []
-    for start in range(0, len(queries), query_batch):
-        q, ql = queries[start:start + query_batch], q_labels[start:start + query_batch]
-        order = _distances(q, database, metric).argsort(dim=1, stable=True)
-        rel = (db_labels[order] == ql[:, None]).float()
-        rel = rel[rel.sum(1) > 0]
-        if not len(rel):
-            continue
-        hits = rel.cumsum(1)
-        precision = hits / torch.arange(1, rel.shape[1] + 1)
-        recall = hits / hits[:, -1:]
-        span = min(len(q), rel.shape[1])                       # the loop's length: the batch, not the ranks
-        head = precision[:, :span].flip(1).cummax(1).values.flip(1)
-        partial = torch.cat([head, precision[:, span:]], 1)
-        idx = torch.searchsorted(recall.contiguous(), RECALL_POINTS.expand(len(recall), 11).contiguous())
-        aps += partial.gather(1, idx.clamp_max(rel.shape[1] - 1)).mean(1).tolist()
-    return sum(aps) / max(len(aps), 1)
+    return retrieval_metrics(queries, q_labels, database, db_labels, metric, query_batch=query_batch)["map_reference"]
 
 
 def _gram_normalised(k: torch.Tensor) -> torch.Tensor:

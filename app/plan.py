@@ -15,6 +15,7 @@ from .config import ConfigError, ExperimentConfig
 from .device import PRECISIONS
 from .losses import EMBED_LOSSES, LOSSES, ParamError, resolve_params
 from .pairing import PairVerdict, assess_pair, spec_of
+from .recipe import REFERENCE_BASELINE, check_recipe, resolve_recipe
 from .schedule import WARMUP_MODES, SegmentPlan, check_curriculum, student_schedules
 
 PROCEDURES = ("studio", "reference")
@@ -27,8 +28,9 @@ def stage2_loss(cfg: ExperimentConfig) -> tuple[str, dict]:
     without cross-entropy (``kd.params`` apply when ``kd.loss`` is pkt_indistill).
     """
     if cfg.indistill.procedure == "reference":
+        # weight 2: the reference's PKT_loss sums the two kernels' Jeffreys terms; ours averages them
         params = dict(cfg.kd.params) if cfg.kd.loss == "pkt_indistill" else {}
-        return "pkt_indistill", params | {"ce": 0.0}
+        return "pkt_indistill", {"weight": 2.0} | params | {"ce": 0.0}
     return cfg.kd.loss, dict(cfg.kd.params)
 
 
@@ -85,6 +87,7 @@ def make_plan(cfg: ExperimentConfig) -> Plan:
     if ind.procedure not in PROCEDURES:
         p.append(f"indistill.procedure must be studio (the project's default) or reference (the InDistill code's "
                  f"chain), got {ind.procedure!r}")
+    p.extend(check_recipe(cfg))
     if ind.aux_loss not in LOSSES:
         p.append(f"indistill.aux_loss: unknown loss {ind.aux_loss!r}; available: {', '.join(LOSSES)}")
     _range(p, "indistill.aux_width", ind.aux_width, 1, 8)
@@ -121,10 +124,11 @@ def make_plan(cfg: ExperimentConfig) -> Plan:
         p.append(f"precision must be {', '.join(PRECISIONS)} (auto: bf16 on CUDA, fp32 on the CPU), "
                  f"got {cfg.precision!r}")
     size = cfg.data.input_size
+    embed = resolve_recipe(cfg).embed
     if cfg.student.arch in MODELS and 16 <= size <= 256:
         plan.student = spec_of(cfg.student.arch, 10, 1.0, size)
         if cfg.phases.indistill and ind.mode != "off":
-            p.extend(f"indistill: {msg}" for msg in check_curriculum(ind.a, ind.b, len(plan.student.stages), ind.embed))
+            p.extend(f"indistill: {msg}" for msg in check_curriculum(ind.a, ind.b, len(plan.student.stages), embed))
     if p:
         return plan
     plan.teacher = spec_of(cfg.teacher.arch, 10, 1.0, size)
@@ -137,8 +141,11 @@ def make_plan(cfg: ExperimentConfig) -> Plan:
     if p:
         return plan
     mode = ind.mode if cfg.phases.indistill else "off"
+    recipe = resolve_recipe(cfg)
     plan.schedules = student_schedules(n_layers, cfg.student.epochs, stage2_loss(cfg)[0], a=ind.a, b=ind.b, mode=mode,
-                                       embed=ind.embed, embed_loss=ind.embed_loss, equal_epochs=cfg.equal_epochs,
-                                       scale=cfg.epochs_scale)
+                                       embed=recipe.embed, embed_loss=ind.embed_loss, equal_epochs=cfg.equal_epochs,
+                                       scale=cfg.epochs_scale,
+                                       baseline_epochs=REFERENCE_BASELINE["epochs"] if recipe.baseline == "reference"
+                                       else None)
     plan.schedules = {k: v for k, v in plan.schedules.items() if getattr(cfg.phases, k)}
     return plan

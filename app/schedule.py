@@ -73,13 +73,20 @@ def warmup_phases(n_layers: int, a: float, b: float, mode: str, embed: bool, emb
 
 
 def student_schedules(n_layers: int, kd_epochs: float, kd_loss: str, *, a: float, b: float, mode: str,
-                      embed: bool, embed_loss: str, equal_epochs: bool, scale: float = 1.0) -> dict[str, list[SegmentPlan]]:
-    """Schedules of the three student phases: ``baseline`` (CE), ``kd``, ``indistill``."""
+                      embed: bool, embed_loss: str, equal_epochs: bool, scale: float = 1.0,
+                      baseline_epochs: tuple[float, ...] | None = None) -> dict[str, list[SegmentPlan]]:
+    """Schedules of the three student phases: ``baseline`` (CE), ``kd``, ``indistill``.
+
+    ``baseline_epochs``: the baseline's own CE stages (the reference recipe's 50 + 30, one
+    segment, hence one optimizer, per learning-rate stage) instead of the KD arms' total."""
     warm = warmup_phases(n_layers, a, b, mode, embed, embed_loss, scale)
     kd = kd_epochs * scale
     total = kd + (sum(p.epochs for p in warm) if equal_epochs else 0.0)
+    baseline = [SegmentPlan("CE", "ce", (), "ce", total)] if not baseline_epochs else \
+        [SegmentPlan("CE" if i == 0 else f"CE (lr stage {i + 1})", "ce", (), "ce", e * scale)
+         for i, e in enumerate(baseline_epochs)]
     return {
-        "baseline": [SegmentPlan("CE", "ce", (), "ce", total)],
+        "baseline": baseline,
         "kd": [SegmentPlan("KD", "kd", (), kd_loss, total)],
         "indistill": warm + [SegmentPlan("KD", "kd", (), kd_loss, kd)],
     }

@@ -25,7 +25,8 @@ from .device import Runtime
 from .distributed import SINGLE, Dist
 from .features import FeatureTap
 from .losses import EMBED_LOSSES, WARMUP_LOSSES, KDLoss
-from .pruning import PrunedFeatures
+from .pruning import PrunedTargets
+from .recipe import LRSchedule
 from .schedule import SegmentPlan
 
 # (images, labels, epoch within the segment) → named loss components
@@ -61,6 +62,9 @@ class LoopContext:
     weight_decay: float = 5e-4
     on_step: Callable[[], None] = lambda: None  # global progress tick
     dist: Dist = SINGLE                          # ranks under torchrun (app.distributed)
+    schedule: LRSchedule = LRSchedule()          # the learning-rate factor of every step of the unit
+    fresh_optimizer: str = "segment"             # segment | epoch: when the optimizer is re-created
+    trace: Callable[[dict], None] | None = None  # per step: step, segment, lr, optimizer and its age (tests)
 
 
 def steps_for(epochs: float, steps_per_epoch: int) -> int:
@@ -68,14 +72,11 @@ def steps_for(epochs: float, steps_per_epoch: int) -> int:
     return 0 if epochs <= 0 else max(1, round(epochs * steps_per_epoch))
 
 
-def make_optimizer(seg: Segment, ctx: LoopContext) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
+def make_optimizer(seg: Segment, ctx: LoopContext) -> torch.optim.Optimizer:
+    """A fresh optimizer for ``seg`` (Adam, or Nesterov SGD with the run's momentum and decay)."""
     if seg.optimizer == "adam":
-        opt: torch.optim.Optimizer = torch.optim.Adam(seg.params, lr=seg.lr)
-    else:
-        opt = torch.optim.SGD(seg.params, lr=seg.lr, momentum=ctx.momentum, weight_decay=ctx.weight_decay, nesterov=True)
-    total = max(seg.steps, 1)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total) / total)))
-    return opt, sched
+        return torch.optim.Adam(seg.params, lr=seg.lr)
+    return torch.optim.SGD(seg.params, lr=seg.lr, momentum=ctx.momentum, weight_decay=ctx.weight_decay, nesterov=True)
 
 
 def _forever(stream: BatchStream) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
@@ -86,7 +87,11 @@ def _forever(stream: BatchStream) -> Iterator[tuple[torch.Tensor, torch.Tensor]]
 def run_segments(model: nn.Module, stream: BatchStream, segments: list[Segment], ctx: LoopContext,
                  on_epoch: Callable[[int], dict] | None = None,
                  on_segment_end: Callable[[int, Segment], None] | None = None) -> float:
-    """Train ``model`` through ``segments``; returns the wall time in seconds."""
+    """Train ``model`` through ``segments``; returns the wall time in seconds.
+
+    Each segment starts with a fresh optimizer (and, with ``ctx.fresh_optimizer == "epoch"``,
+    every epoch of the unit does, as the reference code re-creates Adam); the learning rate
+    of each step is the segment's base rate times ``ctx.schedule``'s factor."""
     spe = stream.steps_per_epoch
     total = sum(s.steps for s in segments)
     log_every = max(1, total // 400, spe // 25)
@@ -98,20 +103,27 @@ def run_segments(model: nn.Module, stream: BatchStream, segments: list[Segment],
             if seg.steps <= 0:
                 continue
             ctx.emit(ev.LayerSwitch(ctx.phase, ctx.seed, index, seg.name, step))
-            opt, sched = make_optimizer(seg, ctx)
+            opt, age = make_optimizer(seg, ctx), 0
             for i in range(seg.steps):
                 if ctx.cancel.is_set():
                     raise CancelledError
+                if i > 0 and ctx.fresh_optimizer == "epoch" and step % spe == 0:
+                    opt, age = make_optimizer(seg, ctx), 0
+                lr = seg.lr * ctx.schedule.factor_at(step, i, seg.steps)
+                for group in opt.param_groups:
+                    group["lr"] = lr
                 x, y = next(batches)
                 with ctx.runtime.autocast():
                     parts = seg.objective(x, y, i / spe)  # epochs within this segment (DKD's ramp starts at 0)
+                if ctx.trace is not None:
+                    ctx.trace({"step": step, "segment": seg.name, "lr": lr, "optimizer_steps": age,
+                               "optimizer": type(opt).__name__, "losses": sorted(parts)})
                 loss = sum(parts.values())
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 ctx.dist.average_gradients(seg.params)
                 opt.step()
-                sched.step()
-                step += 1
+                step, age = step + 1, age + 1
                 ctx.on_step()
                 if step % log_every == 0 or i == seg.steps - 1:
                     values = ctx.dist.mean_values(parts)
@@ -153,17 +165,17 @@ def kd_objective(student: FeatureTap, teacher: FeatureTap, loss: KDLoss) -> Obje
     return objective
 
 
-def warmup_objective(student: FeatureTap, pruned: FeatureTap, select: PrunedFeatures, layers: tuple[int, ...],
+def warmup_objective(student: FeatureTap, pruned: FeatureTap, targets: PrunedTargets, layers: tuple[int, ...],
                      embed_loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None) -> Objective:
-    """MSE between student stages ``layers`` (1-based) and the pruned teacher features,
+    """MSE between student stages ``layers`` (1-based) and the pruned network's ``targets``,
     plus ``embed_loss`` on the embeddings when given. Forward passes stop at the deepest
     needed stage unless the embedding is needed."""
     upto = None if embed_loss is not None or not layers else max(layers) - 1
 
     def objective(x, y, epoch):
         with torch.no_grad():
-            t_out = pruned(x, upto=upto, features=bool(layers))
-            t_feats = select(t_out.features) if layers else []
+            t_out = pruned(x, upto=upto, features=bool(layers), inputs=bool(layers) and targets.needs_inputs)
+            t_feats = targets.of(t_out) if layers else []
         s_out = student(x, upto=upto, features=bool(layers))
         parts = {}
         for l in layers:
@@ -190,21 +202,22 @@ class Taps:
     student: FeatureTap
     teacher: FeatureTap | None = None
     pruned: FeatureTap | None = None
-    select: PrunedFeatures | None = None
+    targets: PrunedTargets | None = None
 
 
 def segment_for(plan: SegmentPlan, steps: int, model: nn.Module, taps: Taps, *, lr: float, warmup_lr: float,
-                kd_loss: KDLoss | None = None) -> Segment:
-    """The runtime segment of ``plan``: ``ce`` (SGD), ``kd`` (``kd_loss`` from ``taps.teacher``,
-    SGD) or a warm-up kind ``layer``/``embed``/``joint`` (MSE to the pruned features, plus
-    the embedding loss named in ``plan.loss``; Adam, as the loss scales differ by layer)."""
+                optimizer: str = "sgd", kd_loss: KDLoss | None = None) -> Segment:
+    """The runtime segment of ``plan``: ``ce`` or ``kd`` (``kd_loss`` from ``taps.teacher``), with
+    ``optimizer`` at ``lr``, or a warm-up kind ``layer``/``embed``/``joint`` (MSE to the pruned
+    targets, plus the embedding loss named in ``plan.loss``; Adam at ``warmup_lr``, as the loss
+    scales differ by layer)."""
     if plan.kind == "ce":
-        return Segment(plan.name, steps, ce_objective(model), trainable(model), "sgd", lr)
+        return Segment(plan.name, steps, ce_objective(model), trainable(model), optimizer, lr)
     if plan.kind == "kd":
         return Segment(plan.name, steps, kd_objective(taps.student, taps.teacher, kd_loss),
-                       trainable(model, kd_loss), "sgd", lr)
+                       trainable(model, kd_loss), optimizer, lr)
     if plan.kind in WARMUP_KINDS:
         embed = next((WARMUP_LOSSES[n] for n in plan.loss.split("+") if n in EMBED_LOSSES), None)
-        return Segment(plan.name, steps, warmup_objective(taps.student, taps.pruned, taps.select, plan.layers, embed),
+        return Segment(plan.name, steps, warmup_objective(taps.student, taps.pruned, taps.targets, plan.layers, embed),
                        trainable(model), "adam", warmup_lr)
     raise ValueError(f"unknown segment kind {plan.kind!r}")

@@ -64,6 +64,8 @@ def test_dkd_ramp_starts_at_zero_in_the_indistill_arms_kd_segment(monkeypatch):
 
 def test_every_preset_holds_out_a_validation_split():
     for name in PRESETS:
+        if name == "reference-cifar10":  # the reference trains on all 50,000: curves on a train probe (test_reference)
+            continue
         assert preset(name).data.val_per_class > 0, name
 
 

@@ -27,8 +27,8 @@ def test_chunking_does_not_change_the_result():
     torch.manual_seed(0)
     q, ql = torch.randn(50, 8), torch.randint(0, 4, (50,))
     db, dbl = torch.randn(80, 8), torch.randint(0, 4, (80,))
-    a = retrieval_metrics(q, ql, db, dbl, chunk=7)
-    b = retrieval_metrics(q, ql, db, dbl, chunk=1000)
+    a = retrieval_metrics(q, ql, db, dbl, query_batch=7)
+    b = retrieval_metrics(q, ql, db, dbl, query_batch=1000)
     assert a["map"] == pytest.approx(b["map"])
 
 
