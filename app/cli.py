@@ -274,7 +274,7 @@ def cmd_report(args) -> int:
     try:
         root = report.run_study(s, args.out, data_dir=args.data_dir, cache_dir=args.cache_dir, emit=progress,
                                 on_experiment=lambda exp: setattr(progress, "experiment", exp), backend=backend,
-                                parts=report.PARTS if args.part == "all" else (args.part,))
+                                parts=report.PARTS if args.part == "all" else () if args.part == "report" else (args.part,))
     finally:
         if backend is not None:
             backend.shutdown()
@@ -285,6 +285,14 @@ def cmd_report(args) -> int:
             for name in (pair.name, f"{pair.name}-grid"):   # the arms, and the Fig. 5 grid when it ran
                 if (root / name / "results.json").is_file():
                     print(f"shipped: {library.ship(root / name, f'{s.name}-{name}')}")
+    return 0
+
+
+def cmd_import_reference(args) -> int:
+    from .reference_models import import_reference
+    meta = import_reference(args.file, args.arch, args.out, args.note or "")
+    print(f"wrote {args.out}: {meta['arch']} from {Path(args.file).name} ({meta['provenance']['origin']}); "
+          f"normalisation: the reference's mean/std")
     return 0
 
 
@@ -367,13 +375,15 @@ def main(argv: list[str] | None = None) -> int:
     _common(p)
     p.set_defaults(func=cmd_train_teacher)
     p = sub.add_parser("report", help="run a declared study (resumable) and write report.md/.html/.csv")
-    p.add_argument("--study", required=True, help="smoke | cpu | paper")
+    p.add_argument("--study", required=True, help="smoke | cpu | reference | paper")
     p.add_argument("--out", default="reports", help="folder for studies (default reports/)")
     p.add_argument("--data-dir", help="the CIFAR-10 JPEG copy (default $INDISTILL_DATA_DIR)")
     p.add_argument("--cache-dir", help="where decoded tensors are cached")
     p.add_argument("--estimate", action="store_true", help="print the cost model's minutes per pair; run nothing")
-    p.add_argument("--part", choices=["all", "arms", "grids"], default="all",
-                   help="arms: each pair's baseline/KD/InDistill+KD seeds; grids: each pair's a × b grid (Fig. 5)")
+    p.add_argument("--part", choices=["all", "arms", "grids", "released", "report"], default="all",
+                   help="arms: each pair's baseline/KD/InDistill+KD seeds; grids: each pair's a × b grid (Fig. 5); "
+                        "released: the InDistill authors' released models (the reference study); report: run "
+                        "nothing, write the report from what is recorded (an unfinished pair over its seeds so far)")
     p.add_argument("--ship", action="store_true",
                    help="then copy each pair's results (curves downsampled) into assets/library/<study>-<pair>/")
     p.add_argument("--quiet", action="store_true")
@@ -390,6 +400,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--runs-b256", type=int, default=20, help="timed runs at batch 256")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_export)
+    p = sub.add_parser("import-reference", help="convert an InDistill authors' released CIFAR-10 model "
+                                                "(Cnn32 / Cnn32_Small state dict) into a project checkpoint")
+    p.add_argument("file", help="their .pt file (e.g. ../shared/reference/models/auxiliary_cifar10.pt)")
+    p.add_argument("--arch", required=True, choices=["cnn_16_32_64", "cnn_8_16_32"],
+                   help="cnn_16_32_64 for their Cnn32, cnn_8_16_32 for their Cnn32_Small")
+    p.add_argument("--out", required=True, help="checkpoint to write")
+    p.add_argument("--note", help="a provenance note stored with it")
+    p.set_defaults(func=cmd_import_reference)
     args = parser.parse_args(argv)
     try:
         with contextlib.ExitStack() as args.stack:  # files a command opens (--events)

@@ -86,7 +86,7 @@ def test_loaded_teacher_is_evaluated_with_its_own_statistics(cache_dir, tmp_path
 
 
 def test_shipped_teacher_figures_name_their_test_set():
-    label = views.shipped_label(views.shipped_by_arch()["cnn_16_32_64"])
+    label = views.shipped_label(views.shipped_by_arch()["cnn_16_32_64"][0])
     assert label == "shipped cnn_16_32_64 (78.5% on the CIFAR-10 (JPEG copy) test split, 10,000 images)"
     card = views.model_card("cnn_16_32_64")
     assert "78.55% on the CIFAR-10 (JPEG copy) test split, 10,000 images" in card and "1,000 test images" in card

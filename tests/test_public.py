@@ -292,6 +292,32 @@ def test_two_clients_through_the_api(server):
     assert "true class **cat**" in answer["message"] and len(answer["neighbours"]) >= 3
 
 
+def png_header(width: int, height: int) -> bytes:
+    """A PNG that declares ``width`` × ``height`` grey pixels and holds none (what a decompression bomb starts with)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(b"\x00" * 64)) + chunk(b"IEND", b""))
+
+
+def test_the_retrieve_endpoint_checks_pictures_before_anything_decodes_them(server, tmp_path):
+    """/retrieve takes a file path, not a decoded image: the app's loader reads the header and refuses
+    a 13,000 × 13,000 picture by its pixel limit, and a text file named .jpg, with its messages."""
+    from gradio_client import Client, handle_file
+    url, _ = server
+    c = Client(url, verbose=False)
+    big, text = tmp_path / "bomb.png", tmp_path / "note.jpg"
+    big.write_bytes(png_header(13000, 13000))
+    text.write_text("not a picture")
+    answer = c.predict(handle_file(str(big)), 3, "cosine", api_name="/retrieve")
+    assert "megapixel" in answer["message"] and answer["neighbours"] == []
+    answer = c.predict(handle_file(str(text)), 3, "cosine", api_name="/retrieve")
+    assert "not a readable picture" in answer["message"] and answer["neighbours"] == []
+
+
 # ---------------------------------------------------------------- uploaded datasets
 
 def zip_tree(tree, path):

@@ -683,7 +683,7 @@ def model_set(session: dict):
         make = lambda: ModelSet.from_run(folder.path, (folder.read_results() or {})["config"]["data"])  # noqa: E731
     else:
         key = ("shipped",)
-        make = lambda: ModelSet.from_files({f"teacher:{t['arch']}": ASSETS / t["file"]  # noqa: E731
+        make = lambda: ModelSet.from_files({f"teacher:{Path(t['file']).stem}": ASSETS / t["file"]  # noqa: E731
                                             for t in shipped_teachers().values()},
                                            {"dataset": "folder", "data_dir": str(SAMPLE_DATA)})
     with _BUILD_LOCK:  # one build at a time: concurrent requests for the same run wait and share it
@@ -757,20 +757,21 @@ def retrieve(file, session: Any, metric: str, k):
 
 
 def feature_maps(example: str, session: Any):
-    """Feature-map thumbnails: full pruned-network stage, kept channels, student after warm-up."""
+    """Feature maps per layer (HTML): the pruned-from network's full stage, its kept channels and
+    the student after warm-up, side by side, every channel shown."""
     from .inspect import feature_grid, load_model, stage_maps, to_input
     session = session_of(session)
     folder = _folder(session)
     maps = ((folder.read_results() or {}) if folder else {}).get("channel_maps")
     if not maps or folder is None:
-        return [], "Feature maps need a run with InDistill: start one in the Train tab."
+        return "", "Feature maps need a run with InDistill: start one in the Train tab."
     examples = {p.stem: p for p in (ASSETS / "examples").glob("*.jpg")}
     if example not in examples:
-        return [], f"Pick one of the sample images: {', '.join(sorted(examples))}."
+        return "", f"Pick one of the sample images: {', '.join(sorted(examples))}."
     pruned_path = folder.checkpoint("aux") if folder.checkpoint("aux").is_file() else folder.checkpoint("teacher")
     student_path = folder.checkpoint("indistill-s0-warmup")
     if not pruned_path.is_file():
-        return [], "The teacher is not ready yet."
+        return "", "The teacher is not ready yet."
     try:
         picture, _ = load_upload(examples[example])
         pruned = load_model(pruned_path, "pruned")
@@ -779,16 +780,17 @@ def feature_maps(example: str, session: Any):
         if student_path.is_file():
             student = load_model(student_path, "student")
             s_maps = stage_maps(student.model, to_input(picture, student.meta))
+        layers = []
+        for i, st in enumerate(maps["stages"]):
+            figures = [(f"{maps['pruned_arch']} full ({st['teacher_channels']} ch)", feature_grid(p_maps[i])),
+                       (f"kept channels ({len(st['kept'])})", feature_grid(p_maps[i], st["kept"]))]
+            if s_maps is not None:
+                figures.append((f"student after warm-up ({st['student_channels']} ch)", feature_grid(s_maps[i])))
+            layers.append((f"layer {i + 1}", figures))
     except Exception as exc:
-        return [], shown(f"Could not draw feature maps: {type(exc).__name__}: {str(exc)[:300]}")
-    items = []
-    for i, st in enumerate(maps["stages"]):
-        items.append((feature_grid(p_maps[i]), f"layer {i + 1}: {maps['pruned_arch']} full ({st['teacher_channels']} ch)"))
-        items.append((feature_grid(p_maps[i], st["kept"]), f"layer {i + 1}: kept channels ({len(st['kept'])})"))
-        if s_maps is not None:
-            items.append((feature_grid(s_maps[i]), f"layer {i + 1}: student after warm-up ({st['student_channels']} ch)"))
+        return "", shown(f"Could not draw feature maps: {type(exc).__name__}: {str(exc)[:300]}")
     note = "" if s_maps is not None else "The student's maps appear once its warm-up has finished."
-    return items, note
+    return views.feature_maps_html(layers), note
 
 
 # ---------------------------------------------------------------- the scripting API

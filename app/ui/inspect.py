@@ -2,6 +2,8 @@
 predictions for an uploaded picture, nearest database images, feature-map thumbnails."""
 from __future__ import annotations
 
+import math
+
 import dataclasses
 import threading
 from dataclasses import dataclass
@@ -60,7 +62,8 @@ class ModelSet:
         models = []
         for key, path in files.items():
             m = load_model(path, key)
-            m.label = f"Shipped teacher {m.meta.get('arch')}"
+            origin = " (InDistill authors' auxiliary)" if (m.meta.get("provenance") or {}).get("origin") else ""
+            m.label = f"Shipped teacher {m.meta.get('arch')}{origin}"
             models.append(m)
         return cls(models, data_cfg)
 
@@ -122,18 +125,23 @@ def to_input(picture: Image.Image, meta: dict) -> torch.Tensor:
     return Normalizer(stats["mean"], stats["std"], torch.device("cpu"))(x)
 
 
-def feature_grid(fmap: torch.Tensor, channels: list[int] | None = None, cell: int = 40, cols: int = 8) -> Image.Image:
-    """A grid of single-channel maps (each min–max scaled) as a grayscale picture."""
+def feature_grid(fmap: torch.Tensor, channels: list[int] | None = None, cell: int | None = None,
+                 gap: int = 2) -> Image.Image:
+    """Every channel of ``fmap`` (or the listed ``channels``) as one grayscale mosaic: a near-square
+    grid of single-channel maps, each min–max scaled and enlarged to ``cell`` pixels (default: at
+    least 48, a whole multiple of the map's size so pixels stay square), ``gap`` white pixels apart."""
     fmap = fmap.float()
     idx = channels if channels is not None else list(range(fmap.shape[0]))
-    idx = idx[: cols * 4]
-    rows = max(1, (len(idx) + cols - 1) // cols)
-    canvas = Image.new("L", (cols * (cell + 2), rows * (cell + 2)), 255)
+    cols = max(1, math.ceil(math.sqrt(len(idx))))
+    rows = max(1, math.ceil(len(idx) / cols))
+    h, w = fmap.shape[-2:]
+    cell = cell or max(1, math.ceil(48 / max(h, w))) * max(h, w)
+    canvas = Image.new("L", (cols * cell + (cols - 1) * gap, rows * cell + (rows - 1) * gap), 255)
     for n, c in enumerate(idx):
         m = fmap[c]
         m = (m - m.min()) / (m.max() - m.min() + 1e-8)
         tile = Image.fromarray((m.numpy() * 255).astype(np.uint8)).resize((cell, cell), Image.NEAREST)
-        canvas.paste(tile, ((n % cols) * (cell + 2), (n // cols) * (cell + 2)))
+        canvas.paste(tile, ((n % cols) * (cell + gap), (n // cols) * (cell + gap)))
     return canvas
 
 

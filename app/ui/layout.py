@@ -113,7 +113,7 @@ def pruning_tab(examples: list[str]) -> dict:
                                         value=Path(examples[0]).stem if examples else None)
         out["fm_btn"] = gr.Button("Show feature maps")
     out["fm_note"] = gr.Markdown()
-    out["fm_gallery"] = gr.Gallery(label="Feature maps", columns=3, height="auto", elem_id="feature-maps")
+    out["fm_gallery"] = gr.HTML(elem_id="feature-maps")
     return out
 
 
@@ -185,7 +185,7 @@ def api_endpoints(session) -> None:
         preset_in = gr.Textbox(value=DEFAULT_PRESET)
         overrides_in = gr.Textbox(value="")
         run_in = gr.Textbox(value="")
-        image_in = gr.Image(type="filepath")
+        image_in = gr.File(type="filepath")  # a path only: the app's checked loader reads it, Gradio decodes nothing
         k_in = gr.Number(value=8)
         metric_in = gr.Textbox(value="cosine")
         out = gr.JSON()

@@ -36,5 +36,5 @@ def launch(**kwargs):
                 max_file_size="50mb" if s.public else "500mb", allowed_paths=[str(ASSETS)],
                 blocked_paths=[str(s.runs_root)], footer_links=["api", "gradio"],
                 state_session_capacity=2000 if s.public else 10000,  # ~0.3 MB each: sessions stay bounded
-                **kwargs)
+                css=views.APP_CSS, **kwargs)
     return demo

@@ -2,6 +2,8 @@
 plotly figures, markdown and table rows. No Gradio here, so each view is unit-testable."""
 from __future__ import annotations
 
+import html
+
 import csv
 import functools
 import io
@@ -46,14 +48,18 @@ def _manifest() -> dict:
         return {}
 
 
-def shipped_by_arch() -> dict[str, dict]:
-    """Architecture → manifest entry of each teacher checkpoint shipped in assets/."""
-    return {t["arch"]: t for t in _manifest().get("teachers", []) if (ASSETS / t["file"]).is_file()}
+def shipped_by_arch() -> dict[str, list[dict]]:
+    """Architecture → manifest entries of the teacher checkpoints shipped in assets/ for it."""
+    out: dict[str, list[dict]] = {}
+    for t in _manifest().get("teachers", []):
+        if (ASSETS / t["file"]).is_file():
+            out.setdefault(t["arch"], []).append(t)
+    return out
 
 
 def shipped_label(entry: dict) -> str:
     """A shipped teacher as a choice: its manifest accuracy and the data it was measured on."""
-    return f"shipped {entry['arch']} ({entry['test_acc'] * 100:.1f}% on the {_test_set(entry)})"
+    return f"shipped {entry.get('name', entry['arch'])} ({entry['test_acc'] * 100:.1f}% on the {_test_set(entry)})"
 
 
 def _test_set(entry: dict) -> str:
@@ -70,11 +76,14 @@ def model_card(arch: str, num_classes: int = 10) -> str:
         _CARDS[arch] = (f"**{arch}** — {MODELS[arch].summary}  \n{param_count(model):,} params · "
                         f"{count_flops(model) / 1e6:.1f} MFLOPs · {size_mb(model):.2f} MB  \nstages: {stages} · "
                         f"embedding {spec.embed_dim}")
-        shipped = shipped_by_arch().get(arch)
-        if shipped:
-            sample = _manifest().get("sample", {}).get("images", {}).get("test")
-            _CARDS[arch] += (f"  \nshipped weights: {shipped['test_acc'] * 100:.2f}% on the {_test_set(shipped)}; "
-                             "a run reports the teacher's accuracy on its own test selection"
+        sample = _manifest().get("sample", {}).get("images", {}).get("test")
+        for shipped in shipped_by_arch().get(arch, []):
+            origin = (f" — {shipped['origin']}; licence {shipped.get('licence', '?').split(' ')[0]}"
+                      if shipped.get("origin") else "")
+            _CARDS[arch] += (f"  \nshipped weights ({shipped.get('name', 'project-trained')}{origin}): "
+                             f"{shipped['test_acc'] * 100:.2f}% on the {_test_set(shipped)}")
+        if shipped_by_arch().get(arch):
+            _CARDS[arch] += ("; a run reports the teacher's accuracy on its own test selection"
                              + (f" (the embedded sample: {sample:,} test images)" if sample else ""))
     return _CARDS[arch]
 
@@ -230,7 +239,8 @@ def accuracy_figure(snap: dict | None) -> go.Figure:
         return _empty("Accuracy per epoch", "evaluation accuracy appears after the first epoch")
     fig = go.Figure()
     data = (snap or {}).get("data") or {}
-    name = {"val": "validation split (held out of training)", "test": "test split (no validation split set)"}
+    name = {"val": "validation split (held out of training)", "test": "test split (no validation split set)",
+            "train-probe": "fixed probe of training images (seen in training; no validation split set)"}
     split = name.get(data.get("eval_split", "test"), data.get("eval_split", "test")) + (
         f", {data['eval_images']:,} images" if data.get("eval_images") else "")
     for key in keys:
@@ -325,6 +335,12 @@ def compare_note(results: dict | None) -> str:
     return note + ("\n\n" + "  \n".join(diffs) if diffs else "")
 
 
+def has_accuracy(r: dict) -> bool:
+    """Whether a phase's accuracy means something: the reference's PKT arms never train their
+    classifier (no cross-entropy, PKT on the embedding), so theirs is chance."""
+    return "test_acc" in r and r.get("classifier_trained", True)
+
+
 def compare_rows(results: dict | None) -> list[list]:
     phases = (results or {}).get("phases", {})
     rows = []
@@ -334,7 +350,9 @@ def compare_rows(results: dict | None) -> list[list]:
             continue
         ret = r.get("retrieval", {})
         cos, euc = ret.get("cosine", {}), ret.get("euclidean", {})
-        rows.append([LABELS[p], r.get("arch", ""), _fmt_ci(r["test_acc"], r.get("test_acc_ci"), r.get("test_acc_std")),
+        acc = _fmt_ci(r["test_acc"], r.get("test_acc_ci"), r.get("test_acc_std")) if has_accuracy(r) \
+            else "— (no classifier trained)"
+        rows.append([LABELS[p], r.get("arch", ""), acc,
                      _fmt_ci(cos.get("map"), cos.get("map_ci"), cos.get("map_std")),
                      _fmt_ci(euc.get("map"), euc.get("map_ci"), euc.get("map_std")),
                      _fmt_pm(cos.get("map_reference"), None),
@@ -359,7 +377,9 @@ def results_csv(results: dict) -> str:
         cos = ret.get("cosine", {})
         ci, mci = r.get("test_acc_ci") or ["", ""], cos.get("map_ci") or ["", ""]
         sp = r.get("latency_ms_cpu_b1_spread") or {}
-        w.writerow([p, r.get("arch"), r["test_acc"], r.get("test_acc_std", ""), ci[0], ci[1],
+        if not has_accuracy(r):
+            ci = ["", ""]
+        w.writerow([p, r.get("arch"), r["test_acc"] if has_accuracy(r) else "", r.get("test_acc_std", ""), ci[0], ci[1],
                     " ".join(f"{a:.4f}" for a in r.get("test_acc_seeds", [r["test_acc"]])),
                     cos.get("map", ""), mci[0], mci[1], ret.get("euclidean", {}).get("map", ""),
                     cos.get("map_reference", ""), r["params"], r["size_mb"], r["flops"], r["latency_ms_cpu_b1"],
@@ -383,7 +403,7 @@ def scatter_figure(results: dict | None) -> go.Figure:
     """Accuracy (95 % interval as a vertical bar) vs CPU latency (interquartile range as a
     horizontal bar); models of one architecture share one latency figure."""
     phases = (results or {}).get("phases", {})
-    pts = [(p, phases[p]) for p in PHASES if p in phases and "test_acc" in phases[p]]
+    pts = [(p, phases[p]) for p in PHASES if p in phases and has_accuracy(phases[p])]
     if not pts:
         return _empty("Accuracy vs latency", "results appear when phases finish")
     fig = go.Figure()
@@ -603,3 +623,36 @@ def grid_figures(grid: dict | None) -> tuple[go.Figure, go.Figure]:
     fig.update_layout(template="plotly_white", height=340, margin=dict(l=10, r=10, t=60, b=40),
                       title="Information per layer during training, with vs without the curriculum")
     return heat, fig
+
+
+# ---------------------------------------------------------------- feature maps (Pruning tab)
+
+APP_CSS = """
+#feature-maps .fm-layer{margin:0 0 14px}
+#feature-maps .fm-row{display:grid;grid-template-columns:repeat(var(--fm-cols),minmax(0,1fr));gap:12px;align-items:start}
+#feature-maps figure{margin:0;min-width:0}
+#feature-maps img{display:block;width:100%;height:auto;object-fit:contain;image-rendering:pixelated;
+  border:1px solid #e5e7eb;background:#fff}
+#feature-maps figcaption{font-size:12px;color:#374151;margin-top:4px}
+"""
+
+
+def _png_data_uri(image) -> str:
+    import base64
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+def feature_maps_html(layers: list[tuple[str, list[tuple[str, object]]]]) -> str:
+    """One row per layer — the teacher's full layer, its kept channels, the student after warm-up —
+    each mosaic shown whole (its own aspect, scaled to the column: nothing cropped, no scrolling)."""
+    if not layers:
+        return ""
+    out = []
+    for title, figures in layers:
+        figs = "".join(f'<figure><img src="{_png_data_uri(img)}" alt="{html.escape(cap)}">'
+                       f"<figcaption>{html.escape(cap)}</figcaption></figure>" for cap, img in figures)
+        out.append(f'<div class="fm-layer"><h4>{html.escape(title)}</h4>'
+                   f'<div class="fm-row" style="--fm-cols:{len(figures)}">{figs}</div></div>')
+    return "".join(out)
