@@ -22,7 +22,7 @@ from .config import ASSETS, ConfigError, ExperimentConfig, preset
 from .runfolder import RunFolder, read_json, resolve, snapshot_from_results, write_json
 
 ARMS = ("baseline", "kd", "indistill")
-PARTS = ("arms", "grids")
+PARTS = ("arms", "grids", "released")
 
 
 @dataclass(frozen=True)
@@ -52,6 +52,7 @@ class Study:
     settings: dict = field(default_factory=dict)   # applied to every pair (seeds, data subset, evaluation)
     needs_data_dir: bool = True    # the CIFAR-10 JPEG copy: --data-dir or $INDISTILL_DATA_DIR
     gpu: bool = False              # declared for a GPU (not run on the CPU by default)
+    released: bool = False         # also measure the InDistill authors' released models (part ``released``)
 
     def configs(self, data_dir: str | None = None, cache_dir: str | None = None) -> list[tuple[Pair, ExperimentConfig]]:
         """Each pair's full configuration; ConfigError when the study needs data it wasn't given."""
@@ -95,6 +96,23 @@ STUDIES: dict[str, Study] = {
         {"seeds": 5, "device": "cpu", "precision": "fp32", "data.train_per_class": 1000,
          "data.test_per_class": None, "data.val_per_class": 100, "eval.max_queries": 2000,
          "eval.latency_runs": 20}),
+    # Issue 13: the authors' last step at their own scale, from their own auxiliary teacher, with the
+    # equal-budget control they never ran (PKT alone, 70 epochs, the same schedule); then the studio
+    # recipe at the same 70-epoch total. `report --study reference --estimate` gives its time.
+    "reference": Study(
+        "reference", "CIFAR-10 (JPEG copy), all 50,000 training images (per-epoch curves on a fixed probe of 1,000 "
+                     "of them; no validation split, as the reference), the full 10,000-image test set; the InDistill "
+                     "authors' auxiliary teacher → CNN 8/16/32; 2 CPU cores",
+        (Pair("pkt", "reference-cifar10", {"seeds": 5},
+              "the reference procedure: CE baseline (Adam 1e-3 × 50 + 1e-4 × 30), PKT alone for 70 epochs "
+              "(the control), InDistill 12 warm-up + 58 PKT epochs; Adam re-created every epoch, 1e-3 then 1e-4 "
+              "from epoch 60; no cross-entropy in the PKT arms"),
+         Pair("studio", "reference-cifar10", {"seeds": 3, "indistill.procedure": "studio", "kd.loss": "kd",
+                                             "student.epochs": 52, "phases.baseline": False},
+              "the studio procedure at the same 70-epoch total: Hinton KD + CE for 70 epochs vs InDistill "
+              "(a = 2, b = 1 with the embedding segment: 18 warm-up epochs) + 52 KD epochs; SGD, cosine per segment")),
+        {"device": "cpu", "precision": "fp32", "data.test_per_class": None, "eval.max_queries": None,
+         "eval.latency_runs": 20}, released=True),
     "paper": Study(
         "paper", "the reference setup for a GPU: ResNet-18 → auxiliary CNN 16/32/64 → CNN 8/16/32, all 50,000 "
                  "training images (500 per class held out), full test set, the reference epochs (200 / 50), 5 seeds",
@@ -129,7 +147,9 @@ def run_study(s: Study, out: str | Path = "reports", *, data_dir: str | None = N
 
     ``backend``: None runs the pairs here, one unit after another; a :class:`~app.sweep.RayBackend`
     runs each pair's shared networks, then every student unit of every pair, as Ray tasks.
-    ``parts``: ``arms`` (the pairs' experiments) and/or ``grids`` (each pair's a × b grid)."""
+    ``parts``: ``arms`` (the pairs' experiments), ``grids`` (each pair's a × b grid) and/or
+    ``released`` (a study that declares it: the InDistill authors' released models measured on the
+    same images, once, in ``released.json``)."""
     unknown = set(parts) - set(PARTS)
     if unknown:
         raise ConfigError(f"unknown part(s) {sorted(unknown)}; a study has {', '.join(PARTS)}")
@@ -145,8 +165,24 @@ def run_study(s: Study, out: str | Path = "reports", *, data_dir: str | None = N
     for pair, cfg in configs:
         if pair.grid and "grids" in parts:
             run_pair_grid(pair, cfg, root, emit=emit, on_experiment=on_experiment, backend=backend)
+    if s.released and "released" in parts and not (root / "released.json").is_file():
+        from .reference_models import default_models_dir, evaluate_released
+        log = (lambda m: emit(ev.Log(m))) if emit else (lambda _m: None)
+        write_json(evaluate_released(default_models_dir(), configs[0][1].data, log), root / "released.json")
     write_report(s, root)
     return root
+
+
+def partial_results(run_dir: Path) -> dict:
+    """An unfinished pair's results aggregated over the seeds recorded so far (nothing is written)."""
+    from .experiment import Experiment
+    exp = Experiment(run_dir=run_dir, resume=True)
+    exp.save_results = lambda: None
+    for phase in exp.plan.schedules:
+        if exp.results.get("phases", {}).get(phase, {}).get("units"):
+            exp.aggregate(phase)
+    exp.compare()
+    return exp.results
 
 
 def run_pair_grid(pair: Pair, cfg: ExperimentConfig, root: Path, *, emit=None, on_experiment=None, backend=None) -> dict:
@@ -208,18 +244,40 @@ def _interval(ci, signed: bool = False) -> str:
 
 
 def arm_table(results: dict) -> tuple[list[str], list[list[str]]]:
-    """Per phase: test accuracy mean ± sd, its 95 % interval and method, seeds, cosine mAP with its interval."""
+    """Per phase: test accuracy mean ± sd, its 95 % interval and method (– where the arm trains no
+    classifier), seeds; cosine mAP with its interval, its reference-code form, top-100 precision;
+    Euclidean mAP."""
     head = ["phase", "test acc %", "± sd", "95 % interval", "interval", "seeds", "mAP cos %", "mAP 95 % interval",
-            "epochs"]
+            "mAP cos, reference form %", "P@100 cos %", "mAP Eucl. %", "epochs"]
     rows = []
     for phase in ("teacher", "aux") + ARMS:
         r = results.get("phases", {}).get(phase)
         if not r or "test_acc" not in r:
             continue
         m = (r.get("retrieval") or {}).get("cosine") or {}
-        rows.append([phase, _pct(r["test_acc"]), _pct(r.get("test_acc_std")), _interval(r.get("test_acc_ci")),
-                     r.get("test_acc_ci_method", "Wilson"), str(len(r.get("test_acc_seeds") or [1])),
-                     _pct(m.get("map")), _interval(m.get("map_ci")), f"{r.get('epochs', 0):g}"])
+        e = (r.get("retrieval") or {}).get("euclidean") or {}
+        acc = [_pct(r["test_acc"]), _pct(r.get("test_acc_std")), _interval(r.get("test_acc_ci")),
+               r.get("test_acc_ci_method", "Wilson")] if r.get("classifier_trained", True) else \
+            ["– (no classifier trained)", "–", "–", "–"]
+        rows.append([phase, *acc, str(len(r.get("test_acc_seeds") or [1])),
+                     _pct(m.get("map")), _interval(m.get("map_ci")), _pct(m.get("map_reference")),
+                     _pct(m.get("precision_at_100")), _pct(e.get("map")), f"{r.get('epochs', 0):g}"])
+    return head, rows
+
+
+def released_table(released: dict) -> tuple[list[str], list[list[str]]]:
+    """The InDistill authors' released models measured here beside their published figures."""
+    head = ["model (their file)", "test acc %", "mAP cos %", "95 % interval", "mAP cos, reference form %",
+            "published mAP cos %", "gap (reference form − published)", "mAP Eucl. %", "Eucl. ref. form %",
+            "published Eucl. %", "P@100 cos %", "published P@100 %"]
+    rows = []
+    for name, m in released.get("models", {}).items():
+        c, e, pub = m["cosine"], m["euclidean"], m["published"]
+        rows.append([f"{m['what']} ({name}.pt)",
+                     _pct(m["test_acc"]) if m.get("classifier_trained", True) else "– (fc2 never trained)",
+                     _pct(c["map"]), _interval(c.get("map_ci")), _pct(c["map_reference"]), f"{pub['map_cosine']:.2f}",
+                     f"{c['map_reference'] * 100 - pub['map_cosine']:+.2f}", _pct(e["map"]), _pct(e["map_reference"]),
+                     f"{pub['map_euclidean']:.2f}", _pct(c["precision_at_100"]), f"{pub['precision_at_100_cosine']:.2f}"])
     return head, rows
 
 
@@ -365,7 +423,17 @@ def write_report(s: Study, root: Path) -> dict[str, Path]:
         md += [f"## {title}", ""]
         body.append(f"<h2>{html.escape(title)}</h2>")
         figures = []
-        if results.get("status") != "finished":
+        partial = results.get("status") != "finished" and any(
+            e.get("units") for p, e in (results.get("phases") or {}).items() if p in ARMS)
+        if partial:
+            results = partial_results(resolve(root, pair.name))
+            seeds = {p: len(e.get("units", {})) for p, e in results["phases"].items() if p in ARMS}
+            note = (f"**Unfinished ({results.get('status')}): units recorded so far per arm: "
+                    + ", ".join(f"{p} {n}" for p, n in seeds.items())
+                    + f" of {results['config']['seeds']} seeds; the figures below are over those seeds.**")
+            md += [note, ""]
+            body.append(f"<p><b>{html.escape(note.replace('**', ''))}</b></p>")
+        if results.get("status") != "finished" and not partial:
             md += ["Arms not run (or not finished): no results.", ""]
             body.append("<p>Arms not run (or not finished): no results.</p>")
         else:
@@ -383,6 +451,16 @@ def write_report(s: Study, root: Path) -> dict[str, Path]:
         for fig in figures:
             body.append(fig.to_html(full_html=False, include_plotlyjs="inline" if first_fig else False))
             first_fig = False
+    released = read_json(root / "released.json") if s.released and (root / "released.json").is_file() else None
+    if released:
+        head, table = released_table(released)
+        note = (f"The InDistill authors' released models (their files, imported with `python -m app.cli "
+                f"import-reference`), measured here by the reference's protocol on the {released['data']}: "
+                f"{released['queries']:,} test queries against the {released['database']:,} training images, "
+                "unaugmented, relu(fc1); published figures are theirs, on original CIFAR-10. Not evaluated: "
+                + "; ".join(f"{k}.pt ({v})" for k, v in released.get("not_evaluated", {}).items()) + ".")
+        md += ["## The authors' released models", "", note, "", _md(head, table), ""]
+        body.append("<h2>The authors' released models</h2>" + f"<p>{html.escape(note)}</p>" + _html_table(head, table))
     paths = {"md": root / "report.md", "html": root / "report.html", "csv": root / "report.csv"}
     paths["md"].write_text("\n".join(md))
     style = "<style>body{font-family:sans-serif;max-width:1100px;margin:auto}table{border-collapse:collapse}" \
