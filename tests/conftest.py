@@ -53,3 +53,7 @@ def make_image_folder(root: Path, classes=("cat", "dog", "frog"), per_class: int
 @pytest.fixture
 def image_folder(tmp_path) -> Path:
     return make_image_folder(tmp_path / "folder")
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "device: runs on $INDISTILL_TEST_DEVICE (bench/gpu_check.sh runs these on CUDA)")
