@@ -1,7 +1,8 @@
 """End to end in a real browser: Debian's chromium driven by Playwright (no browser
 download). Starts the app, trains the quick preset on a tiny subset, watches the loss
 curve gain points, cancels a second run, retrieves neighbours for an uploaded picture,
-and saves a screenshot of every tab under test-artifacts/ for a person to look at."""
+and saves a screenshot of every tab (at 1,024 and 1,440 px) under the test's temporary folder
+(``$INDISTILL_ARTIFACTS`` keeps them elsewhere, e.g. as CI artifacts), for a person to look at."""
 from __future__ import annotations
 
 import os
@@ -16,7 +17,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-ARTIFACTS = ROOT / "test-artifacts"
+ARTIFACTS = Path(os.environ["INDISTILL_ARTIFACTS"]) if os.environ.get("INDISTILL_ARTIFACTS") else None
+WIDTHS = (1024, 1440)   # a Space embeds the app at about 1,000 px
 FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
          "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage"]
 TABS = ["Setup", "Distill", "Train", "Pruning", "Compare", "Retrieval", "Information flow", "Learn"]
@@ -57,11 +59,17 @@ def server(tmp_path_factory, cache_dir):
 
 
 @pytest.fixture(scope="module")
-def page(server, request):
+def artifacts(tmp_path_factory) -> Path:
+    path = ARTIFACTS or tmp_path_factory.mktemp("screenshots")
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+@pytest.fixture(scope="module")
+def page(server, request, artifacts):
     from playwright.sync_api import sync_playwright
     chromium = shutil.which("chromium")
     assert chromium, "Debian's chromium is needed (apt-get install chromium); scripts/test.sh installs it"
-    ARTIFACTS.mkdir(exist_ok=True)
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=chromium, args=FLAGS)
         pg = browser.new_page(viewport={"width": 1400, "height": 1000})
@@ -70,7 +78,7 @@ def page(server, request):
         pg.wait_for_selector("text=InDistill Studio")
         yield pg
         if request.session.testsfailed:
-            pg.screenshot(path=str(ARTIFACTS / "failure.png"), full_page=True)
+            pg.screenshot(path=str(artifacts / "failure.png"), full_page=True)
         browser.close()
 
 
@@ -97,7 +105,32 @@ def status_text(page) -> str:
     return page.locator("#status").inner_text()
 
 
-def test_train_cancel_retrieve_and_screenshots(page):
+FITS = """(sel) => {
+    // what is cut off or scrolls sideways: the page itself, and any element under ``sel`` wider than its parent
+    const out = [];
+    const doc = document.documentElement;
+    if (doc.scrollWidth > window.innerWidth + 1) out.push(`page scrolls: ${doc.scrollWidth} > ${window.innerWidth}`);
+    for (const el of document.querySelectorAll(sel)) {
+        const r = el.getBoundingClientRect(), p = el.parentElement.getBoundingClientRect();
+        if (r.width > 0 && (r.right > p.right + 1 || r.left < p.left - 1)) out.push(`${el.id || el.className} overflows its container`);
+        if (el.scrollWidth > el.clientWidth + 1 && !el.closest('.js-plotly-plot')) out.push(`${el.id || el.className} scrolls sideways`);
+    }
+    return out;
+}"""
+
+WHOLE = """() => [...document.querySelectorAll('#feature-maps img')].map(img => {
+    const r = img.getBoundingClientRect(), c = img.closest('#feature-maps').getBoundingClientRect();
+    return {natural: img.naturalWidth / img.naturalHeight, shown: r.width / r.height, fit: getComputedStyle(img).objectFit,
+            inside: r.left >= c.left - 1 && r.right <= c.right + 1, big: r.width >= 60};
+})"""
+
+
+def assert_fits(page, where: str, sel: str = "#feature-maps, #retrieval-gallery, .gallery, .grid-wrap, table") -> None:
+    problems = page.evaluate(FITS, sel)
+    assert not problems, f"{where}: {problems}"
+
+
+def test_train_cancel_retrieve_and_screenshots(page, artifacts):
     tab(page, "Setup")
     page.get_by_role("button", name="quick-cpu").click()
     # the preset's values land asynchronously: wait for them before changing the dataset
@@ -121,7 +154,7 @@ def test_train_cancel_retrieve_and_screenshots(page):
     assert "finished" in status_text(page), status_text(page)
     counts.append(loss_points(page))
     assert len({c for c in counts if c > 0}) >= 2 and counts[-1] == max(counts), counts
-    page.screenshot(path=str(ARTIFACTS / "tab-Train.png"), full_page=True)
+    page.screenshot(path=str(artifacts / "tab-Train.png"), full_page=True)
 
     # the finished run's views: channel maps and feature maps, comparison table, information flow
     tab(page, "Pruning")
@@ -129,7 +162,17 @@ def test_train_cancel_retrieve_and_screenshots(page):
                            " return el && el.data && el.data.length === 3; }")
     page.get_by_role("button", name="Show feature maps").click()
     page.wait_for_selector("#feature-maps img", timeout=60000)
-    page.screenshot(path=str(ARTIFACTS / "tab-Pruning.png"), full_page=True)
+    for width in WIDTHS:
+        page.set_viewport_size({"width": width, "height": 1000})
+        page.wait_for_timeout(500)
+        shown = page.evaluate(WHOLE)
+        assert len(shown) == 9, shown                  # 3 layers × (full, kept, student after warm-up)
+        for img in shown:                               # every mosaic whole: its own aspect, inside the view
+            assert img["fit"] == "contain" and abs(img["shown"] / img["natural"] - 1) < 0.03, (width, img)
+            assert img["inside"] and img["big"], (width, img)
+        assert_fits(page, f"Pruning at {width} px")
+        page.screenshot(path=str(artifacts / f"tab-Pruning-{width}.png"), full_page=True)
+    page.set_viewport_size({"width": 1400, "height": 1000})
     tab(page, "Compare")
     page.locator("#compare-refresh").click()
     page.wait_for_function("() => document.querySelector('#compare-table').innerText.includes('InDistill + KD')")
@@ -139,10 +182,10 @@ def test_train_cancel_retrieve_and_screenshots(page):
     page.wait_for_function("() => document.querySelector('#onnx-md').innerText.includes('max |ONNX')", timeout=120000)
     assert "onnxruntime" in page.locator("#onnx-md").inner_text()
     page.wait_for_selector("#onnx-file a", timeout=30000)
-    page.screenshot(path=str(ARTIFACTS / "tab-Compare.png"), full_page=True)
+    page.screenshot(path=str(artifacts / "tab-Compare.png"), full_page=True)
     tab(page, "Information flow")
     page.wait_for_timeout(1500)
-    page.screenshot(path=str(ARTIFACTS / "tab-Information_flow.png"), full_page=True)
+    page.screenshot(path=str(artifacts / "tab-Information_flow.png"), full_page=True)
     tab(page, "Train")
 
     # a second, longer run (a 200-epoch teacher), cancelled while it trains
@@ -159,7 +202,7 @@ def test_train_cancel_retrieve_and_screenshots(page):
 
     # retrieval: first a bad upload (a text file named .png), then a real picture
     tab(page, "Retrieval")
-    bad = ARTIFACTS / "not-a-picture.png"
+    bad = artifacts / "not-a-picture.png"
     bad.write_text("hello")
     page.locator("#upload input[type=file]").set_input_files(str(bad))
     page.wait_for_function("() => document.querySelector('#retrieval-msg').innerText.includes('not a readable picture')",
@@ -169,16 +212,22 @@ def test_train_cancel_retrieve_and_screenshots(page):
     page.locator("#upload input[type=file]").set_input_files(str(ROOT / "assets" / "examples" / "cat.jpg"))
     page.wait_for_selector("#retrieval-gallery img", timeout=120000)
     assert page.locator("#retrieval-gallery img").count() >= 4
-    page.screenshot(path=str(ARTIFACTS / "tab-Retrieval.png"), full_page=True)
-    for name in TABS:
-        if name in ("Train", "Retrieval", "Pruning", "Compare", "Information flow"):
-            continue
-        tab(page, name)
-        page.wait_for_timeout(1200)
-        page.screenshot(path=str(ARTIFACTS / f"tab-{name.replace(' ', '_')}.png"), full_page=True)
+    for width in WIDTHS:                                 # the nearest images fit at the largest k too
+        page.set_viewport_size({"width": width, "height": 1000})
+        page.wait_for_timeout(500)
+        assert_fits(page, f"Retrieval at {width} px")
+        page.screenshot(path=str(artifacts / f"tab-Retrieval-{width}.png"), full_page=True)
+    for width in WIDTHS:
+        page.set_viewport_size({"width": width, "height": 1000})
+        for name in TABS:
+            tab(page, name)
+            page.wait_for_timeout(800)
+            assert_fits(page, f"{name} at {width} px")
+            page.screenshot(path=str(artifacts / f"tab-{name.replace(' ', '_')}-{width}.png"), full_page=True)
+    page.set_viewport_size({"width": 1400, "height": 1000})
 
 
-def test_the_results_library_opens_in_every_tab(page):
+def test_the_results_library_opens_in_every_tab(page, artifacts):
     tab(page, "Train")
     page.locator("#library input").click()
     page.get_by_role("option", name="cpu-cnn", exact=True).click()
@@ -188,4 +237,4 @@ def test_the_results_library_opens_in_every_tab(page):
                            timeout=30000)
     table = page.locator("#compare-table").inner_text()
     assert "Baseline (CE)" in table and "[" in table      # the shipped 5-seed run, with its intervals
-    page.screenshot(path=str(ARTIFACTS / "library-Compare.png"), full_page=True)
+    page.screenshot(path=str(artifacts / "library-Compare.png"), full_page=True)

@@ -704,7 +704,10 @@ SHORT = {"teacher": "T", "aux": "Aux", "baseline": "Base", "kd": "KD", "indistil
 
 def _tag(model) -> str:
     """A short caption tag: T, Aux, Base, KD, InD, or the architecture of a shipped teacher."""
-    return SHORT.get(model.key) or str(model.meta.get("arch", "T"))
+    if model.key in SHORT:
+        return SHORT[model.key]
+    arch = str(model.meta.get("arch", "T"))
+    return f"{arch}·authors" if (model.meta.get("provenance") or {}).get("origin") else arch
 
 
 def _label_from_name(file, classes: list[str]) -> int | None:

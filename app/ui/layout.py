@@ -120,7 +120,8 @@ def pruning_tab(examples: list[str]) -> dict:
 def compare_tab() -> dict:
     return {"compare_btn": gr.Button("Refresh", size="sm", elem_id="compare-refresh"),
             "compare_note": gr.Markdown(),
-            "table": gr.Dataframe(headers=views.COMPARE_HEADERS, interactive=False, elem_id="compare-table"),
+            "table": gr.Dataframe(headers=views.COMPARE_HEADERS, interactive=False, elem_id="compare-table", wrap=True,
+                                  column_widths=views.COMPARE_WIDTHS),  # fits ~1,000 px: no sideways scroll
             "scatter": gr.Plot(label="Accuracy vs latency"),
             "downloads": gr.File(label="Downloads: results (JSON, CSV) and student checkpoints", file_count="multiple"),
             **onnx_export()}

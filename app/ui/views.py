@@ -300,6 +300,7 @@ def _latency(r: dict, key: str = "latency_ms_cpu_b1") -> str:
 COMPARE_HEADERS = ["model", "arch", "accuracy % [95% CI]", "mAP cos % [95% CI]", "mAP euc % [95% CI]",
                    "mAP cos % (ref.-compatible)", "params", "size MB", "MFLOPs", "CPU ms b1 (median [IQR])",
                    "GPU ms (b1)", "img/s (b256)", "train s"]
+COMPARE_WIDTHS = ["9%", "9%", "11%", "11%", "11%", "7%", "7%", "5%", "6%", "8%", "5%", "6%", "5%"]
 NAMES = {("baseline", "kd"): "KD − baseline", ("kd", "indistill"): "InDistill+KD − KD"}
 METRIC_NAMES = {"test_acc": "accuracy", "map_cosine": "mAP (cosine)", "map_euclidean": "mAP (Euclidean)"}
 
@@ -634,6 +635,9 @@ APP_CSS = """
 #feature-maps img{display:block;width:100%;height:auto;object-fit:contain;image-rendering:pixelated;
   border:1px solid #e5e7eb;background:#fff}
 #feature-maps figcaption{font-size:12px;color:#374151;margin-top:4px}
+#compare-table th,#compare-table td{overflow-wrap:anywhere;font-size:12px}
+#retrieval-gallery .grid-container{grid-template-columns:repeat(var(--grid-cols),minmax(0,1fr)) !important}
+#retrieval-gallery .gallery-item,#retrieval-gallery .thumbnail-item{min-width:0;width:100%;height:auto;aspect-ratio:1}
 """
 
 
