@@ -1,6 +1,8 @@
 """Evaluation of a trained model: accuracy and retrieval with their intervals, per-layer information."""
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 from torch import nn
 
@@ -14,12 +16,15 @@ from .metrics import information_with_labels, retrieval_metrics
 
 
 @torch.no_grad()
-def predict(model: nn.Module, split: Split, data: Dataset, runtime: Runtime) -> tuple[torch.Tensor, torch.Tensor]:
-    """Logits and embeddings (on the CPU) of every image in ``split``, unaugmented."""
+def predict(model: nn.Module, split: Split, data: Dataset, runtime: Runtime,
+            check: Callable[[], None] = lambda: None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits and embeddings (on the CPU) of every image in ``split``, unaugmented (``check``
+    before each batch: it raises to stop, e.g. on a cancel)."""
     model.eval()
     logits, embeds = [], []
     with FeatureTap(model) as tap:
         for x, _ in eval_batches(split, runtime.device, data.mean, data.std, channels_last=runtime.channels_last):
+            check()
             with runtime.autocast():
                 out = tap(x, features=False)
             logits.append(out.logits.float().cpu())
@@ -84,7 +89,8 @@ def feature_mse(features: list[torch.Tensor], targets: list[torch.Tensor]) -> li
 
 
 def evaluate_model(model: nn.Module, data: Dataset, runtime: Runtime, *, retrieval: bool = True,
-                   max_queries: int | None = None, query_batch: int = 128) -> dict:
+                   max_queries: int | None = None, query_batch: int = 128,
+                   check: Callable[[], None] = lambda: None) -> dict:
     """Top-1 accuracy on the test split with its Wilson interval and per-image correctness,
     and retrieval (cosine and Euclidean) with a bootstrap interval over queries, per-query
     AP and the reference-compatible mAP. The test split is used here only, once per model.
@@ -95,20 +101,20 @@ def evaluate_model(model: nn.Module, data: Dataset, runtime: Runtime, *, retriev
     curve and precision@100. Cost (:func:`app.profile.profile`) is measured by the caller,
     once per architecture.
     """
-    logits, q_emb = predict(model, data.test, data, runtime)
+    logits, q_emb = predict(model, data.test, data, runtime, check)
     hits = (logits.argmax(1) == data.test.labels.cpu()).int().tolist()
     n = len(hits)
     result = {"test_acc": sum(hits) / max(n, 1), "test_images": n, "test_acc_ci": list(stats.wilson(sum(hits), n)),
               "correct": stats.pack_bits(hits)}
     if retrieval:
-        _, db_emb = predict(model, data.train, data, runtime)
+        _, db_emb = predict(model, data.train, data, runtime, check)
         q_lab = data.test.labels
         if max_queries is not None and len(q_lab) > max_queries:
             keep = torch.linspace(0, len(q_lab) - 1, max_queries).round().long()
             q_emb, q_lab = q_emb[keep], q_lab[keep]
         result["retrieval"] = {}
         for m in ("cosine", "euclidean"):  # each query ranked once for every figure
-            r = retrieval_metrics(q_emb, q_lab, db_emb, data.train.labels, m, query_batch=query_batch)
+            r = retrieval_metrics(q_emb, q_lab, db_emb, data.train.labels, m, query_batch=query_batch, check=check)
             ap = r.pop("ap")
             r.update(map_ci=list(stats.bootstrap_mean(ap)), ap=stats.pack_unit(ap))
             result["retrieval"][m] = r

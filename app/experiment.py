@@ -105,8 +105,13 @@ class Experiment:
         self.emit = (emit or (lambda e: None)) if self.dist.main else (lambda e: None)
         self.cancel = cancel or threading.Event()
         self.results: dict = {}
+        self.resume_note = ""
         if resume:
-            self.results = RunFolder(self.run_dir).read_results() or {}
+            folder = RunFolder(self.run_dir)
+            self.results = folder.read_results() or {}
+            if folder.results.is_file() and not self.results:
+                self.resume_note = (f"resume: {folder.results.name} is not readable JSON; every unit is re-run "
+                                    "(checkpoints of finished units are overwritten)")
         self.total_steps = 0
         self.done_steps = 0
         self._verified: dict[str, bool] = {}
@@ -157,6 +162,12 @@ class Experiment:
         for attr in ("data", "info_batch", "flow_targets", "teacher_blob"):
             self.__dict__.pop(attr, None)
 
+    def check_cancel(self) -> None:
+        """Raise CancelledError once cancelled: evaluation and profiling call it between batches,
+        so a cancel lands within about a second wherever the run is."""
+        if self.cancel.is_set():
+            raise CancelledError
+
     def _tick(self) -> None:
         self.done_steps += 1
 
@@ -206,6 +217,8 @@ class Experiment:
             self.results["device"] = self.rt.describe()
             self.results["precision"] = self.rt.precision
             self.log(f"device: {self.rt.describe()}")
+            if self.resume_note:
+                self.log(self.resume_note)
             self.data: Dataset = self.normalisation(load_dataset(self.cfg.data, self.log))
             d = self.data
             eval_split = d.eval_split_name
@@ -401,13 +414,14 @@ class Experiment:
         if self.only and key not in costs:  # a student-unit task beside others: the merge measures it
             return {"cost_key": key, "cost_pending": True}
         if key not in costs:
-            costs[key] = profile(model, self.rt.device, self.cfg.data.input_size, self.cfg.eval.latency_runs)
+            costs[key] = profile(model, self.rt.device, self.cfg.data.input_size, self.cfg.eval.latency_runs,
+                                 self.check_cancel)
         return {"cost_key": key} | costs[key]
 
     def _evaluate(self, model, arch: str, width: float, train_seconds: float, epochs: float, history: list) -> dict:
         e = self.cfg.eval
         result = evaluate_model(model, self.data, self.rt, retrieval=e.retrieval, max_queries=e.max_queries,
-                                query_batch=e.query_batch)
+                                query_batch=e.query_batch, check=self.check_cancel)
         result.update(self.cost(model, arch, width))
         result.update({"arch": arch, "test_data": self.results["data"]["test_data"],
                        "train_seconds": round(train_seconds, 3), "epochs": epochs, "history": history})

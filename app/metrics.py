@@ -2,6 +2,8 @@
 kernel estimate of the information between a representation and the labels."""
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 import torch.nn.functional as F
 
@@ -21,7 +23,7 @@ def _distances(q: torch.Tensor, db: torch.Tensor, metric: str) -> torch.Tensor:
 @torch.no_grad()
 def retrieval_metrics(queries: torch.Tensor, q_labels: torch.Tensor, database: torch.Tensor,
                       db_labels: torch.Tensor, metric: str = "cosine", k: int = 100,
-                      query_batch: int = 128) -> dict:
+                      query_batch: int = 128, check: Callable[[], None] = lambda: None) -> dict:
     """Retrieve the database for every query; relevant = same label. Each query is ranked once
     for every figure below.
 
@@ -40,6 +42,7 @@ def retrieval_metrics(queries: torch.Tensor, q_labels: torch.Tensor, database: t
     ranks = torch.arange(1, len(database) + 1)
     ap_all, ref_all, p_at_k_sum, curve_sum = [], [], 0.0, torch.zeros(11)
     for start in range(0, len(queries), query_batch):
+        check()  # raises to stop (a cancel): a full evaluation ranks for tens of seconds
         q, ql = queries[start:start + query_batch], q_labels[start:start + query_batch]
         order = _distances(q, database, metric).argsort(dim=1, stable=True)
         rel = (db_labels[order] == ql[:, None]).float()          # [q, N], ranked

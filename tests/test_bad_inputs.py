@@ -173,3 +173,19 @@ def test_resume_reruns_a_unit_whose_checkpoint_is_truncated(cifar_jpeg, cache_di
     assert not any(e.kind == "phase_started" and e.phase == "teacher" for e in logs)  # the good one is kept
     from app.checkpoint import load_checkpoint
     load_checkpoint(ckpt)
+
+
+def test_resume_says_so_when_results_json_is_not_json(cifar_jpeg, cache_dir, tmp_path):
+    from app.experiment import Experiment
+    cfg = preset("quick-cpu").with_overrides({
+        "data.data_dir": str(cifar_jpeg), "data.cache_dir": str(cache_dir), "data.train_per_class": 4,
+        "data.test_per_class": 2, "teacher.epochs": 0.5, "student.epochs": 0.5, "phases.kd": False,
+        "phases.indistill": False, "eval.latency_runs": 1, "eval.retrieval": False, "eval.info_flow": False})
+    exp = Experiment(cfg, runs_root=tmp_path)
+    assert exp.run()["status"] == "finished"
+    exp.folder.results.write_text("{ not json")
+    logs = []
+    assert Experiment(run_dir=exp.run_dir, resume=True, emit=logs.append).run()["status"] == "finished"
+    lines = [e.message for e in logs if getattr(e, "message", "").startswith("resume:")]
+    assert lines == ["resume: results.json is not readable JSON; every unit is re-run "
+                     "(checkpoints of finished units are overwritten)"]

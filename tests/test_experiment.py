@@ -88,6 +88,25 @@ def test_cancel_stops_within_one_step_and_resume_finishes(cifar_jpeg, cache_dir,
     assert ("teacher", 0) not in started and ("baseline", 0) not in started and ("kd", 0) in started
 
 
+def test_a_cancel_during_evaluation_lands_within_two_seconds(cifar_jpeg, cache_dir, tmp_path):
+    """The shipped teacher is loaded, then evaluated (accuracy and retrieval against 20,000 training
+    images: several seconds): a cancel as the evaluation starts stops the run within 2 s."""
+    import time
+    cancel, at = threading.Event(), {}
+
+    def emit(e):
+        if e.kind == "log" and e.message.startswith("teacher: loaded") and not cancel.is_set():
+            at["cancel"] = time.perf_counter()
+            cancel.set()
+    cfg = preset("workshop").with_overrides({
+        "data.dataset": "cifar10", "data.data_dir": str(cifar_jpeg), "data.cache_dir": str(cache_dir),
+        "data.train_per_class": 2000, "data.val_per_class": 0, "data.test_per_class": None, "device": "cpu"})
+    results = Experiment(cfg, runs_root=tmp_path, emit=emit, cancel=cancel).run()
+    assert results["status"] == "cancelled" and "cancel" in at
+    assert time.perf_counter() - at["cancel"] < 2.0
+    assert "teacher" not in results["phases"]    # nothing half-evaluated is recorded
+
+
 def test_failure_is_an_event_not_a_dead_thread(tmp_path):
     manager = JobManager(1, tmp_path)
     cfg = preset("quick-cpu").with_overrides({"data.data_dir": str(tmp_path / "missing"), "device": "cpu"})

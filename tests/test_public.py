@@ -258,6 +258,12 @@ def poll_until_ended(client, timeout=180) -> dict:
     raise AssertionError("run did not end")
 
 
+def test_a_public_server_sends_no_usage_analytics(server):
+    import urllib.request as rq
+    config = json.loads(rq.urlopen(f"{server[0]}config").read())
+    assert config["analytics_enabled"] is False
+
+
 def test_two_clients_through_the_api(server):
     from gradio_client import Client
     url, runs = server

@@ -6,6 +6,8 @@ events a script needs have stable names (``start``, ``cancel``, ``status``, ``op
 """
 from __future__ import annotations
 
+import os
+
 from pathlib import Path
 
 import gradio as gr
@@ -202,7 +204,9 @@ def build_app() -> gr.Blocks:
     ctx = h.studio().context(None)
     vals = start_values()
     examples = sorted(str(p) for p in (ASSETS / "examples").glob("*.jpg"))
-    with gr.Blocks(title="InDistill Studio", delete_cache=(600, 3600)) as demo:
+    # Gradio's usage analytics: off on a public server unless INDISTILL_ANALYTICS=1 (locally Gradio's default)
+    analytics = os.environ.get("INDISTILL_ANALYTICS") == "1" if ctx.public else None
+    with gr.Blocks(title="InDistill Studio", delete_cache=(600, 3600), analytics_enabled=analytics) as demo:
         session = gr.State(None, time_to_live=24 * 3600, delete_callback=h.end_session)
         stored = gr.BrowserState(None, storage_key="indistill-studio-session", secret=browser_key())
         seen, seen_charts = gr.State(None), gr.State(None)
