@@ -38,10 +38,13 @@ def is_public(env: dict | None = None) -> bool:
 
 @dataclass(frozen=True)
 class CostModel:
-    """Seconds per training image = ``overhead_s`` + FLOPs / ``flops_per_s`` (per network),
-    plus each unit's evaluation (forward passes, retrieval ranking, latency) and data decoding."""
+    """Seconds per training image = ``overhead_s`` + ``step_s`` / batch + FLOPs / ``flops_per_s`` (per
+    network), plus each unit's evaluation (forward passes, retrieval ranking, latency) and data decoding."""
 
-    overhead_s: float = 200e-6      # augmentation, optimizer step, Python: measured 124–210 µs
+    overhead_s: float = 169e-6      # per image: augmentation, Python (with step_s/128: the 200 µs measured at batch 128)
+    step_s: float = 4e-3            # per optimizer step whatever its batch: hooks, events, the optimizer, Python.
+    #                                 Measured: 12 ms a step at batch 2 beside a 2-thread study (about twice the load
+    #                                 of a quiet machine), and a 200-epoch batch-2 workshop run's 54-min ETA (≈ 4 ms)
     flops_per_s: float = 100e9      # effective fp32 rate of small CNNs on 2 cores: measured 125 GFLOP/s
     backward_factor: float = 3.0    # forward + backward ≈ 3 forward passes
     pair_s: float = 1.2e-7          # retrieval: one query × database pair, per metric (5.8 s for 512 × 50k × 2)
@@ -123,8 +126,10 @@ def estimate(cfg: ExperimentConfig, plan: Plan, num_classes: int, train_images: 
     def cost(arch: str, width: float = 1.0) -> tuple[float, float]:
         return _net_cost(arch, n, width, size)
 
+    per_step = model.step_s / max(1, min(cfg.optim.batch_size, train_images))  # small batches pay it more often
+
     def train_s(arch: str, width: float = 1.0) -> float:
-        return model.overhead_s + model.backward_factor * cost(arch, width)[0] / model.flops_per_s
+        return model.overhead_s + per_step + model.backward_factor * cost(arch, width)[0] / model.flops_per_s
 
     def fwd_s(arch: str, width: float = 1.0) -> float:
         return cost(arch, width)[0] / model.flops_per_s

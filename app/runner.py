@@ -110,10 +110,12 @@ class Job:
 
     def __init__(self, cfg: ExperimentConfig | None, runs_root: str | Path, manager: "JobManager | None" = None,
                  resume_dir: str | Path | None = None, grid: tuple[list[float], list[float]] | None = None,
-                 owner: str | None = None, estimate_s: float | None = None) -> None:
+                 owner: str | None = None, estimate_s: float | None = None, limit_s: float | None = None) -> None:
         self.manager = manager
         self.owner = owner                 # digest of the owning session's secret (None: nobody's)
         self.estimate_s = estimate_s       # the budget's estimate of the training time
+        self.limit_s = limit_s             # public mode: the run stops once it has run this long
+        self.stop_reason: str | None = None
         self.cancel_event = threading.Event()
         self.lock = threading.Lock()
         self.revision = 0        # bumped by every change a poller could show
@@ -169,14 +171,33 @@ class Job:
             with self.lock:
                 self.state, self.started = "running", time.time()
                 self.revision += 1
+            timer = threading.Timer(self.limit_s, self._over_limit) if self.limit_s else None
+            if timer is not None:
+                timer.daemon = True
+                timer.start()
             try:
                 self.experiment.run()
             except Exception:
                 pass  # already published as a Failed event by the experiment
+            finally:
+                if timer is not None:
+                    timer.cancel()
         finally:
             if gate is not None:
                 gate.release()
             self._done()
+
+    def _over_limit(self) -> None:
+        """The public time cap: stop at the next step (or evaluation batch), keeping finished units."""
+        if self.cancel_event.is_set():
+            return
+        with self.lock:
+            self.stop_reason = (f"stopped: the run passed the public limit of {self.limit_s / 60:g} min of training "
+                                "on this server; its finished units are kept (open it, or start a smaller run)")
+            self.log.append(self.stop_reason)
+            self.view["error"] = self.stop_reason
+            self.revision += 1
+        self.cancel_event.set()
 
     def _done(self) -> None:
         """Free the dataset and models; the results stay in the snapshot and on disk."""
@@ -354,14 +375,16 @@ class JobManager:
         self._evict()
         return job.start()
 
-    def submit(self, cfg: ExperimentConfig, owner: str | None = None, estimate_s: float | None = None) -> Job:
-        return self._admit_and_add(Job(cfg, self.runs_root, self, owner=owner, estimate_s=estimate_s))
+    def submit(self, cfg: ExperimentConfig, owner: str | None = None, estimate_s: float | None = None,
+               limit_s: float | None = None) -> Job:
+        """Start (or queue) ``cfg``; ``limit_s``: stop it once it has run that long (public mode)."""
+        return self._admit_and_add(Job(cfg, self.runs_root, self, owner=owner, estimate_s=estimate_s, limit_s=limit_s))
 
     def submit_grid(self, cfg: ExperimentConfig, a_values: list[float], b_values: list[float],
-                    owner: str | None = None, estimate_s: float | None = None) -> Job:
+                    owner: str | None = None, estimate_s: float | None = None, limit_s: float | None = None) -> Job:
         """The a × b curriculum grid (plus a joint run) as one background job."""
         return self._admit_and_add(Job(cfg, self.runs_root, self, grid=(a_values, b_values), owner=owner,
-                                       estimate_s=estimate_s))
+                                       estimate_s=estimate_s, limit_s=limit_s))
 
     # ------------------------------------------------------------ reading
     def get(self, job_id: object) -> Job | None:

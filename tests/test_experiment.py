@@ -9,6 +9,7 @@ from app.cli import main as cli
 from app.config import preset
 from app.experiment import Experiment
 from app.runner import JobManager
+from app.runfolder import RunFolder
 
 
 def tiny(cifar_jpeg, cache_dir, **extra):
@@ -105,6 +106,22 @@ def test_a_cancel_during_evaluation_lands_within_two_seconds(cifar_jpeg, cache_d
     assert results["status"] == "cancelled" and "cancel" in at
     assert time.perf_counter() - at["cancel"] < 2.0
     assert "teacher" not in results["phases"]    # nothing half-evaluated is recorded
+
+
+def test_a_run_past_its_time_limit_stops_and_says_why(tmp_path, cache_dir):
+    """Public mode enforces the budget while a run runs: past ``limit_s`` it stops at the next step
+    with a message naming the limit; the units finished by then are kept."""
+    manager = JobManager(1, tmp_path)
+    cfg = preset("workshop").with_overrides({"data.cache_dir": str(cache_dir), "student.epochs": 200, "device": "cpu",
+                                             "optim.batch_size": 2, "eval.latency_runs": 1})
+    job = manager.submit(cfg, limit_s=6.0)
+    job.thread.join(120)
+    assert not job.thread.is_alive() and job.state == "cancelled"
+    snap = job.snapshot()
+    assert "passed the public limit of 0.1 min of training" in snap["error"]
+    assert any("public limit" in line for line in snap["log"])
+    on_disk = RunFolder(job.run_dir).read_results()
+    assert on_disk["status"] == "cancelled" and "teacher" in on_disk["phases"]   # what finished is kept
 
 
 def test_failure_is_an_event_not_a_dead_thread(tmp_path):

@@ -49,6 +49,17 @@ def test_the_default_preset_fits_and_its_estimate_is_near_the_measured_time():
     assert 45 < est.seconds < 180  # measured: student phases 85 s on 2 cores (README)
 
 
+def test_small_batches_pay_their_per_step_cost():
+    """Issue 14's probe: batch 2 × 200 student epochs was admitted at 8.6 min and took ~3× the cap.
+    Priced per step as well as per image, it is refused; the same epochs at batch 128 cost far less."""
+    small = refusals(**{"optim.batch_size": 2, "student.epochs": 200})
+    assert any("10 min" in p for p in small), small
+    cfg = preset("workshop")
+    at = {b: public.estimate(cfg.with_overrides({"optim.batch_size": b}), make_plan(cfg), *public.dataset_size(cfg))
+          for b in (2, 128)}
+    assert at[2].seconds > 4 * at[128].seconds
+
+
 @pytest.mark.parametrize("overrides, words", [
     ({"student.epochs": 10000}, ["10 min", "what would fit", "student epochs"]),
     ({"teacher.arch": "resnet110", "teacher.checkpoint": None, "teacher.epochs": 30, "student.arch": "resnet20",

@@ -316,8 +316,9 @@ def _submit(session: dict, cfg: ExperimentConfig, est, grid=None):
     if session.get("upload") and cfg.data.data_dir and Path(cfg.data.data_dir).resolve() == Path(session["upload"]).resolve():
         cfg = cfg.with_overrides({"data.cache_dir": str(Path(session["upload"]).parent / "cache")})
     secs = est.seconds if est is not None else None
-    job = s.manager.submit_grid(cfg, *grid, owner=owner(session), estimate_s=secs) if grid else \
-        s.manager.submit(cfg, owner=owner(session), estimate_s=secs)
+    limit = s.budget.max_minutes * 60 if s.public else None  # enforced while it runs, not only estimated
+    job = s.manager.submit_grid(cfg, *grid, owner=owner(session), estimate_s=secs, limit_s=limit) if grid else \
+        s.manager.submit(cfg, owner=owner(session), estimate_s=secs, limit_s=limit)
     job.experiment.run_dir.mkdir(parents=True, exist_ok=True)
     runfolder.RunFolder(job.run_dir).set_owner(session["secret"])
     return job
