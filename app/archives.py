@@ -439,7 +439,10 @@ def _extract_images(path: Path, report: ArchiveReport, dest: Path, limits: Archi
             target = _target(dest, img, label, ready)
             with open_member() as src, open(target, "xb") as out:  # x: never overwrite or follow a link
                 _copy(src, out, img, label, limits)
-            pixels += _pixels(target, img, label, limits)
+            counted = _pixels(target, img, label, limits)
+            if counted == 0:  # not a picture Pillow can read: nothing trains on it, so it takes no space
+                target.unlink()
+            pixels += counted
             if pixels > limits.max_total_pixels:
                 raise _refuse(label, f"its images add up to more than {limits.max_total_pixels:,} pixels",
                               f"at most {limits.max_total_pixels:,} pixels over all images")
@@ -473,7 +476,7 @@ def _copy(src: IO[bytes], out: IO[bytes], img: ArchiveImage, label: str, limits:
 
 def _pixels(target: Path, img: ArchiveImage, label: str, limits: ArchiveLimits) -> int:
     """Width × height from the image's header, nothing decoded; 0 for a file Pillow cannot
-    identify (kept: loading skips it and names it)."""
+    identify (the caller drops it)."""
     try:
         with open_image(target) as im:
             return check_pixels(im, limits.max_image_pixels)
@@ -481,7 +484,7 @@ def _pixels(target: Path, img: ArchiveImage, label: str, limits: ArchiveLimits) 
         why = str(exc) if isinstance(exc, ImageTooLarge) else f"too large ({exc})"
         raise _refuse(label, f"{_show(img.name)} is {why}",
                       f"images of at most {limits.max_image_pixels:,} pixels each (e.g. 2000×2000)") from None
-    except Exception:  # unreadable: left for loading to skip and report
+    except Exception:  # unreadable: dropped by the caller
         return 0
 
 

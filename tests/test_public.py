@@ -381,6 +381,40 @@ def test_a_bad_dataset_upload_is_refused_with_the_rule(public_studio, tmp_path, 
     assert msg.startswith("**Upload refused:**") and words in msg and session["upload"] is None
 
 
+def test_a_full_upload_space_evicts_idle_datasets_first(public_studio, tmp_path, monkeypatch):
+    """Issue 14's probe filled the space with idle uploads; a live visitor's upload then evicts the
+    oldest idle ones (never one a live run uses) instead of being refused."""
+    import os
+    import time as _time
+    from conftest import make_image_folder
+    monkeypatch.setattr(ui, "UPLOADS_MAX_BYTES", 400 * 10 ** 6)   # room: 100 MB beside a 300 MB upload
+    uploads = public_studio.uploads
+    old = []
+    for i in range(3):                                              # three idle visitors, 60 MB each, oldest first
+        home = uploads / f"{i:016x}" / "x"
+        home.mkdir(parents=True)
+        (home / "blob").write_bytes(b"\0" * 60 * 10 ** 6)
+        os.utime(home.parent, (_time.time() - 1000 + i, _time.time() - 1000 + i))
+        old.append(home.parent)
+    tree = make_image_folder(tmp_path / "tree", classes=("ant", "bee"), per_class=4)
+    session, msg, _ = ui.upload_dataset(None, str(zip_tree(tree, tmp_path / "mine.zip")))
+    assert "ready" in msg, msg
+    assert not old[0].exists() and not old[1].exists() and old[2].exists()   # the two oldest went, enough room
+
+
+def test_files_that_are_not_pictures_take_no_upload_space(public_studio, tmp_path):
+    """Zero-filled 'images' (within every per-archive limit) are dropped at extraction, not kept on disk."""
+    from conftest import make_image_folder
+    tree = make_image_folder(tmp_path / "tree", classes=("ant", "bee"), per_class=3)
+    for i in range(5):
+        (tree / "train" / "ant" / f"zero{i}.png").write_bytes(b"\0" * 2 * 10 ** 6)
+    session, msg, _ = ui.upload_dataset(None, str(zip_tree(tree, tmp_path / "z.zip")))
+    assert "ready" in msg, msg
+    kept = list(Path(session["upload"]).rglob("*.png"))
+    assert len(kept) == 12 and not any(p.name.startswith("zero") for p in kept)
+    assert sum(p.stat().st_size for p in kept) < 10 ** 6
+
+
 def zip_one_class(path):
     from conftest import make_image_folder
     return zip_tree(make_image_folder(path.parent / "one", classes=("cat",), per_class=2), path)

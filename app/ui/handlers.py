@@ -636,6 +636,28 @@ def import_config(session: Any, file):
     return [vals[k] for k in CONTROL_KEYS] + [f"Imported {cfg.name!r}."]
 
 
+def _upload_bytes(folder: Path) -> int:
+    return sum(f.stat().st_size for f in folder.rglob("*") if f.is_file()) if folder.is_dir() else 0
+
+
+def _evict_idle_uploads(s, room: int) -> int:
+    """Delete the oldest uploaded datasets whose visitors have no live run until ``room`` bytes are
+    held at most; returns the bytes still held (those of live runs when the space is full)."""
+    if not s.uploads.is_dir():
+        return 0
+    homes = sorted((p for p in s.uploads.iterdir() if p.is_dir()), key=lambda p: p.stat().st_mtime)
+    held = {p: _upload_bytes(p) for p in homes}
+    used = sum(held.values())
+    busy = {j.owner[:16] for j in s.manager.jobs.values() if j.live and j.owner}
+    for home in homes:
+        if used <= room:
+            break
+        if home.name not in busy:
+            shutil.rmtree(home, ignore_errors=True)
+            used -= held[home]
+    return used
+
+
 def upload_dataset(session: Any, file):
     """A visitor's dataset archive: checked before decoding, extracted into this session's folder."""
     from app.archives import ArchiveError, extract_dataset
@@ -648,12 +670,15 @@ def upload_dataset(session: Any, file):
         return session, ("**Upload refused:** your run is queued or training on your uploaded dataset; upload a new "
                          "one when it has ended (or cancel it in the Train tab)."), gr.skip()
     home = s.uploads / owner(session)[:16]
-    shutil.rmtree(home, ignore_errors=True)  # one uploaded dataset per session
+    shutil.rmtree(home, ignore_errors=True)  # one uploaded dataset per session: a visitor holds at most one
     runfolder.reap_old(s.uploads, UPLOAD_MAX_AGE_S)  # sessions Gradio forgot without a callback
-    used = sum(f.stat().st_size for f in s.uploads.rglob("*") if f.is_file()) if s.uploads.is_dir() else 0
-    if used > UPLOADS_MAX_BYTES:
-        return session, (f"**Upload refused:** the server's space for uploaded datasets is full ({used / 1e9:.1f} GB; "
-                         f"the limit is {UPLOADS_MAX_BYTES / 1e9:g} GB). Try again later, or use the sample."), gr.skip()
+    from app.archives import ArchiveLimits
+    room = UPLOADS_MAX_BYTES - (s.upload_limits or ArchiveLimits()).max_total_bytes  # this upload may take that
+    used = _evict_idle_uploads(s, room)
+    if used > room:
+        return session, (f"**Upload refused:** the server's space for uploaded datasets is full ({used / 1e9:.1f} GB "
+                         f"held by runs in progress; the limit is {UPLOADS_MAX_BYTES / 1e9:g} GB in all, one dataset "
+                         "per visitor). Try again later, or use the sample."), gr.skip()
     dest = home / secrets.token_hex(6)
     try:
         tree = extract_dataset(Path(file if isinstance(file, str) else file.name), dest / "data",
