@@ -10,6 +10,8 @@ import torch.nn.functional as F
 from .device import in_fp32
 
 RECALL_POINTS = torch.linspace(0, 1, 11)
+# the reference's levels, np.arange(0, 1.01, 0.1) in float64 (0.30000000000000004, …)
+REFERENCE_LEVELS = torch.arange(11, dtype=torch.float64) * 0.1
 
 
 def _distances(q: torch.Tensor, db: torch.Tensor, metric: str) -> torch.Tensor:
@@ -59,15 +61,30 @@ def retrieval_metrics(queries: torch.Tensor, q_labels: torch.Tensor, database: t
         curve_sum += interp.sum(0)
         ap_all += interp.mean(1).tolist()
         p_at_k_sum += rel[:, :k].mean(1).sum().item()
-        # the reference's backward pass spans as many ranks as its batch has queries
+        # the reference's backward pass spans as many ranks as its batch has queries, and each level
+        # reads the rank whose recall is nearest to it (the first such), in float64
         span = min(len(q), rel.shape[1])
         partial = torch.cat([precision[:, :span].flip(1).cummax(1).values.flip(1), precision[:, span:]], 1)
-        ref_all += partial.gather(1, idx).mean(1).tolist()
+        ref_all += partial.gather(1, nearest_recall(hits, REFERENCE_LEVELS)).mean(1).tolist()
     counted = max(len(ap_all), 1)
     return {"metric": metric, "map": sum(ap_all) / counted, f"precision_at_{k}": p_at_k_sum / counted,
             "map_reference": sum(ref_all) / counted, "map_reference_query_batch": query_batch,
             "pr_curve": {"recall": RECALL_POINTS.tolist(), "precision": (curve_sum / counted).tolist()},
             "queries": len(ap_all), "database": len(database), "ap": ap_all}
+
+
+def nearest_recall(hits: torch.Tensor, levels: torch.Tensor) -> torch.Tensor:
+    """Per row, for each level, the first rank whose recall (``hits`` / total, in float64) is nearest
+    to it — ``argmin |recall − level|`` as the reference reads its 11 points — found with two
+    searches instead of a pass over every rank."""
+    recall = hits.double() / hits[:, -1:].double()
+    lv = levels.to(torch.float64).expand(len(recall), len(levels)).contiguous()
+    last = recall.shape[1] - 1
+    hi = torch.searchsorted(recall, lv).clamp_max(last)          # first rank with recall ≥ level
+    lo = (hi - 1).clamp_min(0)
+    take_lo = (hi > 0) & ((recall.gather(1, lo) - lv).abs() <= (recall.gather(1, hi) - lv).abs())
+    first_lo = torch.searchsorted(recall, recall.gather(1, lo).contiguous())  # that recall's first rank
+    return torch.where(take_lo, first_lo, hi)
 
 
 @torch.no_grad()
@@ -79,9 +96,11 @@ def reference_map(database: torch.Tensor, db_labels: torch.Tensor, queries: torc
     max(precision, precision of the next rank)" pass runs over as many ranks as the batch
     has queries instead of over all ranks, so only the first ``len(batch)`` ranks are
     interpolated and later ranks keep their raw precision. Each of the 11 recall points
-    then reads that precision at the first rank reaching the recall. Equal to
-    :func:`retrieval_metrics`' mAP when a batch is at least as long as the database;
-    otherwise lower or equal. Queries without a relevant item are skipped (as there).
+    (float64 0, 0.1, …, 1) then reads that precision at the first rank whose recall is
+    nearest to it (:func:`nearest_recall`): the first rank reaching it when every class's
+    count is a multiple of 10, as in CIFAR-10. Queries without a relevant item are skipped
+    (as there). Queries are taken in the order given (the folder loader orders the test split
+    by class, torchvision's CIFAR by its file order: only the last, partial batch differs).
     """
     return retrieval_metrics(queries, q_labels, database, db_labels, metric, query_batch=query_batch)["map_reference"]
 

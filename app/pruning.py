@@ -128,12 +128,18 @@ class BatchGammaTargets(PrunedTargets):
 
     @torch.no_grad()
     def from_inputs(self, inputs: list[torch.Tensor]) -> list[torch.Tensor]:
+        """In fp32 (autocast off), as the reference computes them, whatever the run's precision."""
         out = []
         for x, (weight, gamma, conv, eps, tail) in zip(inputs, self.stages):
-            z = F.conv2d(x.float(), weight, None, conv.stride, conv.padding, conv.dilation, conv.groups)
-            z = F.batch_norm(z, None, None, gamma, None, training=True, eps=eps)
-            out.append(tail(z))
+            with torch.autocast(x.device.type, enabled=False):
+                out.append(self._stage(x, weight, gamma, conv, eps, tail))
         return out
+
+    @staticmethod
+    def _stage(x, weight, gamma, conv, eps, tail) -> torch.Tensor:
+        z = F.conv2d(x.float(), weight, None, conv.stride, conv.padding, conv.dilation, conv.groups)
+        z = F.batch_norm(z, None, None, gamma, None, training=True, eps=eps)
+        return tail(z)
 
     def of(self, out: Outputs) -> list[torch.Tensor]:
         return self.from_inputs(out.inputs)

@@ -40,7 +40,8 @@ class Recipe:
     procedure: str
     optimizer: str
     lr: float
-    warmup_lr: float          # warm-up segments: Adam at indistill.lr, under the same unit schedule
+    warmup_lr: float          # warm-up segments' Adam (studio: indistill.lr; reference: the recipe's lr, one
+    #                           rate for the whole unit as there), under the same unit schedule
     schedule: str
     step_epoch: float
     step_factor: float
@@ -74,7 +75,8 @@ def resolve_recipe(cfg) -> Recipe:
         value = getattr(r, name)
         return base[name] if value is None else value
     lr = pick("lr")
-    return Recipe(proc, pick("optimizer"), cfg.optim.lr if lr is None else float(lr), cfg.indistill.lr,
+    lr = cfg.optim.lr if lr is None else float(lr)
+    return Recipe(proc, pick("optimizer"), lr, lr if proc == "reference" else cfg.indistill.lr,
                   pick("schedule"), float(pick("step_epoch")), float(pick("step_factor")), pick("fresh_optimizer"),
                   base["embed"] if cfg.indistill.embed is None else bool(cfg.indistill.embed),
                   pick("targets"), pick("baseline"))

@@ -44,24 +44,53 @@ def test_information_grows_with_class_separation():
 def test_reference_compatible_map_interpolates_only_the_first_batch_ranks():
     # one query, database ranked 0, 0, 1, 1, 1 (three relevant): precision 0, 0, 1/3, 1/2, 3/5 at
     # recall 0, 0, 1/3, 2/3, 1. Proper: the best later precision is 3/5 everywhere → AP = .6.
-    # Reference with a batch of 1 query: no interpolation; recall 0 reads rank 1 (0), r = .1–.3
-    # rank 3 (1/3), r = .4–.6 rank 4 (1/2), r = .7–1 rank 5 (3/5): AP = (0 + 1 + 1.5 + 2.4)/11.
+    # Reference with a batch of 1 query: no interpolation, and each level reads the rank whose recall
+    # is nearest (float64): r = 0, .1 → rank 1 (0); .2, .3, .4 → rank 3 (1/3); .5 (2/3 is nearer by
+    # rounding), .6, .7, .8 → rank 4 (1/2); .9, 1 → rank 5 (3/5): AP = (0 + 0 + 1 + 2 + 1.2)/11.
     from app.metrics import reference_map
     q, ql = torch.tensor([[0.0]]), torch.tensor([1])
     db, dbl = torch.tensor([[0.1], [0.2], [0.3], [0.4], [0.5]]), torch.tensor([0, 0, 1, 1, 1])
     proper = retrieval_metrics(q, ql, db, dbl, metric="euclidean")
     assert proper["map"] == pytest.approx(0.6) and proper["ap"] == pytest.approx([0.6])
-    assert reference_map(db, dbl, q, ql, "euclidean", query_batch=1) == pytest.approx(4.9 / 11)
-    # a batch at least as long as the database interpolates every rank: the proper figure
+    assert reference_map(db, dbl, q, ql, "euclidean", query_batch=1) == pytest.approx(4.2 / 11)
+    # a batch at least as long as the database interpolates every rank: 3/5 at every level
     many_q, many_l = q.repeat(5, 1), ql.repeat(5)
     assert reference_map(db, dbl, many_q, many_l, "euclidean", query_batch=5) == pytest.approx(0.6)
 
 
-def test_reference_map_never_exceeds_the_proper_one():
-    torch.manual_seed(1)
-    q, ql = torch.randn(120, 6), torch.randint(0, 3, (120,))
-    db, dbl = torch.randn(90, 6), torch.randint(0, 3, (90,))
-    from app.metrics import reference_map
-    proper = retrieval_metrics(q, ql, db, dbl)["map"]
-    assert reference_map(db, dbl, q, ql, "cosine", query_batch=8) <= proper + 1e-9
-    assert reference_map(db, dbl, q, ql, "cosine", query_batch=200) == pytest.approx(proper)
+def reference_oracle(order, q_labels, db_labels, batch):
+    """The reference's figure written out plainly (numpy, loops): per batch of queries, precision
+    at every rank, a backward max over the first len(batch) − 1 positions only, recall against the
+    class's database count, and each of the 11 levels read at the first rank of nearest recall."""
+    import numpy as np
+    counts = np.bincount(db_labels)
+    levels = np.arange(0, 1.01, 0.1)
+    total = 0.0
+    for s in range(0, len(q_labels), batch):
+        rows = []
+        for o, t in zip(order[s:s + batch], q_labels[s:s + batch]):
+            rel = (db_labels[o] == t).astype(float)
+            hits = np.cumsum(rel)
+            rows.append((hits / np.arange(1, len(rel) + 1), hits / counts[t]))
+        prec = np.array([r[0] for r in rows])
+        for i in range(len(rows) - 2, -1, -1):
+            prec[:, i] = np.maximum(prec[:, i], prec[:, i + 1])
+        for (_, recall), p in zip(rows, prec):
+            total += np.mean([p[np.argmin(np.abs(recall - lv))] for lv in levels])
+    return total / len(q_labels)
+
+
+@pytest.mark.parametrize("per_class", [500, 17, 13])
+def test_reference_map_reproduces_the_reference_figure(per_class):
+    """Equal to the reference's computation, also where class counts are not multiples of 10
+    (there the nearest recall and the first rank reaching it differ)."""
+    torch.manual_seed(per_class)
+    dbl = torch.arange(10).repeat_interleave(per_class)
+    db = torch.randn(len(dbl), 12) + torch.nn.functional.one_hot(dbl, 12).float()
+    ql = torch.randint(0, 10, (300,))
+    q = torch.randn(300, 12) + torch.nn.functional.one_hot(ql, 12).float()
+    from app.metrics import _distances
+    order = _distances(q, db, "cosine").argsort(dim=1, stable=True).numpy()
+    expected = reference_oracle(order, ql.numpy(), dbl.numpy(), 128)
+    got = retrieval_metrics(q, ql, db, dbl, "cosine", query_batch=128)["map_reference"]
+    assert got == pytest.approx(expected, abs=1e-6)   # float32 precision beside numpy float64

@@ -154,6 +154,9 @@ def test_recipe_settings_default_to_the_procedure_and_explicit_ones_win():
         ("sgd", 0.05, "segment-cosine", True, "teacher-bn")
     mixed = resolve_recipe(preset("reference-cifar10").with_overrides(["recipe.schedule=cosine", "indistill.embed=true"]))
     assert mixed.schedule == "cosine" and mixed.embed and mixed.optimizer == "adam"
+    # the reference has one learning rate for the whole unit: its warm-up follows recipe.lr
+    assert resolve_recipe(preset("reference-cifar10").with_overrides(["recipe.lr=0.002"])).warmup_lr == 0.002
+    assert resolve_recipe(preset("workshop").with_overrides(["recipe.lr=0.002"])).warmup_lr == 1e-3
     bad = make_plan(preset("workshop").with_overrides(["recipe.optimizer=rmsprop", "recipe.step_factor=3"]))
     assert any("recipe.optimizer must be sgd, adam" in p for p in bad.problems)
     assert any("recipe.step_factor must be in [0.0001, 1]" in p for p in bad.problems)
