@@ -243,6 +243,21 @@ def _interval(ci, signed: bool = False) -> str:
     return f"[{f.format(ci[0] * 100)}, {f.format(ci[1] * 100)}]"
 
 
+LOSS_NAMES = {"pkt_indistill": "PKT", "pkt": "PKT", "kd": "Hinton KD", "dkd": "DKD", "fitnets": "FitNets", "at": "AT",
+              "rkd": "RKD"}
+
+
+def arm_label(results: dict, phase: str) -> str:
+    """``phase`` with what it trained, e.g. ``kd (PKT alone)`` under the reference procedure."""
+    proc = results.get("procedure") or {}
+    loss = proc.get("stage2_loss")
+    if phase not in ("kd", "indistill") or not loss:
+        return phase
+    ce = loss == "kd" or (proc.get("stage2_params") or {}).get("ce", 1.0) > 0
+    name = LOSS_NAMES.get(loss, loss) + (" + CE" if ce else "")
+    return f"{phase} ({name} alone)" if phase == "kd" else f"{phase} (InDistill + {name})"
+
+
 def arm_table(results: dict) -> tuple[list[str], list[list[str]]]:
     """Per phase: test accuracy mean ± sd, its 95 % interval and method (– where the arm trains no
     classifier), seeds; cosine mAP with its interval, its reference-code form, top-100 precision;
@@ -259,7 +274,7 @@ def arm_table(results: dict) -> tuple[list[str], list[list[str]]]:
         acc = [_pct(r["test_acc"]), _pct(r.get("test_acc_std")), _interval(r.get("test_acc_ci")),
                r.get("test_acc_ci_method", "Wilson")] if r.get("classifier_trained", True) else \
             ["– (no classifier trained)", "–", "–", "–"]
-        rows.append([phase, *acc, str(len(r.get("test_acc_seeds") or [1])),
+        rows.append([arm_label(results, phase), *acc, str(len(r.get("test_acc_seeds") or [1])),
                      _pct(m.get("map")), _interval(m.get("map_ci")), _pct(m.get("map_reference")),
                      _pct(m.get("precision_at_100")), _pct(e.get("map")), f"{r.get('epochs', 0):g}"])
     return head, rows
@@ -283,7 +298,8 @@ def released_table(released: dict) -> tuple[list[str], list[list[str]]]:
 
 def difference_table(results: dict) -> tuple[list[str], list[list[str]]]:
     head = ["difference", "metric", "mean (points)", "95 % interval", "verdict", "method"]
-    rows = [[f"{c['b']} − {c['a']}", c["metric"], f"{c['diff'] * 100:+.2f}", _interval(c.get("ci"), True),
+    rows = [[f"{arm_label(results, c['b'])} − {arm_label(results, c['a'])}", c["metric"], f"{c['diff'] * 100:+.2f}",
+             _interval(c.get("ci"), True),
              c["verdict"], c["method"]] for c in results.get("comparisons") or [] if c.get("diff") is not None]
     return head, rows
 
@@ -389,7 +405,8 @@ def _arms_section(results: dict, md: list, body: list) -> list:
     ref = results.get("flow_reference")
     if ref:
         note = (f"Fig. 2 / Fig. 4 analogues: reference network {ref['network']}; information estimator "
-                f"{ref['estimator']}; divergence {ref['divergence']}; on {ref['images']} validation images.")
+                f"{ref['estimator']}; divergence {ref['divergence']}; on {ref['images']} images of the "
+                f"{(results.get('data') or {}).get('eval_split', 'val')} split.")
         md += [note, ""]
         body.append(f"<p>{html.escape(note)}</p>")
     return pair_figures(results)
@@ -446,7 +463,7 @@ def write_report(s: Study, root: Path) -> dict[str, Path]:
             rows += grid_csv_rows(pair.name, grid)
         if figures:
             shown = (["information per layer, Fig. 2 and Fig. 4 analogues, accuracy vs cost"] if results.get("status")
-                     == "finished" else []) + (["the grid's heatmap"] if grid.get("cells") else [])
+                     == "finished" or partial else []) + (["the grid's heatmap"] if grid.get("cells") else [])
             md += [f"Figures ({', '.join(shown)}): report.html", ""]
         for fig in figures:
             body.append(fig.to_html(full_html=False, include_plotlyjs="inline" if first_fig else False))

@@ -27,7 +27,8 @@ def test_smoke_report_writes_the_three_files(smoke):
     md = (root / "report.md").read_text()
     for heading in ("## cnn:", "### Accuracy and retrieval", "### Paired differences", "### Cost"):
         assert heading in md
-    assert "| indistill − kd | test_acc |" in md and "t-interval over 2 seeds" in md
+    assert "| indistill (InDistill + Hinton KD + CE) − kd (Hinton KD + CE alone) | test_acc |" in md \
+        and "t-interval over 2 seeds" in md
     page = (root / "report.html").read_text()
     assert page.count("Plotly.newPlot") >= 3 and "<script src=" not in page  # plotly inlined: self-contained
     assert "Fig. 2" in page and "Fig. 4" in page
@@ -129,3 +130,28 @@ def test_report_marks_an_unfinished_grid_and_missing_arms(smoke, tmp_path):
     md = (root / "report.md").read_text()
     assert "Arms not run (or not finished)" in md and "Unfinished (failed): 2 runs recorded so far" in md
     assert "| curriculum | 0.1 | 0 |" in md and "Figures (the grid's heatmap)" in md
+
+
+def test_an_unfinished_pair_is_reported_over_the_seeds_recorded_so_far(smoke, tmp_path):
+    """A study that outlasts a session: its report shows what is recorded, marked unfinished, with
+    the aggregates and paired differences over the finished seeds only."""
+    import shutil
+    from app.report import write_report
+    root = tmp_path / "smoke"
+    shutil.copytree(smoke[0], root)
+    path = root / "cnn" / "results.json"
+    results = json.loads(path.read_text())
+    results["status"] = "running"
+    for phase in ("baseline", "kd", "indistill"):
+        results["phases"][phase]["units"].pop("1")
+        for key in ("test_acc", "test_acc_seeds"):
+            results["phases"][phase].pop(key, None)
+    results.pop("comparisons")
+    path.write_text(json.dumps(results))
+    write_report(study("smoke"), root)
+    md = (root / "report.md").read_text()
+    assert "Unfinished (running): units recorded so far per arm: baseline 1, kd 1, indistill 1 of 2 seeds" in md
+    kd0 = results["phases"]["kd"]["units"]["0"]["test_acc"]
+    assert f"| kd (Hinton KD + CE alone) | {kd0 * 100:.2f} |" in md          # the one seed, not a stale mean
+    assert "McNemar" in md or "1 seed" in md                               # one-seed paired differences
+    assert json.loads(path.read_text())["status"] == "running"             # reporting wrote nothing back

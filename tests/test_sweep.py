@@ -66,7 +66,7 @@ def test_a_study_split_into_ray_tasks_equals_the_local_study(ray_backend, tmp_pa
     costs = {u["latency_ms_cpu_b1"] for p in ("baseline", "kd", "indistill") for u in b["phases"][p]["units"].values()}
     assert len(costs) == 1
     assert arm_table(b) == arm_table(a) and difference_table(b) == difference_table(a)   # the report's tables
-    assert "| kd − baseline | test_acc |" in (on_ray / "report.md").read_text()
+    assert "| kd (Hinton KD + CE alone) − baseline | test_acc |" in (on_ray / "report.md").read_text()
     # resumable: a second call finds every unit recorded and runs none again
     before = (on_ray / "cnn" / "checkpoints" / "kd-s1.pt").stat().st_mtime_ns
     run_study(s, tmp_path / "ray", backend=ray_backend)
