@@ -154,7 +154,8 @@ def test_cli_run_name_cannot_leave_out(cifar_jpeg, cache_dir, tmp_path, capsys):
     assert not (tmp_path / "escaped").exists()
 
 
-def test_resume_reruns_a_unit_whose_checkpoint_is_truncated(cifar_jpeg, cache_dir, tmp_path):
+def finished_tiny_run(cifar_jpeg, cache_dir, tmp_path):
+    """A finished teacher + baseline run on a few images (what the resume tests break)."""
     from app.experiment import Experiment
     cfg = preset("quick-cpu").with_overrides({
         "data.data_dir": str(cifar_jpeg), "data.cache_dir": str(cache_dir), "data.train_per_class": 4,
@@ -162,6 +163,12 @@ def test_resume_reruns_a_unit_whose_checkpoint_is_truncated(cifar_jpeg, cache_di
         "phases.indistill": False, "eval.latency_runs": 1, "eval.retrieval": False, "eval.info_flow": False})
     exp = Experiment(cfg, runs_root=tmp_path)
     assert exp.run()["status"] == "finished"
+    return exp
+
+
+def test_resume_reruns_a_unit_whose_checkpoint_is_truncated(cifar_jpeg, cache_dir, tmp_path):
+    from app.experiment import Experiment
+    exp = finished_tiny_run(cifar_jpeg, cache_dir, tmp_path)
     ckpt = exp.ckpt("baseline-s0")
     ckpt.write_bytes(ckpt.read_bytes()[:100])
     logs = []
@@ -177,12 +184,7 @@ def test_resume_reruns_a_unit_whose_checkpoint_is_truncated(cifar_jpeg, cache_di
 
 def test_resume_says_so_when_results_json_is_not_json(cifar_jpeg, cache_dir, tmp_path):
     from app.experiment import Experiment
-    cfg = preset("quick-cpu").with_overrides({
-        "data.data_dir": str(cifar_jpeg), "data.cache_dir": str(cache_dir), "data.train_per_class": 4,
-        "data.test_per_class": 2, "teacher.epochs": 0.5, "student.epochs": 0.5, "phases.kd": False,
-        "phases.indistill": False, "eval.latency_runs": 1, "eval.retrieval": False, "eval.info_flow": False})
-    exp = Experiment(cfg, runs_root=tmp_path)
-    assert exp.run()["status"] == "finished"
+    exp = finished_tiny_run(cifar_jpeg, cache_dir, tmp_path)
     exp.folder.results.write_text("{ not json")
     logs = []
     assert Experiment(run_dir=exp.run_dir, resume=True, emit=logs.append).run()["status"] == "finished"
