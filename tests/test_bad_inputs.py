@@ -91,9 +91,10 @@ def test_import_refuses_huge_deep_unknown_and_non_json_files(tmp_path):
 def test_export_leaves_no_temp_folder_behind(studio):
     import os
     import time
+    from app.ui import results
     path, _ = ui.export_config(None, *controls())
     assert Path(path).is_file() and Path(path).parent.parent == studio.scratch
-    old = time.time() - ui.SCRATCH_MAX_AGE_S - 5
+    old = time.time() - results.SCRATCH_MAX_AGE_S - 5
     os.utime(Path(path).parent, (old, old))
     fresh, _ = ui.export_config(None, *controls())
     assert not Path(path).parent.exists() and Path(fresh).is_file()  # the stale one was reaped

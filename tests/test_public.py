@@ -166,8 +166,9 @@ def wait_ended(manager, run_id, timeout=120):
 @pytest.mark.parametrize("stored", [None, "x", 42, {"secret": 5}, {"secret": "zz" * 16}, {"secret": "a" * 32, "run": ["x"]},
                                     {"secret": "a" * 32, "run": "../../etc"}, {"secret": "a" * 32, "upload": "/etc"}])
 def test_a_forged_browser_session_gets_a_fresh_or_cleaned_one(public_studio, stored):
+    from app.ui.sessions import SECRET
     s = ui.session_of(stored)
-    assert ui.SECRET.match(s["secret"]) and s["run"] is None and s["upload"] is None
+    assert SECRET.match(s["secret"]) and s["run"] is None and s["upload"] is None
 
 
 def test_one_live_run_per_session_and_a_bounded_queue(public_studio):
@@ -387,7 +388,8 @@ def test_a_full_upload_space_evicts_idle_datasets_first(public_studio, tmp_path,
     import os
     import time as _time
     from conftest import make_image_folder
-    monkeypatch.setattr(ui, "UPLOADS_MAX_BYTES", 400 * 10 ** 6)   # room: 100 MB beside a 300 MB upload
+    from app.ui import datasets
+    monkeypatch.setattr(datasets, "UPLOADS_MAX_BYTES", 400 * 10 ** 6)   # room: 100 MB beside a 300 MB upload
     uploads = public_studio.uploads
     old = []
     for i in range(3):                                              # three idle visitors, 60 MB each, oldest first
@@ -425,7 +427,8 @@ def zip_one_class(path):
 def test_a_huge_auxiliary_teacher_is_refused_before_any_network_is_built(public_studio, monkeypatch):
     def no_planning(_cfg):
         raise AssertionError("planned (built networks) before the size caps were checked")
-    monkeypatch.setattr(ui, "make_plan", no_planning)
+    from app.ui import runs
+    monkeypatch.setattr(runs, "make_plan", no_planning)
     session, _, msg = ui.start(None, *controls(student="resnet18", aux="on", aux_width=7.77))
     assert "steps of 0.5" in msg and "M parameters, over the public limit of 25 M" in msg
 

@@ -9,7 +9,7 @@ from PIL import Image
 from app.config import ASSETS, preset
 from app.ui import form
 from app.ui import handlers as ui
-from app.ui import views
+from app.ui import pictures, runs, views
 from app.ui.uploads import UploadError, load_upload
 
 
@@ -125,7 +125,8 @@ def test_retrieval_with_shipped_teachers_marks_neighbours():
     items = gallery["value"]
     assert len(items) == 3 * len(form.shipped_teachers()) and gallery["columns"] == 3
     assert all(caption.split(" ")[1] in "✓✗" for _, caption in items)
-    assert {caption.split(" ")[0] for _, caption in items} == {t["arch"] for t in form.shipped_teachers().values()}
+    tags = {t["arch"] + ("·authors" if t.get("origin") else "") for t in form.shipped_teachers().values()}
+    assert {caption.split(" ")[0] for _, caption in items} == tags   # the authors' teacher told apart by its tag
 
 
 def test_views_render_results_of_a_run(cifar_jpeg, cache_dir, tmp_path):
@@ -155,8 +156,8 @@ def test_views_render_results_of_a_run(cifar_jpeg, cache_dir, tmp_path):
 def test_a_live_runs_charts_are_redrawn_at_most_every_chart_seconds(monkeypatch):
     from types import SimpleNamespace
     version, clock, drawn = [("r1", 1)], [100.0], []
-    monkeypatch.setattr(ui, "_version", lambda session: version[0])
-    monkeypatch.setattr(ui, "time", SimpleNamespace(time=lambda: clock[0]))
+    monkeypatch.setattr(runs, "_version", lambda session: version[0])
+    monkeypatch.setattr(runs, "time", SimpleNamespace(time=lambda: clock[0]))
     monkeypatch.setattr(views, "loss_figure", lambda snap: drawn.append(version[0]) or "figure")
     out = ui.tick_charts(None, None)
     assert out[0] == "figure" and drawn == [("r1", 1)]
@@ -164,7 +165,7 @@ def test_a_live_runs_charts_are_redrawn_at_most_every_chart_seconds(monkeypatch)
     version[0], clock[0] = ("r1", 2), 100.5           # new points half a second later: not yet
     out = ui.tick_charts(None, seen)
     assert out[0] is not None and drawn == [("r1", 1)] and out[-1] == seen
-    clock[0] = 100.0 + ui.CHART_SECONDS               # … drawn once the interval has passed
+    clock[0] = 100.0 + runs.CHART_SECONDS               # … drawn once the interval has passed
     out = ui.tick_charts(None, out[-1])
     assert drawn == [("r1", 1), ("r1", 2)]
     version[0], clock[0] = ("r2", 1), clock[0] + 0.1   # another run: at once
@@ -175,6 +176,6 @@ def test_a_live_runs_charts_are_redrawn_at_most_every_chart_seconds(monkeypatch)
 def test_retrieval_reports_a_model_failure_as_a_message(monkeypatch):
     def broken(session):
         raise RuntimeError("checkpoint unreadable")
-    monkeypatch.setattr(ui, "model_set", broken)
+    monkeypatch.setattr(pictures, "model_set", broken)
     picture, message, gallery = ui.retrieve(str(ASSETS / "examples" / "cat.jpg"), None, "cosine", 8)
     assert "Could not run the models" in message and "checkpoint unreadable" in message and gallery == []

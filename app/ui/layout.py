@@ -14,10 +14,11 @@ import gradio as gr
 
 from app import library
 from app.config import ASSETS, PRESETS, preset
-from . import handlers as h
-from . import views
+from . import api, datasets, pictures, results, runs, sessions, views
 from .form import CONTROL_KEYS, FIELDS, Field, choices, param_specs, shipped_teachers, values_from
 from .learn import LEARN_MD
+from .onnx_export import export_onnx, onnx_choices
+from .studio import studio
 
 DEFAULT_PRESET = "workshop"
 POLL_SECONDS = 0.5  # how often the page reads the job snapshot
@@ -30,7 +31,7 @@ def start_values() -> dict:
     cfg = preset(DEFAULT_PRESET)
     if not shipped_teachers():
         cfg = cfg.with_overrides({"teacher.checkpoint": None, "teacher.epochs": 15})
-    return values_from(cfg, h.studio().context(None))
+    return values_from(cfg, studio().context(None))
 
 
 def make_widget(f: Field, value, ctx) -> gr.components.Component:
@@ -193,21 +194,21 @@ def api_endpoints(session) -> None:
         metric_in = gr.Textbox(value="cosine")
         out = gr.JSON()
         buttons = {name: gr.Button(name) for name in ("start", "cancel", "status", "open", "retrieve")}
-    buttons["start"].click(h.api_start, [session, preset_in, overrides_in], [session, out], api_name="start")
-    buttons["cancel"].click(h.api_cancel, session, [session, out], api_name="cancel")
-    buttons["status"].click(h.status_dict, session, out, api_name="status", queue=False)  # cheap: no queue round trip
-    buttons["open"].click(h.api_open, [session, run_in], [session, out], api_name="open")
-    buttons["retrieve"].click(h.api_retrieve, [session, image_in, k_in, metric_in], out, api_name="retrieve")
+    buttons["start"].click(api.api_start, [session, preset_in, overrides_in], [session, out], api_name="start")
+    buttons["cancel"].click(api.api_cancel, session, [session, out], api_name="cancel")
+    buttons["status"].click(runs.status_dict, session, out, api_name="status", queue=False)  # cheap: no queue round trip
+    buttons["open"].click(api.api_open, [session, run_in], [session, out], api_name="open")
+    buttons["retrieve"].click(api.api_retrieve, [session, image_in, k_in, metric_in], out, api_name="retrieve")
 
 
 def build_app() -> gr.Blocks:
-    ctx = h.studio().context(None)
+    ctx = studio().context(None)
     vals = start_values()
     examples = sorted(str(p) for p in (ASSETS / "examples").glob("*.jpg"))
     # Gradio's usage analytics: off on a public server unless INDISTILL_ANALYTICS=1 (locally Gradio's default)
     analytics = os.environ.get("INDISTILL_ANALYTICS") == "1" if ctx.public else None
     with gr.Blocks(title="InDistill Studio", delete_cache=(600, 3600), analytics_enabled=analytics) as demo:
-        session = gr.State(None, time_to_live=24 * 3600, delete_callback=h.end_session)
+        session = gr.State(None, time_to_live=24 * 3600, delete_callback=sessions.end_session)
         stored = gr.BrowserState(None, storage_key="indistill-studio-session", secret=browser_key())
         seen, seen_charts = gr.State(None), gr.State(None)
         mode = "public server: runs are private to your session, data from the offered list or your upload" \
@@ -242,58 +243,59 @@ def wire(demo, c, s, d, t, pr, cm, r, i, session, stored, seen, seen_charts) -> 
     controls = [c[k] for k in CONTROL_KEYS]
     check_outputs = [t["problems"], t["start_btn"], d["timeline"], s["verdict"]]
     for comp in controls:
-        comp.change(h.check, [session] + controls, check_outputs, show_progress="hidden", **PRIVATE)
+        comp.change(runs.check, [session] + controls, check_outputs, show_progress="hidden", **PRIVATE)
     for role in ("teacher", "student"):
         c[role].change(views.model_card, c[role], s[f"{role}_card"], show_progress="hidden", **PRIVATE)
     params = [c[k] for k in CONTROL_KEYS if k.startswith("p") and k[1:].isdigit()]
-    c["kd_loss"].input(lambda loss: h.param_updates(loss), c["kd_loss"], params, **PRIVATE)
+    c["kd_loss"].input(lambda loss: runs.param_updates(loss), c["kd_loss"], params, **PRIVATE)
     for name in PRESETS:
-        c[f"preset:{name}"].click(lambda sess, n=name: h.apply_preset(n, sess), session, controls, **PRIVATE)
-    s["data_upload"].upload(h.upload_dataset, [session, s["data_upload"]], [session, s["data_msg"], c["dataset"]],
+        c[f"preset:{name}"].click(lambda sess, n=name: runs.apply_preset(n, sess), session, controls, **PRIVATE)
+    s["data_upload"].upload(datasets.upload_dataset, [session, s["data_upload"]], [session, s["data_msg"], c["dataset"]],
                             **PRIVATE)
-    d["export_btn"].click(h.export_config, [session] + controls, [d["export_file"], d["io_msg"]], **PRIVATE)
-    d["import_file"].upload(h.import_config, [session, d["import_file"]], controls + [d["io_msg"]], **PRIVATE)
+    d["export_btn"].click(results.export_config, [session] + controls, [d["export_file"], d["io_msg"]], **PRIVATE)
+    d["import_file"].upload(results.import_config, [session, d["import_file"]], controls + [d["io_msg"]], **PRIVATE)
 
-    t["start_btn"].click(h.start, [session] + controls, [session, stored, t["action_msg"]], **PRIVATE)
-    t["cancel_btn"].click(h.cancel, session, t["action_msg"], **PRIVATE)
-    for opened in (t["open_btn"].click(h.open_run, [session, t["run_id_box"]], [session, stored, t["action_msg"]],
+    t["start_btn"].click(runs.start, [session] + controls, [session, stored, t["action_msg"]], **PRIVATE)
+    t["cancel_btn"].click(runs.cancel, session, t["action_msg"], **PRIVATE)
+    for opened in (t["open_btn"].click(runs.open_run, [session, t["run_id_box"]], [session, stored, t["action_msg"]],
                                        **PRIVATE),
-                   t["library"].input(h.open_run, [session, t["library"]], [session, stored, t["action_msg"]],
+                   t["library"].input(runs.open_run, [session, t["library"]], [session, stored, t["action_msg"]],
                                       **PRIVATE)):
         # an opened run's comparison shows at once, not after the next poll notices the new run
-        opened.then(h.compare, session, [cm["table"], cm["scatter"], cm["downloads"], cm["compare_note"]],
-                    show_progress="hidden", **PRIVATE).then(h.onnx_choices, session, cm["onnx_pick"],
+        opened.then(results.compare, session, [cm["table"], cm["scatter"], cm["downloads"], cm["compare_note"]],
+                    show_progress="hidden", **PRIVATE).then(onnx_choices, session, cm["onnx_pick"],
                                                              show_progress="hidden", **PRIVATE)
     timer = gr.Timer(POLL_SECONDS)
     results_cue = gr.Textbox(visible=False)
-    timer.tick(h.tick_status, [session, seen],
+    timer.tick(runs.tick_status, [session, seen],
                [t["status"], t["log_box"], t["start_btn"], t["cancel_btn"], results_cue, seen],
                show_progress="hidden", **PRIVATE)
-    timer.tick(h.tick_charts, [session, seen_charts], [t["loss_plot"], t["acc_plot"], pr["channel_plot"], seen_charts],
+    timer.tick(runs.tick_charts, [session, seen_charts], [t["loss_plot"], t["acc_plot"], pr["channel_plot"], seen_charts],
                show_progress="hidden", **PRIVATE)
     for trigger in (cm["compare_btn"].click, results_cue.change):
-        trigger(h.compare, session, [cm["table"], cm["scatter"], cm["downloads"], cm["compare_note"]],
+        trigger(results.compare, session, [cm["table"], cm["scatter"], cm["downloads"], cm["compare_note"]],
                 show_progress="hidden", **PRIVATE)
-        trigger(h.onnx_choices, session, cm["onnx_pick"], show_progress="hidden", **PRIVATE)
-    cm["onnx_btn"].click(h.export_onnx, [session, cm["onnx_pick"]], [cm["onnx_file"], cm["onnx_md"]], **PRIVATE)
+        trigger(onnx_choices, session, cm["onnx_pick"], show_progress="hidden", **PRIVATE)
+    cm["onnx_btn"].click(export_onnx, [session, cm["onnx_pick"]], [cm["onnx_file"], cm["onnx_md"]], **PRIVATE)
     for trigger in (i["info_btn"].click, results_cue.change):
-        trigger(h.info_views, session, [i["info_plot"], i["div_table"], i["fmse_plot"], i["fdiv_plot"]], show_progress="hidden", **PRIVATE)
-        trigger(h.grid_views, session, [i["grid_heat"], i["grid_flow"]], show_progress="hidden", **PRIVATE)
+        trigger(results.info_views, session, [i["info_plot"], i["div_table"], i["fmse_plot"], i["fdiv_plot"]],
+                show_progress="hidden", **PRIVATE)
+        trigger(results.grid_views, session, [i["grid_heat"], i["grid_flow"]], show_progress="hidden", **PRIVATE)
     for trigger in (r["pr_metric"].change, results_cue.change):
-        trigger(h.pr_view, [session, r["pr_metric"]], r["pr_plot"], show_progress="hidden", **PRIVATE)
-    i["grid_btn"].click(h.run_grid, [session, i["grid_a"], i["grid_b"], i["grid_epochs"]] + controls,
+        trigger(results.pr_view, [session, r["pr_metric"]], r["pr_plot"], show_progress="hidden", **PRIVATE)
+    i["grid_btn"].click(runs.run_grid, [session, i["grid_a"], i["grid_b"], i["grid_epochs"]] + controls,
                         [session, stored, i["grid_msg"]], **PRIVATE)
     for trigger in (r["ret_btn"].click, r["upload"].change):
-        trigger(h.retrieve, [r["upload"], session, r["metric"], r["k"]], [r["query_img"], r["ret_md"], r["ret_gallery"]],
-                **PRIVATE)
-    pr["fm_btn"].click(h.feature_maps, [pr["fm_example"], session], [pr["fm_gallery"], pr["fm_note"]], **PRIVATE)
+        trigger(pictures.retrieve, [r["upload"], session, r["metric"], r["k"]],
+                [r["query_img"], r["ret_md"], r["ret_gallery"]], **PRIVATE)
+    pr["fm_btn"].click(pictures.feature_maps, [pr["fm_example"], session], [pr["fm_gallery"], pr["fm_note"]], **PRIVATE)
 
     def on_load(stored_value, request: gr.Request):
         run = dict(request.query_params).get("run") if request is not None else None
-        sess, note = h.restore(stored_value, run)
-        return sess, h.remembered(sess), sess["run"] or "", note if run else ""
+        sess, note = sessions.restore(stored_value, run)
+        return sess, sessions.remembered(sess), sess["run"] or "", note if run else ""
     demo.load(on_load, stored, [session, stored, t["run_id_box"], t["action_msg"]], **PRIVATE)
-    demo.load(h.check, [session] + controls, check_outputs, **PRIVATE)
+    demo.load(runs.check, [session] + controls, check_outputs, **PRIVATE)
     demo.load(lambda a, b: (views.model_card(a), views.model_card(b)), [c["teacher"], c["student"]],
               [s["teacher_card"], s["student_card"]], **PRIVATE)
 
@@ -304,7 +306,7 @@ def browser_key() -> str:
     Not a secret: Gradio hands it to every page, which encrypts in the browser. What protects a
     run is the session secret inside (128 random bits, checked by its digest on the server)."""
     import secrets
-    path = h.studio().runs_root / ".browser-key"
+    path = studio().runs_root / ".browser-key"
     try:
         key = path.read_text().strip()
         if len(key) >= 16:

@@ -1,8 +1,8 @@
 """Start the Gradio app: ``python app.py`` (local, full power) or on a Space (public mode).
 
-The page is laid out in :mod:`app.ui.layout`, its events are :mod:`app.ui.handlers`,
-its controls are the rows of :mod:`app.ui.form`. Runs are never served from disk
-directly: downloads are copies handed out per request to whoever may see the run.
+The page is laid out in :mod:`app.ui.layout`, its events are handled in the files that
+:mod:`app.ui.handlers` lists, its controls are the rows of :mod:`app.ui.form`. Runs are never
+served from disk directly: downloads are copies handed out per request to whoever may see the run.
 """
 from __future__ import annotations
 
@@ -11,8 +11,9 @@ import threading
 
 from app.config import ASSETS
 
-from . import handlers, views
+from . import views
 from .layout import build_app
+from .studio import studio
 
 __all__ = ["build_app", "launch"]
 
@@ -25,7 +26,7 @@ def _warm_up_plotting() -> None:
 
 def launch(**kwargs):
     threading.Thread(target=_warm_up_plotting, daemon=True).start()
-    s = handlers.studio()
+    s = studio()
     if s.public:  # visitors' pages keep a core: training takes the others (on 2 cores: one)
         from app.device import cpu_cores
         os.environ.setdefault("INDISTILL_TRAIN_THREADS", str(max(1, cpu_cores() - 1)))
