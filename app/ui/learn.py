@@ -56,6 +56,21 @@ When teacher and student are too different (different numbers of stages, or a hu
 width ratio), an **auxiliary teacher** — the student's architecture made wider — is first
 distilled from the teacher, and pruned instead.
 
+## What the studies in this app show (CIFAR-10, JPEG copy)
+
+- **At a short budget the warm-up costs more than it gives.** The `cpu` study (15 epochs on 10,000
+  images, the warm-up taking 9 of them, 5 seeds): KD beats the baseline, but InDistill + KD is 6–7
+  points *below* KD, and every warm-up length of its a × b grid is below KD alone at the same total.
+  Open `cpu-cnn` or `cpu-resnet` in the results library to see it.
+- **At the authors' own scale the question is open, and being measured.** The `reference` study runs
+  their procedure exactly, from their own auxiliary teacher, on all 50,000 images for 70 epochs, with
+  the control the paper lacks: PKT alone for the same 70 epochs. After its first seed, InDistill + PKT
+  retrieves slightly better than PKT alone (+0.7 points mAP on the same 10,000 test queries) — one
+  seed cannot tell a real gain from training noise; the five-seed answer is reported when it lands
+  (`docs/RESULTS.md`).
+- **What a fair comparison means here**: every arm gets the same number of epochs, the warm-up
+  included, and differences come with an interval; "within noise" is a result too.
+
 ## How to read the app
 
 - **Setup**: pick the pair; the verdict says what will be pruned or why it cannot work.
