@@ -179,3 +179,17 @@ def test_retrieval_reports_a_model_failure_as_a_message(monkeypatch):
     monkeypatch.setattr(pictures, "model_set", broken)
     picture, message, gallery = ui.retrieve(str(ASSETS / "examples" / "cat.jpg"), None, "cosine", 8)
     assert "Could not run the models" in message and "checkpoint unreadable" in message and gallery == []
+
+
+def test_the_embedding_box_follows_the_procedure():
+    """indistill.embed left unset means the procedure's choice (studio: on, reference: off): the box
+    shows it resolved, and a box left at the procedure's value is sent as unset, so a workshop run
+    started from the page keeps the studio's embedding segment and the reference preset has none."""
+    from app.config import preset
+    from app.ui.form import config_from, values_from
+    shown = values_from(preset("workshop"))
+    assert shown["embed"] is True and shown["procedure"] == "studio"
+    assert config_from(shown).indistill.embed is None
+    assert values_from(preset("reference-cifar10"))["embed"] is False
+    assert config_from({**shown, "procedure": "reference", "embed": False}).indistill.embed is None
+    assert config_from({**shown, "embed": False}).indistill.embed is False   # a real choice is kept

@@ -17,6 +17,7 @@ from typing import Any
 
 from app.config import ASSETS, SAMPLE_DATA, ConfigError, ExperimentConfig
 from app.losses import LOSSES
+from app.recipe import PROCEDURE_RECIPES, resolve_recipe
 from models import MODELS
 
 from . import views
@@ -41,6 +42,7 @@ class Field:
     place: str                  # "<tab>/<column>" where layout.py puts it
     options: dict = field(default_factory=dict)
     zero_is_none: bool = False  # 0 in the box means "not set" (all images, the default epochs)
+    follows: str = ""           # a recipe value (app.recipe): shown resolved; the procedure's own value sent as none
 
 
 FIELDS: list[Field] = [
@@ -64,11 +66,14 @@ FIELDS: list[Field] = [
     Field("b", "indistill.b", "slider", "b", "distill/indistill", {"minimum": -3, "maximum": 5, "step": 0.5}),
     Field("mode", "indistill.mode", "radio", "Warm-up mode", "distill/indistill",
           {"choices": ["curriculum", "joint", "off"]}),
-    Field("embed", "indistill.embed", "checkbox", "Then the embedding layer with InDistill PKT", "distill/indistill"),
+    Field("embed", "indistill.embed", "checkbox", "Then the embedding layer with InDistill PKT", "distill/indistill",
+          follows="embed"),
     Field("aux", "indistill.aux", "radio", "Auxiliary teacher", "distill/indistill", {"choices": ["auto", "on", "off"]}),
     Field("aux_width", "indistill.aux_width", "number", "Aux width ×", "distill/indistill", {"minimum": 1}),
     Field("procedure", "indistill.procedure", "radio",
-          "Procedure (reference: aux CE → PKT from the teacher, teaches warm-up and stage 2 with InDistill PKT, no CE)",
+          "Procedure (reference: the InDistill code's recipe — Adam re-created every epoch, lr 1e-3 then 1e-4 from "
+          "epoch 60, batch-statistics targets, no embedding segment, InDistill PKT without CE from the aux, the CE "
+          "baseline Adam 50 + 30 epochs)",
           "distill/indistill", {"choices": ["studio", "reference"]}),
     Field("aux_epochs", "indistill.aux_epochs", "number", "Aux epochs (0 = student's)", "distill/indistill",
           {"minimum": 0}, zero_is_none=True),
@@ -169,6 +174,10 @@ def config_from(values: dict, ctx: FormContext = FormContext()) -> ExperimentCon
         if f.path is not None:
             value = v.get(f.key)
             items[f.path] = None if f.zero_is_none and not value else value
+    proc = PROCEDURE_RECIPES.get(items.get("indistill.procedure"), PROCEDURE_RECIPES["studio"])
+    for f in FIELDS:  # a box left at the procedure's value follows the procedure (switching it switches them)
+        if f.follows and items.get(f.path) == proc[f.follows]:
+            items[f.path] = None
     items["kd.params"] = {name: v[f"p{i}"] for i, name in enumerate(loss_param_names(v["kd_loss"]))
                           if v.get(f"p{i}") is not None}
     weights = shipped_teachers().get(v["teacher_weights"])
@@ -193,6 +202,8 @@ def values_from(cfg: ExperimentConfig, ctx: FormContext = FormContext()) -> dict
     for f in FIELDS:
         if f.path is not None:
             value = _get(cfg, f.path)
+            if f.follows and value is None:
+                value = getattr(resolve_recipe(cfg), f.follows)
             out[f.key] = 0 if f.zero_is_none and value is None else value
     d = cfg.data
     data_dir = Path(d.data_dir).expanduser().resolve() if d.data_dir else None
