@@ -262,6 +262,7 @@ def arm_table(results: dict) -> tuple[list[str], list[list[str]]]:
     """Per phase: test accuracy mean ± sd, its 95 % interval and method (– where the arm trains no
     classifier), seeds; cosine mAP with its interval, its reference-code form, top-100 precision;
     Euclidean mAP."""
+    from .ui import views
     head = ["phase", "test acc %", "± sd", "95 % interval", "interval", "seeds", "mAP cos %", "mAP 95 % interval",
             "mAP cos, reference form %", "P@100 cos %", "mAP Eucl. %", "epochs"]
     rows = []
@@ -272,7 +273,7 @@ def arm_table(results: dict) -> tuple[list[str], list[list[str]]]:
         m = (r.get("retrieval") or {}).get("cosine") or {}
         e = (r.get("retrieval") or {}).get("euclidean") or {}
         acc = [_pct(r["test_acc"]), _pct(r.get("test_acc_std")), _interval(r.get("test_acc_ci")),
-               r.get("test_acc_ci_method", "Wilson")] if r.get("classifier_trained", True) else \
+               r.get("test_acc_ci_method", "Wilson")] if views.has_accuracy(r) else \
             ["– (no classifier trained)", "–", "–", "–"]
         rows.append([arm_label(results, phase), *acc, str(len(r.get("test_acc_seeds") or [1])),
                      _pct(m.get("map")), _interval(m.get("map_ci")), _pct(m.get("map_reference")),

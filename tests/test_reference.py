@@ -8,7 +8,6 @@ beside the checkout (where CI has them)."""
 from __future__ import annotations
 
 import copy
-import os
 from pathlib import Path
 
 import pytest
@@ -25,11 +24,10 @@ from app.fold import fold_batchnorm
 from app.plan import make_plan
 from app.pruning import BatchGammaTargets, make_targets, plan_pruning
 from app.recipe import resolve_recipe
-from app.reference_models import convert_state, import_reference
+from app.reference_models import convert_state, default_models_dir, import_reference
 from models import describe
 
-ROOT = Path(__file__).resolve().parents[1]
-MODELS = Path(os.environ.get("INDISTILL_REFERENCE_MODELS", ROOT.parent / "shared" / "reference" / "models"))
+MODELS = default_models_dir()
 
 
 @pytest.fixture(scope="module")

@@ -31,7 +31,8 @@ def _evict_idle_uploads(s, room: int) -> int:
     homes = sorted((p for p in s.uploads.iterdir() if p.is_dir()), key=lambda p: p.stat().st_mtime)
     held = {p: _upload_bytes(p) for p in homes}
     used = sum(held.values())
-    busy = {j.owner[:16] for j in s.manager.jobs.values() if j.live and j.owner}
+    with s.manager.lock:  # the job table changes under other requests' threads
+        busy = {j.owner[:16] for j in s.manager.jobs.values() if j.live and j.owner}
     for home in homes:
         if used <= room:
             break
