@@ -246,24 +246,26 @@ def server(tmp_path_factory):
     import os
     from app.ui.main import launch
     runs = tmp_path_factory.mktemp("api-runs")
-    old = os.environ.get("INDISTILL_CACHE")
+    saved = {k: os.environ.get(k) for k in ("INDISTILL_CACHE", "INDISTILL_MCP", "GRADIO_SERVER_PORT")}
     os.environ["INDISTILL_CACHE"] = str(tmp_path_factory.mktemp("api-cache"))
+    os.environ["INDISTILL_MCP"] = "1"  # off on a public server unless turned on: turned on here to test it
     ui.configure(runs_root=runs, public=True)
     port = free_port()
     os.environ["GRADIO_SERVER_PORT"] = str(port)
     demo = launch(prevent_thread_lock=True, quiet=True)
     yield f"http://127.0.0.1:{port}/", runs
     demo.close()
-    if old is None:
-        os.environ.pop("INDISTILL_CACHE", None)
-    else:
-        os.environ["INDISTILL_CACHE"] = old
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
 
 
-def poll_until_ended(client, timeout=180) -> dict:
+def poll_until_ended(client, key, run, timeout=180) -> dict:
     deadline = time.time() + timeout
     while time.time() < deadline:
-        status = client.predict(api_name="/status")
+        status = client.predict(key, run, api_name="/status")
         if status["state"] not in ("queued", "running"):
             return status
         time.sleep(0.5)
@@ -277,37 +279,97 @@ def test_a_public_server_sends_no_usage_analytics(server):
 
 
 def test_two_clients_through_the_api(server):
+    """The API keeps nothing between calls: a session is the key /start returned; a live run is
+    visible and cancellable only with its own key, an ended one readable by anyone with its id."""
     from gradio_client import Client
     url, runs = server
     a, b = Client(url, verbose=False), Client(url, verbose=False)
     api = a.view_api(print_info=False, return_format="dict")["named_endpoints"]
-    assert set(api) == {"/start", "/cancel", "/status", "/open", "/retrieve"}
+    assert set(api) == {"/start", "/cancel", "/status", "/retrieve"}
 
-    long_run = a.predict("workshop", json.dumps({**TINY, "student.epochs": 60}), api_name="/start")
-    run_id = long_run["run"]
-    assert run_id and long_run["state"] in ("queued", "running")
-    assert "belongs to another session" in b.predict(run_id, api_name="/open")["message"]
-    assert b.predict(api_name="/cancel")["message"].startswith("Nothing to cancel")
-    assert b.predict(api_name="/status")["state"] is None
-    assert a.predict(api_name="/status")["run"] == run_id
+    long_run = a.predict("workshop", json.dumps({**TINY, "student.epochs": 60}), "", api_name="/start")
+    key, run_id = long_run["session_key"], long_run["run"]
+    assert run_id and len(key) == 32 and long_run["state"] in ("queued", "running")
+    stranger = b.predict("", run_id, api_name="/status")
+    assert stranger["state"] is None and "belongs to another session" in stranger["message"]
+    other_key = b.predict("workshop", "{not json", "", api_name="/start")
+    assert other_key["run"] is None and "must be a JSON object" in other_key["message"]
+    b_key = "0" * 32
+    assert b.predict(b_key, run_id, api_name="/cancel")["message"].startswith("Nothing to cancel")
+    assert b.predict(b_key, "", api_name="/status")["state"] is None  # b's key has no live run
+    assert "32 lowercase hex" in b.predict("../../etc", run_id, api_name="/status")["message"]
+    assert a.predict(key, "", api_name="/status")["run"] == run_id   # empty run_id: the key's live run
+    # a second run while the first is live is refused by the one-live-run rule, through the same checks
+    again = a.predict("workshop", json.dumps(TINY), key, api_name="/start")
+    assert again["run"] is None and "one live run per session" in again["message"]
     # run files are not served by Gradio's file route
     with pytest.raises(urllib.error.HTTPError) as err:
         urllib.request.urlopen(f"{url}gradio_api/file={runs.resolve() / run_id / 'config.json'}")
     assert err.value.code == 403
-    assert "Cancelling" in a.predict(api_name="/cancel")["message"]
-    assert poll_until_ended(a)["state"] == "cancelled"
+    assert "Cancelling" in a.predict(key, run_id, api_name="/cancel")["message"]
+    assert poll_until_ended(a, key, run_id)["state"] == "cancelled"
 
-    short = a.predict("workshop", json.dumps(TINY), api_name="/start")
-    done = poll_until_ended(a)
+    short = a.predict("workshop", json.dumps(TINY), key, api_name="/start")
+    assert short["session_key"] == key
+    done = poll_until_ended(a, key, short["run"])
     assert done["state"] == "finished" and set(done["results"]) == {"baseline", "kd", "indistill", "teacher"}
-    opened = b.predict(short["run"], api_name="/open")
-    assert opened["read_only"] and opened["state"] == "finished" and "read-only" in opened["message"]
-    assert b.predict(api_name="/status")["results"]["kd"]["test_acc"] == done["results"]["kd"]["test_acc"]
-    refused = a.predict("workshop", json.dumps({"student.epochs": 10000}), api_name="/start")
+    opened = b.predict("", short["run"], api_name="/status")
+    assert opened["read_only"] and opened["state"] == "finished"
+    assert opened["results"]["kd"]["test_acc"] == done["results"]["kd"]["test_acc"]
+    refused = a.predict("workshop", json.dumps({"student.epochs": 10000}), key, api_name="/start")
     assert refused["run"] is None and "public limit of 10 min" in refused["message"]
     from gradio_client import handle_file
-    answer = b.predict(handle_file(str(ASSETS / "examples" / "cat.jpg")), 3, "cosine", api_name="/retrieve")
+    answer = b.predict(handle_file(str(ASSETS / "examples" / "cat.jpg")), 3, "cosine", short["run"], "",
+                       api_name="/retrieve")
     assert "true class **cat**" in answer["message"] and len(answer["neighbours"]) >= 3
+
+
+def test_agents_drive_the_same_api_as_mcp_tools(server):
+    """With INDISTILL_MCP=1 the four endpoints are MCP tools whose descriptions state the public budget;
+    an agent starts a run, follows it with its key, and a key-less agent cannot cancel it."""
+    import ast
+    import asyncio
+    pytest.importorskip("mcp")  # requirements-dev.txt installs it (requirements-mcp.txt)
+    from mcp import ClientSession
+    from mcp.client.streamable_http import streamablehttp_client
+
+    async def agent() -> dict:
+        async with streamablehttp_client(f"{server[0]}gradio_api/mcp/") as (read, write, _):
+            async with ClientSession(read, write) as mcp:
+                await mcp.initialize()
+                tools = {t.name: t for t in (await mcp.list_tools()).tools}
+
+                async def call(name, **kw) -> dict:
+                    # the dict as text; /status (served without the queue) prefixes "root=" (Gradio's fast path)
+                    return ast.literal_eval((await mcp.call_tool(name, kw)).content[0].text.removeprefix("root="))
+                started = await call("start", preset_name="workshop", overrides=json.dumps(TINY), session_key="")
+                refused = await call("start", preset_name="workshop", overrides='{"student.epochs": 10000}')
+                stranger = await call("cancel", session_key="f" * 32, run_id=started["run"])
+                for _ in range(240):
+                    status = await call("status", session_key=started["session_key"], run_id=started["run"])
+                    if status["state"] not in ("queued", "running"):
+                        break
+                    await asyncio.sleep(0.5)
+                return {"tools": tools, "started": started, "refused": refused, "stranger": stranger, "status": status}
+
+    out = asyncio.run(agent())
+    assert set(out["tools"]) == {"start", "status", "cancel", "retrieve"}
+    assert "at most 10 min" in out["tools"]["start"].description
+    assert "session_key" in out["tools"]["status"].inputSchema["properties"]
+    assert out["started"]["run"] and len(out["started"]["session_key"]) == 32
+    assert out["refused"]["run"] is None and "public limit of 10 min" in out["refused"]["message"]
+    assert out["stranger"]["message"].startswith("Nothing to cancel")
+    assert out["status"]["state"] == "finished" and out["status"]["results"]["kd"]["test_acc"] is not None
+
+
+def test_mcp_is_off_on_a_public_server_unless_turned_on(monkeypatch):
+    from app.ui.main import mcp_wanted
+    monkeypatch.delenv("INDISTILL_MCP", raising=False)
+    assert mcp_wanted(public=True) is False
+    monkeypatch.setenv("INDISTILL_MCP", "1")
+    assert mcp_wanted(public=True) is True
+    monkeypatch.setenv("INDISTILL_MCP", "0")
+    assert mcp_wanted(public=False) is False
 
 
 def png_header(width: int, height: int) -> bytes:
@@ -330,9 +392,9 @@ def test_the_retrieve_endpoint_checks_pictures_before_anything_decodes_them(serv
     big, text = tmp_path / "bomb.png", tmp_path / "note.jpg"
     big.write_bytes(png_header(13000, 13000))
     text.write_text("not a picture")
-    answer = c.predict(handle_file(str(big)), 3, "cosine", api_name="/retrieve")
+    answer = c.predict(handle_file(str(big)), 3, "cosine", "", "", api_name="/retrieve")
     assert "megapixel" in answer["message"] and answer["neighbours"] == []
-    answer = c.predict(handle_file(str(text)), 3, "cosine", api_name="/retrieve")
+    answer = c.predict(handle_file(str(text)), 3, "cosine", "", "", api_name="/retrieve")
     assert "not a readable picture" in answer["message"] and answer["neighbours"] == []
 
 
@@ -482,7 +544,7 @@ def test_retention_holds_each_owner_to_a_quota(tmp_path):
     ({"eval.max_queries": -5}, "eval.max_queries must be in"), ({"student.epochs": float("nan")}, "student.epochs"),
 ])
 def test_infinite_and_negative_numbers_get_messages(public_studio, overrides, words):
-    session, out = ui.api_start(None, "workshop", json.dumps(overrides))
+    out = ui.api_start("workshop", json.dumps(overrides))
     assert out["run"] is None and words in out["message"], out
 
 

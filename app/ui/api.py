@@ -1,19 +1,34 @@
-"""The scripting API (``/start``, ``/cancel``, ``/status``, ``/open``, ``/retrieve``, wired in
-:func:`app.ui.layout.api_endpoints`): a thin layer over the functions the page calls, returning
-plain data; ``/status`` is :func:`app.ui.runs.status_dict` itself.
+"""The scripting API: ``/start``, ``/status``, ``/cancel``, ``/retrieve`` (wired in
+:func:`app.ui.layout.api_endpoints`), the same for ``gradio_client``, plain HTTP and MCP agents.
+
+It keeps nothing between calls: a caller's session is the ``session_key`` that ``start``
+returns (32 hex characters, the secret a browser keeps in its storage), sent back with every
+later call, so a key held by one agent or script is all the state there is. Each function is a
+thin layer over the page's own: the same planning, public-server checks and budget as the Start
+button (:func:`app.ui.runs._admit`), the same ownership rule (:func:`app.ui.sessions._access`),
+the same picture loader. Docstrings are the tools' descriptions (Gradio's MCP server reads them);
+:func:`limits_note` adds this server's budgets.
 """
 from __future__ import annotations
 
 import json
 from typing import Any
 
+from app import runfolder
 from app.config import ConfigError, preset
 from app.runner import JobRefused
 
-from .pictures import retrieve
-from .runs import _admit, _submit, cancel, status_dict
-from .sessions import open_run_in, session_of
-from .studio import MAX_IMPORT_BYTES
+from .pictures import retrieve as retrieve_picture
+from .runs import _admit, _submit, cancel as cancel_run, status_dict
+from .sessions import SECRET, new_session, owner, session_of
+from .studio import MAX_IMPORT_BYTES, studio
+
+KEY_RULE = "session_key must be empty (a new session) or the 32 lowercase hex characters a start call returned"
+
+
+class ApiError(ValueError):
+    """A bad argument: the message names it and what is accepted."""
+
 
 def _overrides(text: Any) -> dict:
     if text in (None, ""):
@@ -31,29 +46,121 @@ def _overrides(text: Any) -> dict:
     return obj
 
 
-def api_start(session: Any, preset_name: str, overrides: str):
-    """``/start``: a preset plus ``{"setting": value}`` overrides; returns (session, status dict)."""
-    session = session_of(session)
+def _session(session_key: Any, run_id: Any = None) -> dict:
+    """The session a key names (a new one for an empty key) with ``run_id`` on show.
+
+    An empty ``run_id`` means the session's live run, if it has one."""
+    key = "" if session_key is None else session_key
+    if not isinstance(key, str) or (key and not SECRET.match(key)):
+        raise ApiError(KEY_RULE)
+    session = session_of({"secret": key}) if key else new_session()
+    if run_id not in (None, ""):
+        try:
+            session["run"] = runfolder.check_id(run_id)
+        except runfolder.RunIdError as exc:
+            raise ApiError(f"run_id: {exc}") from None
+    elif key:
+        job = studio().manager.live_job_of(owner(session))
+        session["run"] = job.id if job is not None else None
+    return session
+
+
+def _answer(session: dict, **extra) -> dict:
+    return {"session_key": session["secret"], **status_dict(session), **extra}
+
+
+def start(preset_name: str, overrides: str = "", session_key: str = "") -> dict:
+    """Start a distillation run (teacher, baseline, KD and InDistill arms) from a preset with overrides.
+
+    Args:
+        preset_name: a preset: workshop, quick, cpu, full or reference.
+        overrides: a JSON object of setting: value, e.g. {"student.epochs": 2, "seeds": 1}; empty for none.
+        session_key: empty to begin a new session, or the session_key an earlier call returned.
+    Returns:
+        {session_key, run, state, message, ...}: keep session_key and run for status and cancel; run is null and message says why when the run was not started.
+    """
     try:
+        session = _session(session_key)
         cfg = preset(str(preset_name)).with_overrides({"name": str(preset_name), **_overrides(overrides)})
         plan, est = _admit(cfg, session)
         job = _submit(session, cfg, est)
-    except (ConfigError, JobRefused) as exc:
-        return session, {"run": None, "state": None, "message": f"Not started: {exc}"}
+    except (ApiError, ConfigError, JobRefused) as exc:
+        key = session_key if isinstance(session_key, str) and SECRET.match(session_key or "") else None
+        return {"session_key": key, "run": None, "state": None, "message": f"Not started: {exc}"}
     session = {**session, "run": job.id}
-    return session, {**status_dict(session), "message": f"Started run {job.id}"}
+    eta = f" (estimated {est.minutes:.1f} min)" if est is not None else ""
+    return _answer(session, message=f"Started run {job.id}{eta}")
 
 
-def api_cancel(session: Any):
-    return session_of(session), {"message": cancel(session)}
+def status(session_key: str = "", run_id: str = "") -> dict:
+    """The state, progress, latest loss and test results of a run.
+
+    Args:
+        session_key: the session_key start returned; empty to read an ended run by its id (read-only).
+        run_id: the run to read; empty for this session's live run. A run still training is visible only to its own session.
+    Returns:
+        {run, state (queued | running | finished | failed | cancelled | null), progress, eta_s, phase, loss, results, read_only, message}.
+    """
+    try:
+        return _answer(_session(session_key, run_id))
+    except ApiError as exc:
+        return {"run": None, "state": None, "message": str(exc)}
 
 
-def api_open(session: Any, run_id: Any):
-    session, message = open_run_in(session_of(session), run_id)
-    return session, {**status_dict(session), "message": message}
+def cancel(session_key: str, run_id: str = "") -> dict:
+    """Cancel a run this session started; it stops within a training step, keeping finished arms.
+
+    Args:
+        session_key: the session_key start returned.
+        run_id: the run to cancel; empty for this session's live run.
+    Returns:
+        {message}: what happened.
+    """
+    try:
+        session = _session(session_key, run_id)
+    except ApiError as exc:
+        return {"message": str(exc)}
+    if not session_key:
+        return {"message": "Nothing to cancel: " + KEY_RULE + "."}
+    return {"message": cancel_run(session)}
 
 
-def api_retrieve(session: Any, file, k, metric: str):
-    picture, text, gallery = retrieve(file, session, metric, k)
+def retrieve(picture, k: float = 8, metric: str = "cosine", run_id: str = "", session_key: str = "") -> dict:
+    """Predicted class and the k nearest training pictures for a picture, for each network of a run.
+
+    Args:
+        picture: a JPEG, PNG or WebP picture (at most the server's upload size and megapixels).
+        k: neighbours per network, 1 to 16.
+        metric: cosine or euclidean.
+        run_id: the run whose networks to use; empty for the shipped demo run.
+        session_key: the session_key start returned (needed for a run still training; empty otherwise).
+    Returns:
+        {message, neighbours}: the answer in Markdown and the captions of the neighbours.
+    """
+    try:
+        session = _session(session_key, run_id)
+    except ApiError as exc:
+        return {"message": str(exc), "neighbours": []}
+    _, text, gallery = retrieve_picture(picture, session, metric, k)
     items = gallery.get("value", []) if isinstance(gallery, dict) else gallery
     return {"message": text, "neighbours": [caption for _, caption in items]}
+
+
+def limits_note() -> str:
+    """This server's budgets, for the tools' descriptions."""
+    s = studio()
+    if not s.public:
+        return " This is a local server: no budgets apply."
+    b = s.budget
+    return (f" Public server: a run must be estimated at most {b.max_minutes:g} min on this server and is "
+            f"stopped when it passes that; one live run per session; at most {b.max_queue_minutes:g} min of "
+            f"estimated work waits in the queue; networks up to {b.max_params:,} parameters; data from the "
+            "offered list only.")
+
+
+def describe(fn) -> str:
+    """A function's description for the API page and MCP: its docstring without the Args section."""
+    import inspect
+    text, _, rest = (inspect.getdoc(fn) or "").partition("Args:")
+    returns = rest.partition("Returns:")[2].strip()
+    return " ".join(text.split()) + (f" Returns: {' '.join(returns.split())}" if returns else "")

@@ -19,7 +19,7 @@ read or patch them in the module that holds them, which is the one that reads th
 """
 from __future__ import annotations
 
-from .api import api_cancel, api_open, api_retrieve, api_start
+from .api import cancel as api_cancel, retrieve as api_retrieve, start as api_start, status as api_status
 from .datasets import upload_dataset
 from .onnx_export import export_onnx, onnx_choices
 from .pictures import feature_maps, model_set, retrieve
@@ -38,5 +38,5 @@ __all__ = [
     "onnx_choices", "export_onnx",
     "upload_dataset",
     "model_set", "retrieve", "feature_maps",
-    "api_start", "api_cancel", "api_open", "api_retrieve",
+    "api_start", "api_status", "api_cancel", "api_retrieve",
 ]

@@ -183,22 +183,24 @@ def info_tab() -> dict:
     return out
 
 
-def api_endpoints(session) -> None:
-    """Endpoints for scripts (``gradio_client``): plain data in, plain data out, the session kept server-side."""
+def api_endpoints() -> None:
+    """Endpoints for scripts, plain HTTP and MCP agents (:mod:`app.ui.api`): plain data in and out,
+    no server-side state between calls (a caller keeps its ``session_key``)."""
+    note = api.limits_note()
     with gr.Row(visible=False):
-        preset_in = gr.Textbox(value=DEFAULT_PRESET)
-        overrides_in = gr.Textbox(value="")
-        run_in = gr.Textbox(value="")
+        preset_in, overrides_in = gr.Textbox(value=DEFAULT_PRESET), gr.Textbox(value="")
+        key_in, run_in = gr.Textbox(value=""), gr.Textbox(value="")
         image_in = gr.File(type="filepath")  # a path only: the app's checked loader reads it, Gradio decodes nothing
-        k_in = gr.Number(value=8)
-        metric_in = gr.Textbox(value="cosine")
+        k_in, metric_in = gr.Number(value=8), gr.Textbox(value="cosine")
         out = gr.JSON()
-        buttons = {name: gr.Button(name) for name in ("start", "cancel", "status", "open", "retrieve")}
-    buttons["start"].click(api.api_start, [session, preset_in, overrides_in], [session, out], api_name="start")
-    buttons["cancel"].click(api.api_cancel, session, [session, out], api_name="cancel")
-    buttons["status"].click(runs.status_dict, session, out, api_name="status", queue=False)  # cheap: no queue round trip
-    buttons["open"].click(api.api_open, [session, run_in], [session, out], api_name="open")
-    buttons["retrieve"].click(api.api_retrieve, [session, image_in, k_in, metric_in], out, api_name="retrieve")
+        buttons = {name: gr.Button(name) for name in ("start", "status", "cancel", "retrieve")}
+    inputs = {"start": [preset_in, overrides_in, key_in], "status": [key_in, run_in], "cancel": [key_in, run_in],
+              "retrieve": [image_in, k_in, metric_in, run_in, key_in]}
+    for name, button in buttons.items():
+        fn = getattr(api, name)
+        description = api.describe(fn) + (note if name == "start" else "")
+        # status is cheap (no queue round trip); the others take a queue slot like the page's buttons
+        button.click(fn, inputs[name], out, api_name=name, api_description=description, queue=name != "status")
 
 
 def build_app() -> gr.Blocks:
@@ -233,7 +235,7 @@ def build_app() -> gr.Blocks:
                 i = info_tab()
             with gr.Tab("Learn", id="learn"):
                 gr.Markdown(LEARN_MD)
-        api_endpoints(session)
+        api_endpoints()
         wire(demo, c, s, d, t, pr, cm, r, i, session, stored, seen, seen_charts)
     return demo
 

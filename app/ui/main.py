@@ -6,6 +6,7 @@ served from disk directly: downloads are copies handed out per request to whoeve
 """
 from __future__ import annotations
 
+import importlib.util
 import os
 import threading
 
@@ -24,6 +25,18 @@ def _warm_up_plotting() -> None:
                        "schedules": {}})
 
 
+def mcp_wanted(public: bool) -> bool:
+    """Serve the API as MCP tools? ``INDISTILL_MCP=1``/``0`` decides; otherwise on locally when
+    ``gradio[mcp]`` is installed (requirements-mcp.txt) and off on a public server."""
+    setting = os.environ.get("INDISTILL_MCP")
+    installed = importlib.util.find_spec("mcp") is not None
+    if setting == "1" and not installed:
+        print("INDISTILL_MCP=1 but the mcp package is missing: pip install -r requirements-mcp.txt; MCP is off.")
+    if setting in ("0", "1"):
+        return setting == "1" and installed
+    return not public and installed
+
+
 def launch(**kwargs):
     threading.Thread(target=_warm_up_plotting, daemon=True).start()
     s = studio()
@@ -37,5 +50,5 @@ def launch(**kwargs):
                 max_file_size="50mb" if s.public else "500mb", allowed_paths=[str(ASSETS)],
                 blocked_paths=[str(s.runs_root)], footer_links=["api", "gradio"],
                 state_session_capacity=2000 if s.public else 10000,  # ~0.3 MB each: sessions stay bounded
-                css=views.APP_CSS, **kwargs)
+                css=views.APP_CSS, **{"mcp_server": mcp_wanted(s.public), **kwargs})
     return demo
