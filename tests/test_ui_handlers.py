@@ -193,3 +193,27 @@ def test_the_embedding_box_follows_the_procedure():
     assert values_from(preset("reference-cifar10"))["embed"] is False
     assert config_from({**shown, "procedure": "reference", "embed": False}).indistill.embed is None
     assert config_from({**shown, "embed": False}).indistill.embed is False   # a real choice is kept
+
+
+@pytest.mark.parametrize("run_id", __import__("app.library", fromlist=["ids"]).ids())
+def test_every_shipped_library_run_opens_in_every_view(run_id):
+    """Each run the app ships (assets/library) opens read-only and fills every tab without an error:
+    status, the Compare table and its note, curves, information flow, precision-recall and the grid."""
+    session, message = ui.open_run_in(ui.session_of(None), run_id)
+    assert session["run"] == run_id and "read-only" in message
+    status = ui.status_dict(session)
+    assert status["state"] == "finished" and status["read_only"]
+    table, scatter, _, note = ui.compare(session)
+    rows = table["value"]
+    assert rows and "No results yet" not in note
+    assert len({len(r) for r in rows}) == 1 and len(rows[0]) == len(views.COMPARE_HEADERS)
+    snap = ui.tick_status(session, None)
+    assert run_id in snap[0] and "finished" in snap[0].lower()
+    loss, acc, _, _ = runs.tick_charts(session, None)
+    assert "re-opened run" in loss.layout.annotations[0].text  # not "appear as soon as training starts"
+    grid = ui.grid_views(session)
+    if "grid" in ui.results_of(session):   # a curriculum grid: its curves are in the Information flow tab
+        assert all(figure.data for figure in grid)
+    else:
+        assert acc.data, "the per-epoch curves are shown"
+        assert ui.pr_view(session, "cosine").data and ui.info_views(session)[0] is not None

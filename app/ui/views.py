@@ -178,11 +178,20 @@ def last_step(snap: dict) -> tuple[str, int, float] | None:
     return key, series["step"][-1], series["losses"]["total"][-1]
 
 
+def _reopened(snap: dict | None) -> bool:
+    """An ended run read from disk or the library (no live job): its per-step curves are gone."""
+    return bool(snap) and snap.get("read_only") and snap.get("state") not in ("queued", "running") \
+        and not snap.get("series")
+
+
 def loss_figure(snap: dict | None) -> go.Figure:
     """Loss by component, one panel per phase unit, curriculum segments shaded and labelled."""
     series = (snap or {}).get("series", {})
     keys = [k for k in series if series[k]["step"]]
     if not keys:
+        if _reopened(snap):
+            return _empty("Losses", "per-step losses are kept only while a run trains; this re-opened run "
+                                    "shows its per-epoch curves in the chart beside")
         return _empty("Losses", "losses appear here as soon as training starts")
     keys = keys[-4:]
     fig = make_subplots(rows=len(keys), cols=1, subplot_titles=[_unit_title(k) for k in keys], vertical_spacing=0.08)
@@ -236,6 +245,9 @@ def accuracy_figure(snap: dict | None) -> go.Figure:
     ev = (snap or {}).get("eval", {})
     keys = [k for k in ev if ev[k]["epoch"]]
     if not keys:
+        if _reopened(snap):
+            return _empty("Accuracy per epoch", "this run kept no per-epoch curves (a curriculum grid's are in the "
+                                                "Information flow tab)")
         return _empty("Accuracy per epoch", "evaluation accuracy appears after the first epoch")
     fig = go.Figure()
     data = (snap or {}).get("data") or {}
