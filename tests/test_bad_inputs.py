@@ -100,10 +100,25 @@ def test_export_leaves_no_temp_folder_behind(studio):
     assert not Path(path).parent.exists() and Path(fresh).is_file()  # the stale one was reaped
 
 
-@pytest.mark.parametrize("k, words", [(1000, "1 to 16"), (0, "1 to 16")])
+@pytest.mark.parametrize("k, words", [(1000, "1 to 16"), (0, "1 to 16"), (float("inf"), "whole number from 1 to 16"),
+                                      ("many", "whole number from 1 to 16")])
 def test_retrieval_refuses_out_of_range_neighbours(k, words):
     _, text, gallery = ui.retrieve(str(ASSETS / "examples" / "cat.jpg"), None, "cosine", k)
     assert words in text and gallery == []
+
+
+@pytest.mark.parametrize("call, words", [
+    (lambda: ui.api_status("0" * 32, ""), "a start call on this server returned"),        # a key nobody issued
+    (lambda: ui.api_cancel(["not", "a", "key"], ""), "a start call on this server returned"),
+    (lambda: ui.api_status("", "../../etc"), "run_id"),
+    (lambda: ui.api_start(None, ""), "preset_name must be one of"),
+    (lambda: ui.api_start("workshop", "[1, 2]"), "must be a JSON object"),
+    (lambda: ui.api_start("workshop", "x" * 2_000_000), "at most"),
+    (lambda: ui.api_retrieve(str(ASSETS / "examples" / "cat.jpg"), 3, "cosine", "nope-1", ""), "No run `nope-1`"),
+])
+def test_the_api_answers_bad_arguments_with_a_message(call, words):
+    out = call()
+    assert words in out["message"] and out.get("run") is None, out
 
 
 def test_feature_maps_and_views_without_a_visible_run_say_so():

@@ -294,10 +294,17 @@ def test_two_clients_through_the_api(server):
     assert stranger["state"] is None and "belongs to another session" in stranger["message"]
     other_key = b.predict("workshop", "{not json", "", api_name="/start")
     assert other_key["run"] is None and "must be a JSON object" in other_key["message"]
-    b_key = "0" * 32
+    from app.ui.api import issue_key
+    b_key = issue_key()  # another session's valid key (this test's server runs in this process)
     assert b.predict(b_key, run_id, api_name="/cancel")["message"].startswith("Nothing to cancel")
     assert b.predict(b_key, "", api_name="/status")["state"] is None  # b's key has no live run
-    assert "32 lowercase hex" in b.predict("../../etc", run_id, api_name="/status")["message"]
+    # keys are the server's to make: a made-up one, a path, or a's key with a newline are refused
+    for forged in ("0" * 32, "../../etc", key + "\n", key[:16] + "0" * 16):
+        assert "a start call on this server returned" in b.predict(forged, run_id, api_name="/cancel")["message"]
+        assert b.predict(forged, run_id, api_name="/status")["state"] is None
+    forged_start = b.predict("workshop", json.dumps(TINY), key + "\n", api_name="/start")
+    assert forged_start["run"] is None and forged_start["session_key"] is None
+    assert "preset_name must be one of workshop" in b.predict("x" * 100_000, "", "", api_name="/start")["message"]
     assert a.predict(key, "", api_name="/status")["run"] == run_id   # empty run_id: the key's live run
     # a second run while the first is live is refused by the one-live-run rule, through the same checks
     again = a.predict("workshop", json.dumps(TINY), key, api_name="/start")
@@ -344,7 +351,8 @@ def test_agents_drive_the_same_api_as_mcp_tools(server):
                     return ast.literal_eval((await mcp.call_tool(name, kw)).content[0].text.removeprefix("root="))
                 started = await call("start", preset_name="workshop", overrides=json.dumps(TINY), session_key="")
                 refused = await call("start", preset_name="workshop", overrides='{"student.epochs": 10000}')
-                stranger = await call("cancel", session_key="f" * 32, run_id=started["run"])
+                from app.ui.api import issue_key
+                stranger = await call("cancel", session_key=issue_key(), run_id=started["run"])
                 for _ in range(240):
                     status = await call("status", session_key=started["session_key"], run_id=started["run"])
                     if status["state"] not in ("queued", "running"):

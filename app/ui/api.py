@@ -2,8 +2,10 @@
 :func:`app.ui.layout.api_endpoints`), the same for ``gradio_client``, plain HTTP and MCP agents.
 
 It keeps nothing between calls: a caller's session is the ``session_key`` that ``start``
-returns (32 hex characters, the secret a browser keeps in its storage), sent back with every
-later call, so a key held by one agent or script is all the state there is. Each function is a
+returns, sent back with every later call, so a key held by one agent or script is all the state
+there is. Keys are made by the server and signed (64 random bits and a 64-bit HMAC under a key
+kept in the runs folder, 32 hex characters like a browser's session secret), so a caller cannot
+pick one, and two callers never share a session by choosing the same string. Each function is a
 thin layer over the page's own: the same planning, public-server checks and budget as the Start
 button (:func:`app.ui.runs._admit`), the same ownership rule (:func:`app.ui.sessions._access`),
 the same picture loader. Docstrings are the tools' descriptions (Gradio's MCP server reads them);
@@ -11,19 +13,56 @@ the same picture loader. Docstrings are the tools' descriptions (Gradio's MCP se
 """
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
+import os
+import secrets
 from typing import Any
 
 from app import runfolder
-from app.config import ConfigError, preset
+from app.config import PRESETS, ConfigError, preset
 from app.runner import JobRefused
 
 from .pictures import retrieve as retrieve_picture
 from .runs import _admit, _submit, cancel as cancel_run, status_dict
-from .sessions import SECRET, new_session, owner, session_of
+from .sessions import SECRET, _view, owner, session_of
 from .studio import MAX_IMPORT_BYTES, studio
 
-KEY_RULE = "session_key must be empty (a new session) or the 32 lowercase hex characters a start call returned"
+KEY_RULE = "session_key must be empty (a new session) or the session_key a start call on this server returned"
+_SIGNING: dict = {}
+
+
+def _signing_key() -> bytes:
+    """The server's key for session keys: random once, kept (owner-only) in the runs folder so keys
+    survive a restart; never sent anywhere."""
+    root = studio().runs_root
+    if root not in _SIGNING:
+        path = root / ".api-signing-key"
+        try:
+            key = bytes.fromhex(path.read_text().strip())
+        except (OSError, ValueError):
+            key = secrets.token_bytes(32)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as fh:
+                fh.write(key.hex())
+        _SIGNING[root] = key
+    return _SIGNING[root]
+
+
+def _mac(nonce: str) -> str:
+    return hmac.new(_signing_key(), nonce.encode(), hashlib.sha256).hexdigest()[:16]
+
+
+def issue_key() -> str:
+    """A new session key: 16 random hex characters and their 16-character HMAC."""
+    nonce = secrets.token_hex(8)
+    return nonce + _mac(nonce)
+
+
+def key_valid(key: str) -> bool:
+    return isinstance(key, str) and SECRET.fullmatch(key) is not None and hmac.compare_digest(key[16:], _mac(key[:16]))
 
 
 class ApiError(ValueError):
@@ -51,9 +90,9 @@ def _session(session_key: Any, run_id: Any = None) -> dict:
 
     An empty ``run_id`` means the session's live run, if it has one."""
     key = "" if session_key is None else session_key
-    if not isinstance(key, str) or (key and not SECRET.match(key)):
+    if not isinstance(key, str) or (key and not key_valid(key)):
         raise ApiError(KEY_RULE)
-    session = session_of({"secret": key}) if key else new_session()
+    session = session_of({"secret": key or issue_key()})
     if run_id not in (None, ""):
         try:
             session["run"] = runfolder.check_id(run_id)
@@ -65,15 +104,15 @@ def _session(session_key: Any, run_id: Any = None) -> dict:
     return session
 
 
-def _answer(session: dict, **extra) -> dict:
-    return {"session_key": session["secret"], **status_dict(session), **extra}
+def _answer(session: dict, key: bool = True, **extra) -> dict:
+    return ({"session_key": session["secret"]} if key else {}) | status_dict(session) | extra
 
 
 def start(preset_name: str, overrides: str = "", session_key: str = "") -> dict:
     """Start a distillation run (teacher, baseline, KD and InDistill arms) from a preset with overrides.
 
     Args:
-        preset_name: a preset: workshop, quick, cpu, full or reference.
+        preset_name: a preset: workshop, quick-cpu, paper-cnn, reference-cifar10, resnet56-resnet20, wrn40_2-wrn16_2, resnet32x4-resnet8x4, seed-pair.
         overrides: a JSON object of setting: value, e.g. {"student.epochs": 2, "seeds": 1}; empty for none.
         session_key: empty to begin a new session, or the session_key an earlier call returned.
     Returns:
@@ -81,11 +120,13 @@ def start(preset_name: str, overrides: str = "", session_key: str = "") -> dict:
     """
     try:
         session = _session(session_key)
-        cfg = preset(str(preset_name)).with_overrides({"name": str(preset_name), **_overrides(overrides)})
+        if not isinstance(preset_name, str) or preset_name not in PRESETS:
+            raise ConfigError(f"preset_name must be one of {', '.join(PRESETS)}")
+        cfg = preset(preset_name).with_overrides({"name": str(preset_name), **_overrides(overrides)})
         plan, est = _admit(cfg, session)
         job = _submit(session, cfg, est)
     except (ApiError, ConfigError, JobRefused) as exc:
-        key = session_key if isinstance(session_key, str) and SECRET.match(session_key or "") else None
+        key = session_key if key_valid(session_key) else None
         return {"session_key": key, "run": None, "state": None, "message": f"Not started: {exc}"}
     session = {**session, "run": job.id}
     eta = f" (estimated {est.minutes:.1f} min)" if est is not None else ""
@@ -99,10 +140,10 @@ def status(session_key: str = "", run_id: str = "") -> dict:
         session_key: the session_key start returned; empty to read an ended run by its id (read-only).
         run_id: the run to read; empty for this session's live run. A run still training is visible only to its own session.
     Returns:
-        {run, state (queued | running | finished | failed | cancelled | null), progress, eta_s, phase, loss, results, read_only, message}.
+        {run, state (queued | running | finished | failed | cancelled | interrupted | null), progress, eta_s, phase, loss, results, read_only, message}; state is null, with a message, when there is no such run to show.
     """
     try:
-        return _answer(_session(session_key, run_id))
+        return _answer(_session(session_key, run_id), key=bool(session_key))
     except ApiError as exc:
         return {"run": None, "state": None, "message": str(exc)}
 
@@ -121,7 +162,7 @@ def cancel(session_key: str, run_id: str = "") -> dict:
     except ApiError as exc:
         return {"message": str(exc)}
     if not session_key:
-        return {"message": "Nothing to cancel: " + KEY_RULE + "."}
+        return {"message": "Nothing to cancel: a run is cancelled with the session_key its start call returned."}
     return {"message": cancel_run(session)}
 
 
@@ -129,10 +170,10 @@ def retrieve(picture, k: float = 8, metric: str = "cosine", run_id: str = "", se
     """Predicted class and the k nearest training pictures for a picture, for each network of a run.
 
     Args:
-        picture: a JPEG, PNG or WebP picture (at most the server's upload size and megapixels).
+        picture: a picture file (JPEG, PNG, WebP, BMP or GIF; at most 25 MB and 20 megapixels).
         k: neighbours per network, 1 to 16.
         metric: cosine or euclidean.
-        run_id: the run whose networks to use; empty for the shipped demo run.
+        run_id: the run whose networks to use (once it has checkpoints); empty: with a session_key, its live run, else the shipped teachers.
         session_key: the session_key start returned (needed for a run still training; empty otherwise).
     Returns:
         {message, neighbours}: the answer in Markdown and the captions of the neighbours.
@@ -141,6 +182,8 @@ def retrieve(picture, k: float = 8, metric: str = "cosine", run_id: str = "", se
         session = _session(session_key, run_id)
     except ApiError as exc:
         return {"message": str(exc), "neighbours": []}
+    if session["run"] and _view(session)[0] is None:  # never answer with other networks than those asked for
+        return {"message": _view(session)[1], "neighbours": []}
     _, text, gallery = retrieve_picture(picture, session, metric, k)
     items = gallery.get("value", []) if isinstance(gallery, dict) else gallery
     return {"message": text, "neighbours": [caption for _, caption in items]}

@@ -1,8 +1,8 @@
 """The page: one function per tab lays out its components; ``build_app`` wires events.
 
 Widgets of the form come from :data:`app.ui.form.FIELDS` (one row per control). The
-events a script needs have stable names (``start``, ``cancel``, ``status``, ``open``,
-``retrieve``); every other event is private to the page.
+endpoints for scripts and agents have stable names (``start``, ``status``, ``cancel``,
+``retrieve``: :func:`api_endpoints`); every other event is private to the page.
 """
 from __future__ import annotations
 

@@ -72,8 +72,8 @@ def retrieve(file, session: Any, metric: str, k):
         return None, f"**{exc}**", []
     try:
         k = int(k)
-    except (TypeError, ValueError):
-        k = 8
+    except (TypeError, ValueError, OverflowError):  # OverflowError: k = inf
+        return picture, "**Neighbours per model must be a whole number from 1 to 16.**", []
     if not 1 <= k <= 16:
         return picture, f"**Neighbours per model must be 1 to 16; got {k}.**", []
     metric = metric if metric in ("cosine", "euclidean") else "cosine"

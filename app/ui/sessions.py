@@ -1,8 +1,9 @@
 """Sessions and access: who a visitor is, and which run they may see.
 
-A session is ``{"secret": 32 hex, "run": run id | None, "upload": path | None}`` held
-server-side in ``gr.State`` and mirrored in the browser (``gr.BrowserState``) so a
-refresh or a restart finds it again. A run belongs to the session whose secret made it
+A session is ``{"secret": 32 hex, "run": run id | None, "upload": path | None}``. The page
+holds it server-side in ``gr.State`` and mirrors it in the browser (``gr.BrowserState``) so a
+refresh or a restart finds it again; the API (:mod:`app.ui.api`) is stateless: its callers send
+a signed ``session_key`` with every call. A run belongs to the session whose secret made it
 (the job keeps a digest; so does the run folder): only that session can follow it live
 or cancel it. Anyone with its id (the share link) can open it read-only once it has ended.
 Handlers read the run on show through :func:`_view` and :func:`_folder`, which apply that
@@ -29,7 +30,7 @@ def new_session() -> dict:
 
 def session_of(value: Any) -> dict:
     """A checked session from whatever the browser (or a script) sent; a fresh one if it is not valid."""
-    if not isinstance(value, dict) or not isinstance(value.get("secret"), str) or not SECRET.match(value["secret"]):
+    if not isinstance(value, dict) or not isinstance(value.get("secret"), str) or not SECRET.fullmatch(value["secret"]):
         return new_session()
     run = value.get("run")
     try:
@@ -134,6 +135,6 @@ def open_run_in(session: dict, run_id: Any) -> tuple[dict, str]:
 
 def end_session(session: Any) -> None:
     """The tab closed or the session expired: delete its uploaded dataset."""
-    if isinstance(session, dict) and isinstance(session.get("secret"), str) and SECRET.match(session["secret"]):
+    if isinstance(session, dict) and isinstance(session.get("secret"), str) and SECRET.fullmatch(session["secret"]):
         if studio().manager.live_job_of(owner(session)) is None:  # another tab's run may still read it
             shutil.rmtree(studio().uploads / owner(session)[:16], ignore_errors=True)
