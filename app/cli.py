@@ -94,9 +94,23 @@ class Progress:
     ``events`` (a file object) as one JSON line when given."""
 
     def __init__(self, quiet: bool = False, events=None) -> None:
-        self.quiet, self.total, self.done, self.start = quiet, 0, 0, time.time()
+        self.quiet, self.total, self.done = quiet, 0, 0
         self.label, self.last = "", ""
         self.events = events
+        self._timing: tuple | None = None   # (experiment, its first seen time, the fraction it had then)
+
+    def fraction_and_eta(self, now: float | None = None) -> tuple[float, float | None]:
+        """The experiment's fraction done and the seconds left, from the pace since this object first
+        saw *this* experiment: a study's second pair, or a resumed run's units already done, do not
+        count as work done in the time measured."""
+        now = time.time() if now is None else now
+        exp = self.experiment
+        frac = exp.done_steps / max(exp.total_steps, 1)
+        if self._timing is None or self._timing[0] is not exp:
+            self._timing = (exp, now, frac)
+        _, since, frac0 = self._timing
+        rate = (frac - frac0) / (now - since) if now > since else 0.0
+        return frac, ((1 - frac) / rate if rate > 0 else None)
 
     def __call__(self, e: ev.Event) -> None:
         """Steps and epochs go to the bar; every other described event is printed as its line."""
@@ -117,11 +131,10 @@ class Progress:
     def _bar(self) -> None:
         if self.quiet:
             return
-        frac = self.experiment.done_steps / max(self.experiment.total_steps, 1)
-        elapsed = time.time() - self.start
-        eta = elapsed / frac - elapsed if frac > 0 else 0
+        frac, eta = self.fraction_and_eta()
         bar = "#" * int(frac * 24)
-        sys.stderr.write(f"\r[{bar:24s}] {frac * 100:5.1f}% {self.label}: {self.last}  ETA {eta:5.0f}s ")
+        eta_text = "  ETA     –" if eta is None else f"  ETA {eta:5.0f}s"
+        sys.stderr.write(f"\r[{bar:24s}] {frac * 100:5.1f}% {self.label}: {self.last}{eta_text} ")
         sys.stderr.flush()
 
     def _line(self, text: str) -> None:

@@ -155,3 +155,20 @@ def test_an_unfinished_pair_is_reported_over_the_seeds_recorded_so_far(smoke, tm
     assert f"| kd (Hinton KD + CE alone) | {kd0 * 100:.2f} |" in md          # the one seed, not a stale mean
     assert "McNemar" in md or "1 seed" in md                               # one-seed paired differences
     assert json.loads(path.read_text())["status"] == "running"             # reporting wrote nothing back
+
+
+def test_the_cli_eta_counts_only_this_experiments_own_pace():
+    """A study's second pair (or a resumed run) starts a new clock: its ETA is not the first pair's
+    hour divided by the second pair's first percent."""
+    from types import SimpleNamespace
+    from app.cli import Progress
+    bar = Progress(quiet=True)
+    first = bar.experiment = SimpleNamespace(done_steps=0, total_steps=100)
+    assert bar.fraction_and_eta(now=0.0) == (0.0, None)
+    first.done_steps = 50
+    assert bar.fraction_and_eta(now=3600.0) == (0.5, 3600.0)              # half in an hour: an hour left
+    second = bar.experiment = SimpleNamespace(done_steps=40, total_steps=100)  # resumed: 40 % already recorded
+    assert bar.fraction_and_eta(now=3600.0) == (0.4, None)
+    second.done_steps = 50
+    frac, eta = bar.fraction_and_eta(now=3660.0)                          # 10 % in a minute: 5 minutes left
+    assert frac == 0.5 and abs(eta - 300.0) < 1e-6
