@@ -147,8 +147,10 @@ EVAL_FIELDS = ("info_flow", "feature_mse", "flow_divergence")
 
 
 def eval_series(history: list[dict]) -> dict:
-    """A unit's per-epoch history as the snapshot's series: epoch, acc and :data:`EVAL_FIELDS`."""
-    return {"epoch": [r.get("epoch") for r in history], "acc": [r.get("eval_acc") for r in history]} | {
+    """A unit's per-epoch history as the snapshot's series: epoch, acc (or, for a unit that trains no
+    classifier, map: its probe's retrieval mAP) and :data:`EVAL_FIELDS`."""
+    return {"epoch": [r.get("epoch") for r in history], "acc": [r.get("eval_acc") for r in history],
+            "map": [r.get("eval_map") for r in history]} | {
         k: [r.get(k) for r in history] for k in EVAL_FIELDS}
 
 

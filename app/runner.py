@@ -245,6 +245,7 @@ class Job:
         r = v["eval"][f"{e.phase}/{e.seed}"]
         r["epoch"].append(e.epoch)
         r["acc"].append(e.metrics.get("eval_acc"))
+        r["map"].append(e.metrics.get("eval_map"))
         for k in runfolder.EVAL_FIELDS:
             r[k].append(e.metrics.get(k))
 

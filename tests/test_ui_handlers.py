@@ -215,5 +215,8 @@ def test_every_shipped_library_run_opens_in_every_view(run_id):
     if "grid" in ui.results_of(session):   # a curriculum grid: its curves are in the Information flow tab
         assert all(figure.data for figure in grid)
     else:
-        assert acc.data, "the per-epoch curves are shown"
+        assert acc.data and all(any(y is not None for y in trace.y) for trace in acc.data), "per-epoch curves"
+        trains_no_classifier = [p for p, e in ui.results_of(session)["phases"].items()
+                                if e.get("classifier_trained") is False]
+        assert ("mAP (no classifier)" in " ".join(t.name for t in acc.data)) == bool(trains_no_classifier)
         assert ui.pr_view(session, "cosine").data and ui.info_views(session)[0] is not None

@@ -255,12 +255,19 @@ def accuracy_figure(snap: dict | None) -> go.Figure:
             "train-probe": "fixed probe of training images (seen in training; no validation split set)"}
     split = name.get(data.get("eval_split", "test"), data.get("eval_split", "test")) + (
         f", {data['eval_images']:,} images" if data.get("eval_images") else "")
+    maps = False
     for key in keys:
         phase, seed = key.split("/")
-        fig.add_trace(go.Scatter(x=ev[key]["epoch"], y=[a * 100 for a in ev[key]["acc"]], mode="lines+markers",
-                                 name=_unit_title(key), line=dict(color=COLORS.get(phase), dash="dot" if seed != "0" else None)))
-    fig.update_layout(template="plotly_white", height=340, title=f"Accuracy per epoch (%), {split}", xaxis_title="epoch",
-                      yaxis_title="accuracy %", uirevision="acc", margin=dict(l=10, r=10, t=40, b=40))
+        values, label = ev[key]["acc"], _unit_title(key)
+        if all(a is None for a in values) and any(m is not None for m in ev[key].get("map", [])):
+            values, label, maps = ev[key]["map"], label + " · mAP (no classifier)", True  # a unit without a classifier
+        fig.add_trace(go.Scatter(x=ev[key]["epoch"], y=[None if a is None else a * 100 for a in values],
+                                 mode="lines+markers", name=label,
+                                 line=dict(color=COLORS.get(phase), dash="dot" if seed != "0" else None)))
+    what = "Accuracy or, for units without a classifier, retrieval mAP" if maps else "Accuracy"
+    fig.update_layout(template="plotly_white", height=340, title=f"{what} per epoch (%), {split}", xaxis_title="epoch",
+                      yaxis_title="accuracy / mAP %" if maps else "accuracy %", uirevision="acc",
+                      margin=dict(l=10, r=10, t=40, b=40))
     return fig
 
 
