@@ -220,3 +220,19 @@ def test_every_shipped_library_run_opens_in_every_view(run_id):
                                 if e.get("classifier_trained") is False]
         assert ("mAP (no classifier)" in " ".join(t.name for t in acc.data)) == bool(trains_no_classifier)
         assert ui.pr_view(session, "cosine").data and ui.info_views(session)[0] is not None
+
+
+def test_feature_maps_of_an_earlier_run_are_cleared_when_another_run_is_on_show():
+    session = {**ui.new_session(), "run": "cpu-cnn"}
+    drawn_for = pictures.run_on_show(session)
+    assert drawn_for == "cpu-cnn"
+    same = pictures.clear_outdated_maps(session, drawn_for)
+    assert all(isinstance(x, type(gr_skip())) for x in same)          # the same run: the maps stay
+    maps, note, kept = pictures.clear_outdated_maps({**session, "run": "cpu-resnet"}, drawn_for)
+    assert maps == "" and "Show feature maps" in note and kept is None   # another run: cleared, and said
+    assert all(isinstance(x, type(gr_skip())) for x in pictures.clear_outdated_maps(session, None))
+
+
+def gr_skip():
+    import gradio as gr
+    return gr.skip()

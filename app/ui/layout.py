@@ -290,7 +290,11 @@ def wire(demo, c, s, d, t, pr, cm, r, i, session, stored, seen, seen_charts) -> 
     for trigger in (r["ret_btn"].click, r["upload"].change):
         trigger(pictures.retrieve, [r["upload"], session, r["metric"], r["k"]],
                 [r["query_img"], r["ret_md"], r["ret_gallery"]], **PRIVATE)
-    pr["fm_btn"].click(pictures.feature_maps, [pr["fm_example"], session], [pr["fm_gallery"], pr["fm_note"]], **PRIVATE)
+    maps_drawn_for = gr.State(None)
+    pr["fm_btn"].click(pictures.feature_maps, [pr["fm_example"], session], [pr["fm_gallery"], pr["fm_note"]],
+                       **PRIVATE).then(pictures.run_on_show, session, maps_drawn_for, **PRIVATE)
+    results_cue.change(pictures.clear_outdated_maps, [session, maps_drawn_for],
+                       [pr["fm_gallery"], pr["fm_note"], maps_drawn_for], show_progress="hidden", **PRIVATE)
 
     def on_load(stored_value, request: gr.Request):
         run = dict(request.query_params).get("run") if request is not None else None

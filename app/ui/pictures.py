@@ -142,3 +142,16 @@ def feature_maps(example: str, session: Any):
         return "", shown(f"Could not draw feature maps: {type(exc).__name__}: {str(exc)[:300]}")
     note = "" if s_maps is not None else "The student's maps appear once its warm-up has finished."
     return views.feature_maps_html(layers), note
+
+
+def run_on_show(session: Any) -> str | None:
+    """The run whose feature maps were just drawn (kept in the page's state beside them)."""
+    return session_of(session)["run"]
+
+
+def clear_outdated_maps(session: Any, drawn_for: Any):
+    """Feature maps belong to the run they were drawn for: once another run is on show, clear them
+    and say how to draw the new one's; (maps, note, drawn_for)."""
+    if not drawn_for or session_of(session)["run"] == drawn_for:
+        return gr.skip(), gr.skip(), gr.skip()
+    return "", "The run on show changed: press **Show feature maps** to draw its maps.", None
