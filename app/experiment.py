@@ -454,7 +454,7 @@ class Experiment:
         if not self.dist.main:  # rank 0 evaluates; the others go on to the next step
             return None
 
-        def on_epoch(epoch: int) -> dict:
+        def on_epoch(epoch: int, losses: dict | None = None, segment: str = "") -> dict:
             split = self.data.eval_split
             metrics = {"eval_acc": round(eval_accuracy(model, split, self.data, self.rt), 5)} if classifier else \
                 {"eval_map": round(split_map(model, split, self.data, self.rt), 5)}
@@ -468,7 +468,8 @@ class Experiment:
                     if compare:
                         ref = self.results["flow_reference"]["info_flow"]
                         metrics["flow_divergence"] = round(flow_divergence(metrics["info_flow"], ref), 5)
-            history.append({"epoch": epoch, **metrics})
+            # the epoch's mean training losses (the curves a re-opened run can still draw) and its last segment
+            history.append({"epoch": epoch, **metrics, **({"train_loss": losses, "segment": segment} if losses else {})})
             return metrics
         return on_epoch
 

@@ -154,18 +154,33 @@ def eval_series(history: list[dict]) -> dict:
         k: [r.get(k) for r in history] for k in EVAL_FIELDS}
 
 
+def epoch_loss_series(history: list[dict]) -> dict:
+    """A unit's per-epoch mean training losses (``history[].train_loss``) in the shape of a live
+    loss series (``{step, epoch, segment, losses: {name: [mean or None]}}``), one point per epoch."""
+    rows = [r for r in history if isinstance(r.get("train_loss"), dict)]
+    names = sorted({n for r in rows for n in r["train_loss"]} | ({"total"} if rows else set()))
+    def value(row: dict, name: str):
+        losses = row["train_loss"]
+        return sum(losses.values()) if name == "total" else losses.get(name)
+    return {"step": [r["epoch"] for r in rows], "epoch": [r["epoch"] for r in rows],
+            "segment": [r.get("segment", "") for r in rows], "stride": 1,
+            "losses": {n: [value(r, n) for r in rows] for n in names}}
+
+
 def snapshot_from_results(run_id: str, results: dict) -> dict:
     """The read-only snapshot of a run that no live job holds (finished, or left by a restart)."""
     state = results.get("status", "finished")
     note = f"re-opened run {run_id}"
     if state in LIVE_STATES:
         state, note = "interrupted", f"run {run_id} was interrupted (the server restarted); finished phases are kept"
-    evals = {}
+    evals, series = {}, {}
     for phase, entry in (results.get("phases") or {}).items():
         for seed, unit in (entry.get("units") or {}).items():
-            h = unit.get("history", [])
-            evals[f"{phase}/{0 if seed == 'single' else seed}"] = eval_series(h)
-    return {"id": run_id, "state": state, "phase": None, "segment": None, "series": {}, "eval": evals,
+            h, key = unit.get("history", []), f"{phase}/{0 if seed == 'single' else seed}"
+            evals[key] = eval_series(h)
+            if any("train_loss" in r for r in h):  # runs recorded before per-epoch losses have none
+                series[key] = epoch_loss_series(h)
+    return {"id": run_id, "state": state, "phase": None, "segment": None, "series": series, "eval": evals,
             "schedules": {}, "results": results.get("phases", {}), "channel_maps": results.get("channel_maps"),
             "flow_reference": results.get("flow_reference"),
             "log": [note], "progress": 1.0, "queue_position": 0, "eta_s": None, "data": results.get("data"),

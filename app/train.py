@@ -85,7 +85,7 @@ def _forever(stream: BatchStream) -> Iterator[tuple[torch.Tensor, torch.Tensor]]
 
 
 def run_segments(model: nn.Module, stream: BatchStream, segments: list[Segment], ctx: LoopContext,
-                 on_epoch: Callable[[int], dict] | None = None,
+                 on_epoch: Callable[[int, dict, str], dict] | None = None,
                  on_segment_end: Callable[[int, Segment], None] | None = None) -> float:
     """Train ``model`` through ``segments``; returns the wall time in seconds.
 
@@ -97,6 +97,7 @@ def run_segments(model: nn.Module, stream: BatchStream, segments: list[Segment],
     log_every = max(1, total // 400, spe // 25)
     batches = _forever(stream)
     step, start = 0, time.perf_counter()
+    epoch_sums: dict[str, tuple] = {}
     model.train()
     with ctx.dist.training(model):
         for index, seg in enumerate(segments):
@@ -119,6 +120,10 @@ def run_segments(model: nn.Module, stream: BatchStream, segments: list[Segment],
                     ctx.trace({"step": step, "segment": seg.name, "lr": lr, "optimizer_steps": age,
                                "optimizer": type(opt).__name__, "losses": sorted(parts)})
                 loss = sum(parts.values())
+                if on_epoch is not None:  # the epoch's mean of each loss part, summed without a device sync
+                    for name, value in parts.items():
+                        total_, count_ = epoch_sums.get(name, (0.0, 0))
+                        epoch_sums[name] = (total_ + value.detach().float(), count_ + 1)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 ctx.dist.average_gradients(seg.params)
@@ -133,7 +138,9 @@ def run_segments(model: nn.Module, stream: BatchStream, segments: list[Segment],
                                             "lower the learning rate or the loss weights")
                     ctx.emit(ev.StepLoss(ctx.phase, ctx.seed, step, round(step / spe, 4), seg.name, values))
                 if on_epoch is not None and (step % spe == 0 or step == total):
-                    metrics = on_epoch(math.ceil(step / spe))
+                    means = {name: round(float(t) / n, 6) for name, (t, n) in epoch_sums.items()}
+                    epoch_sums.clear()
+                    metrics = on_epoch(math.ceil(step / spe), means, seg.name)
                     model.train()
                     ctx.emit(ev.EpochMetrics(ctx.phase, ctx.seed, math.ceil(step / spe), metrics))
             if on_segment_end is not None:

@@ -229,3 +229,28 @@ def test_reference_procedure_chain(cifar_jpeg, cache_dir, tmp_path):
     aux_pkt = [e for e in seen if e.kind == "step" and e.phase == "aux" and e.segment == "embedding PKT"]
     assert aux_pkt and all(set(e.losses) == {"pkt", "total"} for e in aux_pkt)
     assert [e.name for e in seen if e.kind == "layer_switch" and e.phase == "aux"] == ["CE", "embedding PKT"]
+
+
+def test_each_epoch_records_its_mean_training_losses_for_a_reopened_run(cifar_jpeg, cache_dir, tmp_path):
+    """history[].train_loss is the mean of the epoch's per-step losses (the tiny run logs every step),
+    and a re-opened run draws its loss chart from it."""
+    from app.runfolder import snapshot_from_results
+    from app.ui import views
+    seen = []
+    cfg = tiny(cifar_jpeg, cache_dir, seeds=1, **{"phases.baseline": False, "phases.indistill": False,
+                                                   "student.epochs": 2})
+    results = Experiment(cfg, runs_root=tmp_path, emit=seen.append).run()
+    history = results["phases"]["kd"]["units"]["0"]["history"]
+    steps = [e for e in seen if e.kind == "step" and e.phase == "kd"]
+    assert [h["epoch"] for h in history] == [1, 2]
+    for h in history:
+        logged = [e.losses for e in steps if h["epoch"] - 1 < e.epoch <= h["epoch"]]
+        assert logged and set(h["train_loss"]) == set(logged[0]) - {"total"}
+        for name, mean in h["train_loss"].items():
+            assert mean == pytest.approx(sum(x[name] for x in logged) / len(logged), rel=1e-4)
+        assert h["segment"] == "KD"
+    snap = snapshot_from_results("tiny-1", results)
+    assert snap["series"]["kd/0"]["epoch"] == [1, 2]
+    assert snap["series"]["kd/0"]["losses"]["total"] == pytest.approx([sum(h["train_loss"].values()) for h in history])
+    figure = views.loss_figure(snap)
+    assert {t.name for t in figure.data} >= {"total"} | set(history[0]["train_loss"])

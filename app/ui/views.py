@@ -179,7 +179,8 @@ def last_step(snap: dict) -> tuple[str, int, float] | None:
 
 
 def _reopened(snap: dict | None) -> bool:
-    """An ended run read from disk or the library (no live job): its per-step curves are gone."""
+    """An ended run read from disk or the library (no live job): its per-step curves are gone (runs
+    recorded since per-epoch losses were kept show those instead)."""
     return bool(snap) and snap.get("read_only") and snap.get("state") not in ("queued", "running") \
         and not snap.get("series")
 
@@ -190,8 +191,8 @@ def loss_figure(snap: dict | None) -> go.Figure:
     keys = [k for k in series if series[k]["step"]]
     if not keys:
         if _reopened(snap):
-            return _empty("Losses", "per-step losses are kept only while a run trains; this re-opened run "
-                                    "shows its per-epoch curves in the chart beside")
+            return _empty("Losses", "this run was recorded without its training losses (per-step losses live "
+                                    "only while a run trains); its per-epoch curves are in the chart beside")
         return _empty("Losses", "losses appear here as soon as training starts")
     keys = keys[-4:]
     fig = make_subplots(rows=len(keys), cols=1, subplot_titles=[_unit_title(k) for k in keys], vertical_spacing=0.08)
