@@ -468,7 +468,8 @@ class Experiment:
                     if compare:
                         ref = self.results["flow_reference"]["info_flow"]
                         metrics["flow_divergence"] = round(flow_divergence(metrics["info_flow"], ref), 5)
-            # the epoch's mean training losses (the curves a re-opened run can still draw) and its last segment
+            # the epoch's mean training losses (the curves a re-opened run can still draw; under distributed
+            # training, rank 0's share of the batches) and its last segment
             history.append({"epoch": epoch, **metrics, **({"train_loss": losses, "segment": segment} if losses else {})})
             return metrics
         return on_epoch

@@ -161,7 +161,9 @@ def epoch_loss_series(history: list[dict]) -> dict:
     names = sorted({n for r in rows for n in r["train_loss"]} | ({"total"} if rows else set()))
     def value(row: dict, name: str):
         losses = row["train_loss"]
-        return sum(losses.values()) if name == "total" else losses.get(name)
+        if name == "total" and "total" not in losses:
+            return sum(losses.values())
+        return losses.get(name)
     return {"step": [r["epoch"] for r in rows], "epoch": [r["epoch"] for r in rows],
             "segment": [r.get("segment", "") for r in rows], "stride": 1,
             "losses": {n: [value(r, n) for r in rows] for n in names}}

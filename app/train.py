@@ -120,8 +120,9 @@ def run_segments(model: nn.Module, stream: BatchStream, segments: list[Segment],
                     ctx.trace({"step": step, "segment": seg.name, "lr": lr, "optimizer_steps": age,
                                "optimizer": type(opt).__name__, "losses": sorted(parts)})
                 loss = sum(parts.values())
-                if on_epoch is not None:  # the epoch's mean of each loss part, summed without a device sync
-                    for name, value in parts.items():
+                if on_epoch is not None:  # the epoch's mean of each loss part and of their total, summed without
+                    # a device sync; a part over the steps it was active (an epoch may span two segments)
+                    for name, value in [*parts.items(), ("total", loss)]:
                         total_, count_ = epoch_sums.get(name, (0.0, 0))
                         epoch_sums[name] = (total_ + value.detach().float(), count_ + 1)
                 opt.zero_grad(set_to_none=True)
@@ -138,7 +139,7 @@ def run_segments(model: nn.Module, stream: BatchStream, segments: list[Segment],
                                             "lower the learning rate or the loss weights")
                     ctx.emit(ev.StepLoss(ctx.phase, ctx.seed, step, round(step / spe, 4), seg.name, values))
                 if on_epoch is not None and (step % spe == 0 or step == total):
-                    means = {name: round(float(t) / n, 6) for name, (t, n) in epoch_sums.items()}
+                    means = {name: float(f"{float(t) / n:.6g}") for name, (t, n) in epoch_sums.items()}  # 6 digits
                     epoch_sums.clear()
                     metrics = on_epoch(math.ceil(step / spe), means, seg.name)
                     model.train()

@@ -207,3 +207,17 @@ def test_resume_says_so_when_results_json_is_not_json(cifar_jpeg, cache_dir, tmp
     lines = [e.message for e in logs if getattr(e, "message", "").startswith("resume:")]
     assert lines == ["resume: results.json is not readable JSON; every unit is re-run "
                      "(checkpoints of finished units are overwritten)"]
+
+
+def test_a_damaged_signing_key_is_replaced_never_used_weak(studio):
+    """An emptied key file must not make the server sign with an empty key: it is replaced whole,
+    and keys signed by the old one are refused like any other."""
+    from app.ui import api
+    old = ui.api_start("nope", "")  # any call makes the key
+    assert "preset_name must be one of" in old["message"]
+    key = api.issue_key()
+    path = studio.runs_root / ".api-signing-key"
+    path.write_text("")
+    api._SIGNING.clear()
+    assert len(api._signing_key()) == 32 and len(bytes.fromhex(path.read_text())) == 32
+    assert "a start call on this server returned" in ui.api_status(key, "")["message"]

@@ -233,24 +233,28 @@ def test_reference_procedure_chain(cifar_jpeg, cache_dir, tmp_path):
 
 def test_each_epoch_records_its_mean_training_losses_for_a_reopened_run(cifar_jpeg, cache_dir, tmp_path):
     """history[].train_loss is the mean of the epoch's per-step losses (the tiny run logs every step),
-    and a re-opened run draws its loss chart from it."""
+    each part over the steps it was active and the total over all, also in epochs that span two
+    curriculum segments; a re-opened run draws its loss chart from it."""
     from app.runfolder import snapshot_from_results
     from app.ui import views
     seen = []
-    cfg = tiny(cifar_jpeg, cache_dir, seeds=1, **{"phases.baseline": False, "phases.indistill": False,
-                                                   "student.epochs": 2})
+    cfg = tiny(cifar_jpeg, cache_dir, seeds=1, **{"phases.baseline": False, "student.epochs": 2})
     results = Experiment(cfg, runs_root=tmp_path, emit=seen.append).run()
-    history = results["phases"]["kd"]["units"]["0"]["history"]
-    steps = [e for e in seen if e.kind == "step" and e.phase == "kd"]
-    assert [h["epoch"] for h in history] == [1, 2]
-    for h in history:
-        logged = [e.losses for e in steps if h["epoch"] - 1 < e.epoch <= h["epoch"]]
-        assert logged and set(h["train_loss"]) == set(logged[0]) - {"total"}
-        for name, mean in h["train_loss"].items():
-            assert mean == pytest.approx(sum(x[name] for x in logged) / len(logged), rel=1e-4)
-        assert h["segment"] == "KD"
-    snap = snapshot_from_results("tiny-1", results)
-    assert snap["series"]["kd/0"]["epoch"] == [1, 2]
-    assert snap["series"]["kd/0"]["losses"]["total"] == pytest.approx([sum(h["train_loss"].values()) for h in history])
-    figure = views.loss_figure(snap)
-    assert {t.name for t in figure.data} >= {"total"} | set(history[0]["train_loss"])
+    spanning = 0
+    for phase in ("kd", "indistill"):
+        history = results["phases"][phase]["units"]["0"]["history"]
+        steps = [e for e in seen if e.kind == "step" and e.phase == phase]
+        for h in history:
+            logged = [e for e in steps if h["epoch"] - 1 < e.epoch <= h["epoch"]]
+            spanning += len({e.segment for e in logged}) > 1
+            assert logged and set(h["train_loss"]) == {n for e in logged for n in e.losses}
+            for name, mean in h["train_loss"].items():
+                values = [e.losses[name] for e in logged if name in e.losses]
+                assert mean == pytest.approx(sum(values) / len(values), rel=1e-4), (phase, h["epoch"], name)
+        snap = snapshot_from_results("tiny-1", results)
+        assert snap["series"][f"{phase}/0"]["epoch"] == [h["epoch"] for h in history]
+        assert snap["series"][f"{phase}/0"]["losses"]["total"] == [h["train_loss"]["total"] for h in history]
+    assert spanning, "a = 0.5, b = 0.25 puts two curriculum segments in one epoch"
+    assert results["phases"]["kd"]["units"]["0"]["history"][-1]["segment"] == "KD"
+    figure = views.loss_figure(snapshot_from_results("tiny-1", results))
+    assert {"total", "kd"} <= {t.name for t in figure.data}

@@ -18,6 +18,7 @@ import hmac
 import json
 import os
 import secrets
+import threading
 from typing import Any
 
 from app import runfolder
@@ -31,24 +32,44 @@ from .studio import MAX_IMPORT_BYTES, studio
 
 KEY_RULE = "session_key must be empty (a new session) or the session_key a start call on this server returned"
 _SIGNING: dict = {}
+_SIGNING_LOCK = threading.Lock()
 
 
 def _signing_key() -> bytes:
     """The server's key for session keys: random once, kept (owner-only) in the runs folder so keys
-    survive a restart; never sent anywhere."""
+    survive a restart; never sent anywhere. Made under a lock; a damaged file is replaced (:func:`_read_key`)."""
     root = studio().runs_root
-    if root not in _SIGNING:
-        path = root / ".api-signing-key"
-        try:
-            key = bytes.fromhex(path.read_text().strip())
-        except (OSError, ValueError):
-            key = secrets.token_bytes(32)
+    with _SIGNING_LOCK:
+        if root not in _SIGNING:
+            path = root / ".api-signing-key"
             path.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            with os.fdopen(fd, "w") as fh:
-                fh.write(key.hex())
-        _SIGNING[root] = key
-    return _SIGNING[root]
+            try:
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            except FileExistsError:
+                key = _read_key(path)
+            else:
+                key = secrets.token_bytes(32)
+                with os.fdopen(fd, "w") as fh:
+                    fh.write(key.hex())
+            _SIGNING[root] = key
+        return _SIGNING[root]
+
+
+def _read_key(path) -> bytes:
+    """A kept signing key: exactly 32 bytes in hex; anything else (an emptied or damaged file) is
+    replaced whole by a new key, never used as a weak one (keys signed by the old one then end)."""
+    try:
+        key = bytes.fromhex(path.read_text().strip())
+    except (OSError, ValueError):
+        key = b""
+    if len(key) != 32:
+        key = secrets.token_bytes(32)
+        scratch = path.with_name(path.name + f".{secrets.token_hex(4)}")
+        fd = os.open(scratch, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(key.hex())
+        os.replace(scratch, path)
+    return key
 
 
 def _mac(nonce: str) -> str:
@@ -182,8 +203,10 @@ def retrieve(picture, k: float = 8, metric: str = "cosine", run_id: str = "", se
         session = _session(session_key, run_id)
     except ApiError as exc:
         return {"message": str(exc), "neighbours": []}
-    if session["run"] and _view(session)[0] is None:  # never answer with other networks than those asked for
-        return {"message": _view(session)[1], "neighbours": []}
+    if session["run"]:
+        snap, refusal = _view(session)
+        if snap is None:  # never answer with other networks than those asked for
+            return {"message": refusal, "neighbours": []}
     _, text, gallery = retrieve_picture(picture, session, metric, k)
     items = gallery.get("value", []) if isinstance(gallery, dict) else gallery
     return {"message": text, "neighbours": [caption for _, caption in items]}

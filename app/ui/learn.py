@@ -73,7 +73,7 @@ distilled from the teacher, and pruned instead.
   below in every seed's mAP (`reference-studio`, three seeds).
   The feature-map error says why: stage 2's SGD (learning rate 0.05) moves the student away from the
   matched features within about a dozen epochs, back to where KD alone ends; under the reference's
-  Adam (1e-3) the match holds to the end. To see the method as its authors ran it, choose the
+  Adam (1e-3) the match stays far closer to the end. To see the method as its authors ran it, choose the
   `reference-cifar10` preset (the full CIFAR-10 download) or open the shipped runs.
 - **What a fair comparison means here**: every arm gets the same number of epochs, the warm-up
   included, and differences come with an interval; "within noise" is a result too.
