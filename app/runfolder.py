@@ -158,15 +158,10 @@ def epoch_loss_series(history: list[dict]) -> dict:
     """A unit's per-epoch mean training losses (``history[].train_loss``) in the shape of a live
     loss series (``{step, epoch, segment, losses: {name: [mean or None]}}``), one point per epoch."""
     rows = [r for r in history if isinstance(r.get("train_loss"), dict)]
-    names = sorted({n for r in rows for n in r["train_loss"]} | ({"total"} if rows else set()))
-    def value(row: dict, name: str):
-        losses = row["train_loss"]
-        if name == "total" and "total" not in losses:
-            return sum(losses.values())
-        return losses.get(name)
+    names = sorted({n for r in rows for n in r["train_loss"]})
     return {"step": [r["epoch"] for r in rows], "epoch": [r["epoch"] for r in rows],
             "segment": [r.get("segment", "") for r in rows], "stride": 1,
-            "losses": {n: [value(r, n) for r in rows] for n in names}}
+            "losses": {n: [r["train_loss"].get(n) for r in rows] for n in names}}
 
 
 def snapshot_from_results(run_id: str, results: dict) -> dict:

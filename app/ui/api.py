@@ -27,7 +27,7 @@ from app.runner import JobRefused
 
 from .pictures import retrieve as retrieve_picture
 from .runs import _admit, _submit, cancel as cancel_run, status_dict
-from .sessions import SECRET, _view, owner, session_of
+from .sessions import SECRET, owner, session_of
 from .studio import MAX_IMPORT_BYTES, studio
 
 KEY_RULE = "session_key must be empty (a new session) or the session_key a start call on this server returned"
@@ -37,39 +37,25 @@ _SIGNING_LOCK = threading.Lock()
 
 def _signing_key() -> bytes:
     """The server's key for session keys: random once, kept (owner-only) in the runs folder so keys
-    survive a restart; never sent anywhere. Made under a lock; a damaged file is replaced (:func:`_read_key`)."""
+    survive a restart; never sent anywhere. A missing, emptied or damaged file gets a new key, written
+    whole (keys signed by the old one then end): a weak key is never used."""
     root = studio().runs_root
     with _SIGNING_LOCK:
         if root not in _SIGNING:
             path = root / ".api-signing-key"
-            path.parent.mkdir(parents=True, exist_ok=True)
             try:
-                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            except FileExistsError:
-                key = _read_key(path)
-            else:
+                key = bytes.fromhex(path.read_text().strip())
+            except (OSError, ValueError):
+                key = b""
+            if len(key) != 32:
                 key = secrets.token_bytes(32)
-                with os.fdopen(fd, "w") as fh:
+                root.mkdir(parents=True, exist_ok=True)
+                scratch = path.with_name(f"{path.name}.{secrets.token_hex(4)}")
+                with os.fdopen(os.open(scratch, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as fh:
                     fh.write(key.hex())
+                os.replace(scratch, path)
             _SIGNING[root] = key
         return _SIGNING[root]
-
-
-def _read_key(path) -> bytes:
-    """A kept signing key: exactly 32 bytes in hex; anything else (an emptied or damaged file) is
-    replaced whole by a new key, never used as a weak one (keys signed by the old one then end)."""
-    try:
-        key = bytes.fromhex(path.read_text().strip())
-    except (OSError, ValueError):
-        key = b""
-    if len(key) != 32:
-        key = secrets.token_bytes(32)
-        scratch = path.with_name(path.name + f".{secrets.token_hex(4)}")
-        fd = os.open(scratch, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as fh:
-            fh.write(key.hex())
-        os.replace(scratch, path)
-    return key
 
 
 def _mac(nonce: str) -> str:
@@ -133,7 +119,7 @@ def start(preset_name: str, overrides: str = "", session_key: str = "") -> dict:
     """Start a distillation run (teacher, baseline, KD and InDistill arms) from a preset with overrides.
 
     Args:
-        preset_name: a preset: workshop, quick-cpu, paper-cnn, reference-cifar10, resnet56-resnet20, wrn40_2-wrn16_2, resnet32x4-resnet8x4, seed-pair.
+        preset_name: a preset: PRESET_NAMES.
         overrides: a JSON object of setting: value, e.g. {"student.epochs": 2, "seeds": 1}; empty for none.
         session_key: empty to begin a new session, or the session_key an earlier call returned.
     Returns:
@@ -152,6 +138,9 @@ def start(preset_name: str, overrides: str = "", session_key: str = "") -> dict:
     session = {**session, "run": job.id}
     eta = f" (estimated {est.minutes:.1f} min)" if est is not None else ""
     return _answer(session, message=f"Started run {job.id}{eta}")
+
+
+start.__doc__ = start.__doc__.replace("PRESET_NAMES", ", ".join(PRESETS))  # the tool's description lists them all
 
 
 def status(session_key: str = "", run_id: str = "") -> dict:
@@ -203,10 +192,6 @@ def retrieve(picture, k: float = 8, metric: str = "cosine", run_id: str = "", se
         session = _session(session_key, run_id)
     except ApiError as exc:
         return {"message": str(exc), "neighbours": []}
-    if session["run"]:
-        snap, refusal = _view(session)
-        if snap is None:  # never answer with other networks than those asked for
-            return {"message": refusal, "neighbours": []}
     _, text, gallery = retrieve_picture(picture, session, metric, k)
     items = gallery.get("value", []) if isinstance(gallery, dict) else gallery
     return {"message": text, "neighbours": [caption for _, caption in items]}
@@ -225,8 +210,7 @@ def limits_note() -> str:
 
 
 def describe(fn) -> str:
-    """A function's description for the API page and MCP: its docstring without the Args section."""
-    import inspect
-    text, _, rest = (inspect.getdoc(fn) or "").partition("Args:")
-    returns = rest.partition("Returns:")[2].strip()
-    return " ".join(text.split()) + (f" Returns: {' '.join(returns.split())}" if returns else "")
+    """A function's description for the API page and MCP (Gradio's own docstring reading), with its Returns."""
+    from gradio.utils import get_function_description
+    text, _, returns = get_function_description(fn)
+    return text + (f" Returns: {' '.join(' '.join(returns).split())}" if returns else "")

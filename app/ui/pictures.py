@@ -14,7 +14,7 @@ from app.config import ASSETS, SAMPLE_DATA
 
 from . import views
 from .form import shipped_teachers
-from .sessions import _folder, session_of
+from .sessions import _access, _folder, session_of
 from .studio import _LOCK, _MODEL_SETS, shown
 from .uploads import UploadError, load_upload
 
@@ -22,10 +22,17 @@ _BUILD_LOCK = threading.Lock()
 MAX_MODEL_SETS = 3
 
 
+class NotVisible(LookupError):
+    """The session names a run it may not see: answer with that, never with other networks."""
+
+
 def model_set(session: dict):
-    """Models to query: the visible run's checkpoints when it has any, else the shipped teachers (LRU-cached)."""
+    """Models to query: the visible run's checkpoints when it has any, else the shipped teachers (LRU-cached);
+    :class:`NotVisible` for a run this session may not see."""
     from .inspect import ModelSet
     folder = _folder(session)
+    if folder is None and session.get("run"):
+        raise NotVisible(_access(session)[2] or f"No run `{session['run']}` on this server.")
     if folder is not None and folder.checkpoint("teacher").is_file():
         key = (folder.id, tuple(sorted(p.name for p in folder.checkpoints.glob("*.pt"))))
         make = lambda: ModelSet.from_run(folder.path, (folder.read_results() or {})["config"]["data"])  # noqa: E731
@@ -82,6 +89,8 @@ def retrieve(file, session: Any, metric: str, k):
         if not ms.models:
             return picture, "No models yet: train a run, or ship teachers in assets/.", []
         answers = ms.query(picture, k, metric)
+    except NotVisible as exc:
+        return picture, shown(f"**{exc}**"), []
     except Exception as exc:  # a bad checkpoint or data folder must not break the page
         return picture, shown(f"**Could not run the models:** {type(exc).__name__}: {str(exc)[:300]}"), []
     classes = ms.data.classes
