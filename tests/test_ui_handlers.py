@@ -45,7 +45,9 @@ def test_invalid_settings_disable_start_with_a_message():
     message, start, _, _ = ui.check(None, *values(a=0, b=-1))
     assert start["interactive"] is False and "negative" in message
     message, start, _, _ = ui.check(None, *values(student="shufflenetv2", teacher="resnet18", aux="off"))
-    assert start["interactive"] is False and "cannot be pruned" in message or "stages" in message
+    assert start["interactive"] is False
+    # the refusal names the mismatch (4 teacher stages vs 3) and the way out (the auxiliary teacher)
+    assert "resnet18 has 4 stages and shufflenetv2 has 3" in message and "auxiliary teacher" in message
 
 
 def test_folder_without_path_is_explained():
@@ -151,6 +153,34 @@ def test_views_render_results_of_a_run(cifar_jpeg, cache_dir, tmp_path):
     assert "KD − baseline, accuracy" in note and "InDistill+KD − KD, accuracy" in note
     assert any(v in note for v in ("within noise", "better", "worse"))
     assert "kd - baseline" in views.results_csv(results)
+
+
+def test_results_csv_puts_each_figure_under_its_own_column():
+    """A paired difference's verdict and interval land under comparison columns, not under a
+    phase's map_cosine; an untrained classifier's accuracy is left blank."""
+    import csv
+    import io
+
+    def phase(arch, acc, trained=True):
+        return {"arch": arch, "test_acc": acc, "test_acc_std": 0.01, "test_acc_ci": [acc - 0.02, acc + 0.02],
+                "test_acc_seeds": [acc - 0.01, acc + 0.01], "classifier_trained": trained,
+                "retrieval": {"cosine": {"map": 0.5, "map_ci": [0.49, 0.51]}}, "params": 10, "size_mb": 0.1,
+                "flops": 100, "latency_ms_cpu_b1": 0.3, "throughput_b256": 1000.0, "train_seconds": 60.0}
+    results = {"phases": {"kd": phase("cnn_8_16_32", 0.1, trained=False), "indistill": phase("cnn_8_16_32", 0.7)},
+               "comparisons": [{"a": "kd", "b": "indistill", "metric": "map_cosine", "per_seed": [0.007, 0.005],
+                                "diff": 0.006, "ci": [0.001, 0.012], "method": "t-interval over 2 seeds",
+                                "verdict": "better"}]}
+    rows = list(csv.DictReader(io.StringIO(views.results_csv(results))))
+    kd, indistill, diff = rows
+    assert (kd["phase"], indistill["phase"], diff["comparison"]) == ("kd", "indistill", "indistill - kd")
+    assert diff["metric"] == "map_cosine" and diff["verdict"] == "better"
+    assert float(diff["diff"]) == 0.006 and float(diff["diff_ci_low"]) == 0.001 and float(diff["diff_ci_high"]) == 0.012
+    assert diff["diff_per_seed"] == "0.0070 0.0050" and diff["method"] == "t-interval over 2 seeds"
+    assert diff["map_cosine"] == "" and diff["test_acc"] == "" and diff["phase"] == ""
+    assert float(indistill["map_cosine"]) == 0.5 and indistill["verdict"] == ""
+    assert float(indistill["test_acc"]) == 0.7 and indistill["test_acc_seeds"] == "0.6900 0.7100"
+    assert kd["test_acc"] == kd["test_acc_std"] == kd["test_acc_seeds"] == kd["test_acc_ci_low"] == ""
+    assert float(kd["map_cosine"]) == 0.5
 
 
 def test_a_live_runs_charts_are_redrawn_at_most_every_chart_seconds(monkeypatch):

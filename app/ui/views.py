@@ -383,13 +383,20 @@ def compare_rows(results: dict | None) -> list[list]:
     return rows
 
 
+RESULTS_CSV_PHASE = ["phase", "arch", "test_acc", "test_acc_std", "test_acc_ci_low", "test_acc_ci_high",
+                     "test_acc_seeds", "map_cosine", "map_cosine_ci_low", "map_cosine_ci_high", "map_euclidean",
+                     "map_cosine_reference", "params", "size_mb", "flops", "latency_ms_cpu_b1", "latency_ms_cpu_b1_q1",
+                     "latency_ms_cpu_b1_q3", "latency_ms_gpu_b1", "throughput_b256", "train_seconds"]
+RESULTS_CSV_COMPARISON = ["comparison", "metric", "diff", "diff_ci_low", "diff_ci_high", "diff_per_seed", "verdict",
+                          "method"]
+
+
 def results_csv(results: dict) -> str:
+    """One header for both kinds of row: a phase row fills the phase columns, a paired
+    difference (``comparison`` = "b - a") the comparison columns; the others stay empty."""
     buf = io.StringIO()
-    w = csv.writer(buf)
-    w.writerow(["phase", "arch", "test_acc", "test_acc_std", "test_acc_ci_low", "test_acc_ci_high", "test_acc_seeds",
-                "map_cosine", "map_cosine_ci_low", "map_cosine_ci_high", "map_euclidean", "map_cosine_reference",
-                "params", "size_mb", "flops", "latency_ms_cpu_b1", "latency_ms_cpu_b1_q1", "latency_ms_cpu_b1_q3",
-                "latency_ms_gpu_b1", "throughput_b256", "train_seconds"])
+    w = csv.DictWriter(buf, fieldnames=RESULTS_CSV_PHASE + RESULTS_CSV_COMPARISON, restval="")
+    w.writeheader()
     for p in PHASES:
         r = results.get("phases", {}).get(p)
         if not r or "test_acc" not in r:
@@ -398,18 +405,22 @@ def results_csv(results: dict) -> str:
         cos = ret.get("cosine", {})
         ci, mci = r.get("test_acc_ci") or ["", ""], cos.get("map_ci") or ["", ""]
         sp = r.get("latency_ms_cpu_b1_spread") or {}
-        if not has_accuracy(r):
+        acc, std = r["test_acc"], r.get("test_acc_std", "")
+        seeds = " ".join(f"{a:.4f}" for a in r.get("test_acc_seeds", [acc]))
+        if not has_accuracy(r):  # an untrained classifier's accuracy is chance: left blank, as on the page
+            acc = std = seeds = ""
             ci = ["", ""]
-        w.writerow([p, r.get("arch"), r["test_acc"] if has_accuracy(r) else "", r.get("test_acc_std", ""), ci[0], ci[1],
-                    " ".join(f"{a:.4f}" for a in r.get("test_acc_seeds", [r["test_acc"]])),
-                    cos.get("map", ""), mci[0], mci[1], ret.get("euclidean", {}).get("map", ""),
-                    cos.get("map_reference", ""), r["params"], r["size_mb"], r["flops"], r["latency_ms_cpu_b1"],
-                    sp.get("q1", ""), sp.get("q3", ""), r.get("latency_ms_gpu_b1", ""),
-                    r["throughput_b256"], r["train_seconds"]])
+        w.writerow(dict(zip(RESULTS_CSV_PHASE, [
+            p, r.get("arch"), acc, std, ci[0], ci[1], seeds,
+            cos.get("map", ""), mci[0], mci[1], ret.get("euclidean", {}).get("map", ""),
+            cos.get("map_reference", ""), r["params"], r["size_mb"], r["flops"], r["latency_ms_cpu_b1"],
+            sp.get("q1", ""), sp.get("q3", ""), r.get("latency_ms_gpu_b1", ""),
+            r["throughput_b256"], r["train_seconds"]])))
     for c in results.get("comparisons") or []:
         ci = c.get("ci") or ["", ""]
-        w.writerow([f"{c['b']} - {c['a']}", c["metric"], c.get("diff", ""), "", ci[0], ci[1],
-                    " ".join(f"{d:.4f}" for d in c.get("per_seed", [])), c.get("verdict", ""), c.get("method", "")])
+        w.writerow(dict(zip(RESULTS_CSV_COMPARISON, [
+            f"{c['b']} - {c['a']}", c["metric"], c.get("diff", ""), ci[0], ci[1],
+            " ".join(f"{d:.4f}" for d in c.get("per_seed", [])), c.get("verdict", ""), c.get("method", "")])))
     return buf.getvalue()
 
 
