@@ -5,8 +5,9 @@ An upload is a ``.zip`` or ``.tar.gz``/``.tgz``/``.tar`` of an ImageFolder tree:
 archive or inside one folder. ``inspect_archive`` reads headers only, streaming, and refuses
 anything over ``ArchiveLimits`` before any image is decoded. ``extract_dataset`` then copies
 only the accepted images out in chunks, never writing more bytes than a header declared,
-checks each image's pixel count from its header, and removes everything it wrote if any
-check fails. A refusal is an ``ArchiveError`` whose message names the limit and what is
+checks each image's pixel count from its header, drops files that are no readable picture, and
+refuses a result with nothing to train on (a class without a readable training or test picture);
+it removes everything it wrote if any check fails. A refusal is an ``ArchiveError`` whose message names the limit and what is
 accepted.
 """
 from __future__ import annotations
@@ -407,28 +408,33 @@ def inspect_archive(path: str | Path, limits: ArchiveLimits = ArchiveLimits()) -
     return tally.report(kind)
 
 
-def extract_dataset(path: str | Path, dest_dir: str | Path, limits: ArchiveLimits = ArchiveLimits()) -> Path:
-    """Inspect, then write the accepted images to ``dest_dir/{train,test}/<class>/``; return ``dest_dir``.
+def extract_dataset(path: str | Path, dest_dir: str | Path, limits: ArchiveLimits = ArchiveLimits(),
+                    report: ArchiveReport | None = None) -> Path:
+    """Inspect (unless ``report`` is this archive's), then write the accepted images to
+    ``dest_dir/{train,test}/<class>/``; return ``dest_dir``. Refused when, once the files that are no
+    readable picture are dropped, a class has no training or no test picture left.
 
     ``dest_dir`` must be missing or empty; on any failure it is left as it was."""
     path, dest = Path(path), Path(dest_dir)
-    report = inspect_archive(path, limits)
+    report = report or inspect_archive(path, limits)
     made = not dest.exists()
     dest.mkdir(parents=True, exist_ok=True)
     if not made and any(dest.iterdir()):
         raise ValueError(f"{dest} is not empty")
     try:
-        _extract_images(path, report, dest.resolve(), limits)
+        kept = _extract_images(path, report, dest.resolve(), limits)
+        _check_kept(path.name, report, kept)
     except BaseException:
         _empty(dest, remove=made)
         raise
     return dest
 
 
-def _extract_images(path: Path, report: ArchiveReport, dest: Path, limits: ArchiveLimits) -> None:
+def _extract_images(path: Path, report: ArchiveReport, dest: Path, limits: ArchiveLimits) -> Counter:
+    """Write the accepted images; the readable pictures kept, counted per (split, class)."""
     label = path.name
     wanted = {img.position: img for img in report.images}
-    last, pixels, ready = max(wanted), 0, set()
+    last, pixels, ready, kept = max(wanted), 0, set(), Counter()
     with _reading(label, "it could not be unpacked"), closing(_walk(path, report.kind, limits)) as entries:
         for position, (entry, open_member) in enumerate(entries):
             img = wanted.get(position)
@@ -442,12 +448,31 @@ def _extract_images(path: Path, report: ArchiveReport, dest: Path, limits: Archi
             counted = _pixels(target, img, label, limits)
             if counted == 0:  # not a picture Pillow can read: nothing trains on it, so it takes no space
                 target.unlink()
+            else:
+                kept[img.split, img.cls] += 1
             pixels += counted
             if pixels > limits.max_total_pixels:
                 raise _refuse(label, f"its images add up to more than {limits.max_total_pixels:,} pixels",
                               f"at most {limits.max_total_pixels:,} pixels over all images")
             if position == last:
                 break
+    return kept
+
+
+def _check_kept(label: str, report: ArchiveReport, kept: Counter) -> None:
+    """Something to train and test on: every class keeps a readable picture in each split."""
+    for split, shown in (("train", "train"), ("test", report.test_name)):
+        declared = report.count(split)
+        readable = sum(n for (s, _), n in kept.items() if s == split)
+        if readable == 0:
+            raise _refuse(label, f"none of its {declared:,} {shown}/ files is a readable picture (all dropped at "
+                          "extraction), so there is nothing to " + ("train" if split == "train" else "test") + " on",
+                          f"{ACCEPTED}; images Pillow reads: {', '.join(sorted(IMAGE_EXTS))}")
+        empty = [c for c in report.classes if kept[split, c] == 0]
+        if empty:
+            raise _refuse(label, f"{shown}/ has no readable picture for class{'es' * (len(empty) > 1)} "
+                          f"{', '.join(empty[:10])}{' …' if len(empty) > 10 else ''} (its files were dropped at "
+                          "extraction)", "at least one readable picture per class in train/ and in test/")
 
 
 def _target(dest: Path, img: ArchiveImage, label: str, ready: set[Path]) -> Path:

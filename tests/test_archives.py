@@ -294,6 +294,33 @@ def test_copy_stops_at_the_declared_size():
     assert len(out.getvalue()) == 0  # the first chunk already overshot: nothing written
 
 
+# ---------------------------------------------------------------- nothing to train on, once unreadable files are dropped
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_all_training_files_unreadable_is_refused_at_extraction(tmp_path, kind):
+    """Headers pass (right layout, two classes), but every train/ file is no picture: dropped at
+    extraction, which then refuses saying why, and leaves nothing behind."""
+    files = tree(splits=("train",), data=b"\0" * 64) + tree(splits=("test",))
+    path = archive(tmp_path, kind, files)
+    assert inspect_archive(path).count("train") == 4
+    message = refused(path, "none of its 4 train/ files is a readable picture .all dropped at extraction.",
+                      extract_to=tmp_path / "out")
+    assert "nothing to train on" in message and not (tmp_path / "out").exists()
+
+
+def test_a_class_without_a_readable_test_picture_is_refused(tmp_path):
+    files = tree(splits=("train",)) + tree(("cat",), splits=("test",)) + [("data/test/dog/0.png", b"not a png")]
+    message = refused(archive(tmp_path, "zip", files), "test/ has no readable picture for class dog",
+                      extract_to=tmp_path / "out")
+    assert "at least one readable picture per class in train/ and in test/" in message
+
+
+def test_unreadable_files_beside_readable_ones_are_only_dropped(tmp_path):
+    files = tree() + [("data/train/cat/bad.png", b"junk"), ("data/test/dog/bad.png", b"junk")]
+    out = extract_dataset(archive(tmp_path, "zip", files), tmp_path / "out")
+    assert sorted(p.name for p in (out / "train" / "cat").iterdir()) == ["0.png", "1.png"]
+
+
 # ---------------------------------------------------------------- app.data limits
 
 def test_data_pixel_cap_skips_and_reports(tmp_path):

@@ -1,10 +1,20 @@
 """A visitor's uploaded dataset (Setup tab): an archive checked and extracted into the session's
-own folder, one per session, within the server's space for uploads (idle ones evicted first).
+own folder, one per session, within the server's space for uploads.
+
+Space is counted per session (one dataset each), per client address (:data:`ADDRESS_MAX_BYTES`
+whatever the number of sessions) and in all (:data:`UPLOADS_MAX_BYTES`). When the space is full, the
+oldest datasets of visitors who have gone (no live run, not active for :data:`ACTIVE_S`:
+:func:`mark_active`) make room; a visitor still there never loses theirs to a newcomer, who is
+refused with the cap instead. Each dataset's folder records its address digest and size
+(``visitor.json``), so the count costs no walk over the images.
 """
 from __future__ import annotations
 
+import json
 import secrets
 import shutil
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -12,39 +22,95 @@ import gradio as gr
 
 from app import runfolder
 
-from .sessions import owner, session_of
+from .sessions import address_of_request, owner, session_of
 from .studio import shown, studio
 
 UPLOAD_MAX_AGE_S = 24 * 3600          # an uploaded dataset lives at most a day
 UPLOADS_MAX_BYTES = 3 * 10 ** 9       # all sessions' uploaded datasets together
+ADDRESS_MAX_BYTES = 1 * 10 ** 9       # the datasets of one client address, whatever its sessions
+ACTIVE_S = 300                        # a visitor whose page polled this recently is still there
+VISITOR = "visitor.json"              # in a dataset's home: {"address": digest | null, "bytes": n}
+
+_LOCK = threading.Lock()
+_ACTIVE: dict[str, float] = {}        # home name → when its visitor was last seen
+_RESERVED: dict[str, tuple[str | None, int]] = {}   # home name → (address, bytes) of an extraction under way
+
+
+def _home_name(session: dict) -> str:
+    return owner(session)[:16]
+
+
+def mark_active(session: Any) -> None:
+    """The visitor of this session is still there (their page polled, uploaded or started): their
+    uploaded dataset is not evicted for another's. Cheap: called on every status poll."""
+    if isinstance(session, dict) and session.get("upload") and isinstance(session.get("secret"), str):
+        now = time.time()
+        with _LOCK:
+            _ACTIVE[_home_name(session)] = now
+            if len(_ACTIVE) > 10_000:   # forget visitors long gone
+                for name in [n for n, t in _ACTIVE.items() if now - t > ACTIVE_S]:
+                    del _ACTIVE[name]
+
+
+def _active(name: str, now: float) -> bool:
+    return now - _ACTIVE.get(name, float("-inf")) <= ACTIVE_S
 
 
 def _upload_bytes(folder: Path) -> int:
     return sum(f.stat().st_size for f in folder.rglob("*") if f.is_file()) if folder.is_dir() else 0
 
 
-def _evict_idle_uploads(s, room: int) -> int:
-    """Delete the oldest uploaded datasets whose visitors have no live run until ``room`` bytes are
-    held at most; returns the bytes still held (those of live runs when the space is full)."""
-    if not s.uploads.is_dir():
-        return 0
-    homes = sorted((p for p in s.uploads.iterdir() if p.is_dir()), key=lambda p: p.stat().st_mtime)
-    held = {p: _upload_bytes(p) for p in homes}
-    used = sum(held.values())
+def _visitor(home: Path) -> dict:
+    """What a dataset's home records; its size walked when it records none (an older server's)."""
+    try:
+        meta = json.loads((home / VISITOR).read_text())
+        if isinstance(meta, dict) and isinstance(meta.get("bytes"), int):
+            return meta
+    except (OSError, ValueError):
+        pass
+    return {"address": None, "bytes": _upload_bytes(home)}
+
+
+def _mb(n: int) -> str:
+    return f"{n / 1e6:,.0f} MB" if n < 10 ** 9 else f"{n / 1e9:g} GB"
+
+
+def _make_room(s, name: str, address: str | None, need: int) -> str | None:
+    """Reserve ``need`` bytes for home ``name`` (under ``_LOCK``), evicting the oldest datasets of
+    visitors who have gone if the space is full; the refusal naming the cap otherwise."""
+    now = time.time()
+    homes = sorted((p for p in s.uploads.iterdir() if p.is_dir() and p.name != name),
+                   key=lambda p: p.stat().st_mtime) if s.uploads.is_dir() else []
+    held = {p: _visitor(p) for p in homes}
+    reserved = [r for n, r in _RESERVED.items() if n != name]
+    if address is not None:
+        mine = sum(m["bytes"] for m in held.values() if m.get("address") == address) \
+            + sum(b for a, b in reserved if a == address)
+        if mine + need > ADDRESS_MAX_BYTES:
+            return (f"**Upload refused:** datasets uploaded from your address already take {_mb(mine)} and this one "
+                    f"needs up to {_mb(need)}; the limit is {_mb(ADDRESS_MAX_BYTES)} per address, whatever the number "
+                    "of sessions. Close another tab's session (its dataset goes with it), or use the sample.")
+    used = sum(m["bytes"] for m in held.values()) + sum(b for _, b in reserved)
     with s.manager.lock:  # the job table changes under other requests' threads
         busy = {j.owner[:16] for j in s.manager.jobs.values() if j.live and j.owner}
     for home in homes:
-        if used <= room:
+        if used + need <= UPLOADS_MAX_BYTES:
             break
-        if home.name not in busy:
+        if home.name not in busy and not _active(home.name, now):
             shutil.rmtree(home, ignore_errors=True)
-            used -= held[home]
-    return used
+            used -= held[home]["bytes"]
+    if used + need > UPLOADS_MAX_BYTES:
+        return (f"**Upload refused:** the server's space for uploaded datasets is full ({_mb(used)} held by visitors "
+                f"still here or runs in progress; this dataset needs up to {_mb(need)}, and the limit is "
+                f"{_mb(UPLOADS_MAX_BYTES)} in all, one dataset per visitor). Try again later, or use the sample.")
+    _RESERVED[name] = (address, need)
+    return None
 
 
-def upload_dataset(session: Any, file):
-    """A visitor's dataset archive: checked before decoding, extracted into this session's folder."""
-    from app.archives import ArchiveError, extract_dataset
+def upload_dataset(session: Any, file, request: gr.Request = None):
+    """A visitor's dataset archive: checked before decoding, extracted into this session's folder,
+    within the space per session, per client address and in all."""
+    from app.archives import ArchiveError, ArchiveLimits, extract_dataset, inspect_archive
     from app.data import DataError
     session = session_of(session)
     s = studio()
@@ -53,25 +119,33 @@ def upload_dataset(session: Any, file):
     if s.manager.live_job_of(owner(session)) is not None:
         return session, ("**Upload refused:** your run is queued or training on your uploaded dataset; upload a new "
                          "one when it has ended (or cancel it in the Train tab)."), gr.skip()
-    home = s.uploads / owner(session)[:16]
+    name, address = _home_name(session), address_of_request(request)
+    home = s.uploads / name
     shutil.rmtree(home, ignore_errors=True)  # one uploaded dataset per session: a visitor holds at most one
+    session = {**session, "upload": None}
     runfolder.reap_old(s.uploads, UPLOAD_MAX_AGE_S)  # sessions Gradio forgot without a callback
-    from app.archives import ArchiveLimits
-    room = UPLOADS_MAX_BYTES - (s.upload_limits or ArchiveLimits()).max_total_bytes  # this upload may take that
-    used = _evict_idle_uploads(s, room)
-    if used > room:
-        return session, (f"**Upload refused:** the server's space for uploaded datasets is full ({used / 1e9:.1f} GB "
-                         f"held by runs in progress; the limit is {UPLOADS_MAX_BYTES / 1e9:g} GB in all, one dataset "
-                         "per visitor). Try again later, or use the sample."), gr.skip()
-    dest = home / secrets.token_hex(6)
+    path = Path(file if isinstance(file, str) else file.name)
+    limits = s.upload_limits or ArchiveLimits()
     try:
-        tree = extract_dataset(Path(file if isinstance(file, str) else file.name), dest / "data",
-                               **({"limits": s.upload_limits} if s.upload_limits else {}))
+        report = inspect_archive(path, limits)   # headers only: what extraction may write, at most
+        need = sum(img.size for img in report.images)
+        with _LOCK:
+            refusal = _make_room(s, name, address, need)
+        if refusal:
+            return session, refusal, gr.skip()
+        try:
+            tree = extract_dataset(path, home / secrets.token_hex(6) / "data", limits, report=report)
+            held = _upload_bytes(home)
+            (home / VISITOR).write_text(json.dumps({"address": address, "bytes": held}))
+        finally:
+            with _LOCK:
+                _RESERVED.pop(name, None)
     except (ArchiveError, DataError, OSError) as exc:
         shutil.rmtree(home, ignore_errors=True)
-        return {**session, "upload": None}, shown(f"**Upload refused:** {exc}"), gr.skip()
+        return session, shown(f"**Upload refused:** {exc}"), gr.skip()
     session = {**session, "upload": str(Path(tree).resolve())}
+    mark_active(session)
     ctx = s.context(session)
-    return session, f"Uploaded dataset ready ({Path(file if isinstance(file, str) else file.name).name}); " \
+    return session, f"Uploaded dataset ready ({path.name}); " \
                     f"it belongs to this session and is deleted with it.", \
         gr.update(choices=ctx.dataset_choices(), value="Your uploaded dataset")

@@ -37,6 +37,15 @@ def load_model(path: Path, key: str) -> LoadedModel:
     return LoadedModel(key, LABELS.get(key, key), model, meta)
 
 
+def load_if_there(path: Path, key: str) -> LoadedModel | None:
+    """The model of a checkpoint, or None when the file is missing or goes while it is read
+    (a run folder evicted, or a unit not yet written)."""
+    try:
+        return load_model(path, key) if path.is_file() else None
+    except FileNotFoundError:
+        return None
+
+
 MAX_DATABASE = 5000  # training images searched per model (evenly spaced over the split when larger)
 
 
@@ -52,10 +61,11 @@ class ModelSet:
 
     @classmethod
     def from_run(cls, run_dir: Path, data_cfg: dict) -> "ModelSet":
-        """Teacher, auxiliary teacher and seed 0 of each student phase of a run folder."""
+        """Teacher, auxiliary teacher and seed 0 of each student phase of a run folder: those whose
+        checkpoint is there (none while the folder is not yet written, or once it is evicted)."""
         ckpts = run_dir / "checkpoints"
         paths = {key: ckpts / (f"{key}.pt" if key in ("teacher", "aux") else f"{key}-s0.pt") for key in PHASES}
-        return cls([load_model(p, k) for k, p in paths.items() if p.is_file()], data_cfg)
+        return cls([m for m in (load_if_there(p, k) for k, p in paths.items()) if m is not None], data_cfg)
 
     @classmethod
     def from_files(cls, files: dict[str, Path], data_cfg: dict) -> "ModelSet":

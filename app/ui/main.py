@@ -3,6 +3,9 @@
 The page is laid out in :mod:`app.ui.layout`, its events are handled in the files that
 :mod:`app.ui.handlers` lists, its controls are the rows of :mod:`app.ui.form`. Runs are never
 served from disk directly: downloads are copies handed out per request to whoever may see the run.
+No input makes the server fetch a URL (:func:`app.ui.uploads.refuse_url_inputs`); on a public server
+Gradio's upload route is capped per client address and in all, and what no event took is deleted
+within minutes (:class:`app.ui.uploads.UploadGuard`, :class:`app.ui.uploads.UploadLedger`).
 """
 from __future__ import annotations
 
@@ -15,6 +18,7 @@ from app.config import ASSETS
 from . import views
 from .layout import build_app
 from .studio import studio
+from .uploads import UploadCaps, UploadGuard, UploadLedger, refuse_url_inputs
 
 __all__ = ["build_app", "launch"]
 
@@ -37,6 +41,18 @@ def mcp_wanted(public: bool) -> bool:
     return not public and installed
 
 
+def guarded_uploads(app_kwargs: dict | None, ledger: UploadLedger) -> dict:
+    """The server's FastAPI settings plus the upload guard (innermost of the app's middleware, so it
+    reads plain answers) and the ledger's sweeper (run for as long as the server does)."""
+    from starlette.middleware import Middleware
+    app_kwargs = dict(app_kwargs or {})
+    if "lifespan" in app_kwargs:
+        raise ValueError("launch: a lifespan of its own and the public upload sweeper cannot both run")
+    app_kwargs["middleware"] = [*app_kwargs.get("middleware", []), Middleware(UploadGuard, ledger=ledger)]
+    app_kwargs["lifespan"] = ledger.sweeping
+    return app_kwargs
+
+
 def launch(**kwargs):
     threading.Thread(target=_warm_up_plotting, daemon=True).start()
     s = studio()
@@ -44,6 +60,11 @@ def launch(**kwargs):
         from app.device import cpu_cores
         os.environ.setdefault("INDISTILL_TRAIN_THREADS", str(max(1, cpu_cores() - 1)))
     demo = build_app()
+    ledger = UploadLedger(UploadCaps()) if s.public else None
+    refuse_url_inputs(demo, claimed=ledger.claim if ledger else None)
+    demo.upload_ledger = ledger  # who holds what in Gradio's upload cache (public mode), for tests and benches
+    if ledger is not None:
+        kwargs["app_kwargs"] = guarded_uploads(kwargs.get("app_kwargs"), ledger)
     demo.queue(default_concurrency_limit=8)
     demo.launch(server_name=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"),
                 server_port=int(os.environ.get("GRADIO_SERVER_PORT", "7860")),

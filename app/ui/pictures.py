@@ -33,9 +33,13 @@ def model_set(session: dict):
     folder = _folder(session)
     if folder is None and session.get("run"):
         raise NotVisible(_access(session)[2] or f"No run `{session['run']}` on this server.")
-    if folder is not None and folder.checkpoint("teacher").is_file():
-        key = (folder.id, tuple(sorted(p.name for p in folder.checkpoints.glob("*.pt"))))
-        make = lambda: ModelSet.from_run(folder.path, (folder.read_results() or {})["config"]["data"])  # noqa: E731
+    data_cfg = ((folder.read_results() or {}).get("config") or {}).get("data") if folder is not None else None
+    if data_cfg and folder.checkpoint("teacher").is_file():   # a folder not yet written (or evicted): no networks
+        try:
+            key = (folder.id, tuple(sorted(p.name for p in folder.checkpoints.glob("*.pt"))))
+        except OSError:   # the folder went while it was listed
+            raise NotVisible(f"Run `{folder.id}` is no longer on this server.") from None
+        make = lambda: ModelSet.from_run(folder.path, data_cfg)  # noqa: E731
     else:
         key = ("shipped",)
         make = lambda: ModelSet.from_files({f"teacher:{Path(t['file']).stem}": ASSETS / t["file"]  # noqa: E731
