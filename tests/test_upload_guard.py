@@ -172,6 +172,13 @@ def test_a_missing_picture_in_the_upload_folder_gets_a_message(server):
     assert kind == "complete" and "was not found" in data[0]["message"] and "upload a picture file" in data[0]["message"]
 
 
+def test_a_server_path_is_refused_with_a_message(server):
+    """Gradio refuses a path outside its upload folder but answered {"error": null}; now it says why."""
+    for path in ("/etc/passwd", "file:///etc/passwd", str(ASSETS / ".." / "app" / "config.py")):
+        kind, data = call(server, "retrieve", [file_data(path), 3, "cosine", "", ""])
+        assert kind == "error" and "not uploaded to this server" in data["error"], data
+
+
 # ---------------------------------------------------------------- Gradio's upload route, capped
 
 def test_the_upload_route_is_capped_per_client_and_in_all(server, monkeypatch):

@@ -96,7 +96,7 @@ def _make_room(s, name: str, address: str | None, need: int) -> str | None:
     for home in homes:
         if used + need <= UPLOADS_MAX_BYTES:
             break
-        if home.name not in busy and not _active(home.name, now):
+        if home.name not in busy and home.name not in _RESERVED and not _active(home.name, now):
             shutil.rmtree(home, ignore_errors=True)
             used -= held[home]["bytes"]
     if used + need > UPLOADS_MAX_BYTES:

@@ -92,14 +92,16 @@ def load_upload(path: str | Path | None) -> tuple[Image.Image, list[str]]:
 # ---------------------------------------------------------------- no URL is fetched for anyone
 
 def refuse_url_inputs(demo, claimed: Callable[[str], None] | None = None) -> None:
-    """Make every component of ``demo`` refuse to fetch a URL.
+    """Make every input of ``demo`` take files uploaded to this server only, and never fetch a URL.
 
     Gradio moves each ``FileData`` an event receives into its cache before any handler runs, and
     downloads it when its ``path`` is a URL — for any input component, not only file ones. That move
     is each block's ``(async_)move_resource_to_block_cache``: wrapped here, a URL raises a
     ``gr.Error`` naming the rule (the caller's answer) and a local file goes on as before;
-    ``claimed(path)`` hears of each file an event took (the upload ledger keeps those)."""
+    ``claimed(path)`` hears of each file an event took (the upload ledger keeps those). A server path
+    outside the upload folder, which Gradio refuses without a word, gets a message too."""
     import gradio as gr
+    from gradio.exceptions import InvalidPathError
 
     def refuse(value) -> None:
         if is_url(value):
@@ -124,6 +126,16 @@ def refuse_url_inputs(demo, claimed: Callable[[str], None] | None = None) -> Non
         if hasattr(block, "async_move_resource_to_block_cache"):
             block.async_move_resource_to_block_cache = guarded_async(block.async_move_resource_to_block_cache)
             block.move_resource_to_block_cache = guarded(block.move_resource_to_block_cache)
+
+    preprocess = demo.preprocess_data
+
+    async def preprocess_data(*args, **kwargs):
+        try:
+            return await preprocess(*args, **kwargs)
+        except InvalidPathError:
+            raise gr.Error("Refused a file that was not uploaded to this server: send the file itself (upload it "
+                           "with the call); server paths and URLs are not read.", print_exception=False) from None
+    demo.preprocess_data = preprocess_data
 
 
 # ---------------------------------------------------------------- Gradio's upload route, capped
