@@ -212,14 +212,14 @@ class UploadLedger:
             files = sum(address in h.owners for h in self.files.values())
             if mine + size > caps.per_client_bytes or files >= caps.per_client_files:
                 raise UploadRefused(
-                    f"Upload refused: uploads from your address would hold {_size(mine + size)} ({files:,} files "
-                    f"held) in this server's upload cache; the limit is {_size(caps.per_client_bytes)} and "
+                    f"Upload refused: uploads from your address hold {_size(mine)} ({files:,} files) in this "
+                    f"server's upload cache and this one adds {_size(size)}; the limit is {_size(caps.per_client_bytes)} and "
                     f"{caps.per_client_files:,} files per client address. Files no page or call used are "
                     f"deleted after {caps.unclaimed_s / 60:g} min: try again then.", 429)
             if everyone + size > caps.total_bytes:
                 raise UploadRefused(
-                    f"Upload refused: this server's upload cache is full ({_size(everyone)} held; the limit is "
-                    f"{_size(caps.total_bytes)} for all visitors). Try again in a few minutes.", 503)
+                    f"Upload refused: this server's upload cache is full ({_size(everyone)} held, this upload adds "
+                    f"{_size(size)}; the limit is {_size(caps.total_bytes)} for all visitors). Try again in a few minutes.", 503)
             self.pending[address] += size
 
     def settle(self, address: str, reserved: int, paths: list[str], now: float | None = None) -> None:
