@@ -232,8 +232,8 @@ class UploadLedger:
             for path in paths:
                 try:
                     size = os.path.getsize(path)
-                except OSError:
-                    continue
+                except OSError:   # still being moved into place (another file system): its share of the upload
+                    size = reserved // len(paths)
                 held = self.files.setdefault(_key(path), _Held(size, now))
                 held.size, held.at = size, now
                 held.owners.add(address)
