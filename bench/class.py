@@ -40,6 +40,7 @@ from __future__ import annotations
 import argparse
 import ast
 import asyncio
+import contextlib
 import json
 import statistics
 import sys
@@ -93,9 +94,10 @@ def reused_units(results: dict | None) -> set[str]:
 
 
 def asked_units(results: dict | None) -> list[str]:
-    """Units the run asked for: every unit with training epochs, or taken from the store (a loaded teacher is not)."""
-    reused = reused_units(results)
-    return [n for n, r in unit_records(results).items() if (r.get("epochs") or 0) > 0 or n in reused]
+    """Units the run asked for: every unit with training epochs, trained or taken from the store (a teacher
+    loaded from its checkpoint file is neither, whether the file was read or the store's copy of it)."""
+    trained = set(((results or {}).get("reuse") or {}).get("trained") or [])
+    return [n for n, r in unit_records(results).items() if (r.get("epochs") or 0) > 0 or n in trained]
 
 
 def trained_units(results: dict | None) -> list[str]:
@@ -333,6 +335,17 @@ def table(out: dict) -> str:
     return "\n".join(lines)
 
 
+def extra(item: str, parser: argparse.ArgumentParser) -> tuple[str, object]:
+    """``KEY=VALUE`` of ``--set`` as an override (VALUE read as JSON where it is JSON)."""
+    key, sep, value = item.partition("=")
+    if not sep or not key.strip():
+        parser.error(f"--set takes KEY=VALUE, got {item!r}")
+    try:
+        return key.strip(), json.loads(value)
+    except ValueError:
+        return key.strip(), value
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--sessions", type=int, default=30, help=f"simulated visitors (1–{MAX_SESSIONS})")
@@ -340,10 +353,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--spread", type=float, default=3.0, help="seconds over which a step's presses are spread")
     p.add_argument("--interval", type=float, default=1.0, help="each visitor's status poll, seconds")
     p.add_argument("--mint", type=int, default=50, help="keys one client mints after the lesson (0: skip)")
-    p.add_argument("--mint-upload-mb", type=float, default=1.0, help="size of each upload the minting client posts")
+    p.add_argument("--mint-upload-mb", type=float, default=5.0, help="size of each upload the minting client posts")
     p.add_argument("--workshop", action="store_true", help="measure the real workshop preset once (else: README figures)")
     p.add_argument("--only", choices=("on", "off"), help="run one lesson only (no ratios)")
     p.add_argument("--timeout", type=float, default=3600, help="seconds a lesson step may take before it gives up")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="one more override for every run of the lesson (VALUE as JSON, else text), e.g. equal_epochs=false")
+    p.add_argument("--keep", type=Path, help="keep the servers' folders (runs, logs) here instead of a temporary folder")
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
     if not 1 <= args.sessions <= MAX_SESSIONS:
@@ -353,9 +369,9 @@ def main(argv: list[str] | None = None) -> int:
     if not 0 <= args.mint <= 200:
         p.error("--mint must be 0 to 200")
     preset = default_preset()
-    base = CLASS | {"epochs_scale": args.epochs_scale}
+    base = CLASS | {"epochs_scale": args.epochs_scale} | dict(extra(item, p) for item in args.set)
     out: dict = {"sessions": args.sessions, "preset": preset, "overrides": base, "load_avg_before": load_average()}
-    with tempfile.TemporaryDirectory(prefix="indistill-class-") as tmp:
+    with contextlib.nullcontext(args.keep) if args.keep else tempfile.TemporaryDirectory(prefix="indistill-class-") as tmp:
         for sharing in (True, False):
             if args.only in (None, "on" if sharing else "off"):
                 out[f"sharing_{'on' if sharing else 'off'}"] = run_lesson(sharing, args, preset, base, Path(tmp))
