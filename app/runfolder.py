@@ -5,7 +5,7 @@ A run folder is ``<runs root>/<run id>/`` holding::
 
     config.json          the experiment's configuration
     results.json         written after every finished unit (status, phases, data, …)
-    owner.json           (app runs) a hash of the owning session's secret
+    owner.json           (app runs) a hash of the owning session's secret, and of its client address
     checkpoints/<unit>.pt
 
 A run id is ``<slug>-<YYYYmmdd-HHMMSS>-<16 hex>``: the slug is the config name made
@@ -122,19 +122,39 @@ class RunFolder:
     def write_results(self, results: dict) -> None:
         write_json(results, self.results)
 
-    def set_owner(self, secret: str) -> None:
-        write_json({"owner": owner_digest(secret)}, self.path / OWNER)
+    def set_owner(self, secret: str, address: str | None = None) -> None:
+        """Record who made the run: the digest of the session's secret and, when known, the digest
+        of the client address (:func:`app.ui.visitors.address_digest`), both of which retention counts."""
+        write_json({"owner": owner_digest(secret)} | ({"address": address} if address else {}), self.path / OWNER)
+
+    def owner_meta(self) -> dict:
+        """``{"owner": digest, "address": digest}`` as recorded (either may be missing)."""
+        return read_json(self.path / OWNER) or {}
 
     def owned_by(self, secret: str | None) -> bool:
-        meta = read_json(self.path / OWNER) or {}
-        return bool(secret) and meta.get("owner") == owner_digest(secret)
+        return bool(secret) and self.owner_meta().get("owner") == owner_digest(secret)
 
     def student_checkpoints(self) -> list[Path]:
-        """Final student checkpoints (not the warm-up snapshots), sorted."""
-        return sorted(p for p in self.checkpoints.glob("*-s*.pt") if "warmup" not in p.name)
+        """Final student checkpoints (not the warm-up snapshots), sorted; none while the folder is not
+        written yet or is being removed."""
+        try:
+            return sorted(p for p in self.checkpoints.glob("*-s*.pt") if "warmup" not in p.name and p.is_file())
+        except OSError:
+            return []
 
     def size_bytes(self) -> int:
-        return sum(f.stat().st_size for f in self.path.rglob("*") if f.is_file())
+        """Bytes held; files that vanish while counted (an atomic save's scratch file, a folder
+        being removed) count as nothing."""
+        total = 0
+        try:
+            for f in self.path.rglob("*"):
+                try:
+                    total += f.stat().st_size if f.is_file() else 0
+                except OSError:
+                    pass
+        except OSError:
+            pass
+        return total
 
 
 def unit_name(phase: str, seed: int | None) -> str:
@@ -186,47 +206,105 @@ def snapshot_from_results(run_id: str, results: dict) -> dict:
 
 @dataclass(frozen=True)
 class Retention:
-    """How many run folders (and bytes) a server keeps, and how many one owner may hold."""
+    """How many run folders (and bytes) a server keeps, and how many one owner (a session key) and
+    one client address may hold."""
 
     max_runs: int = 200
     max_bytes: int = 2 * 1024 ** 3
     max_per_owner: int = 20
+    max_per_address: int = 20
 
 
-def enforce_retention(root: str | Path, keep: Retention, protect: set[str] = frozenset()) -> list[str]:
-    """Delete run folders under ``root`` until the caps hold: first each owner's oldest runs
-    beyond ``max_per_owner`` (so one visitor can't push out everyone else's), then the oldest
-    of all. Live runs (``protect``) and folders without a results.json are never deleted.
-    Returns the ids removed, oldest first.
-    """
+@dataclass
+class RunEntry:
+    """What retention knows of one ended run folder."""
+
+    path: Path
+    mtime: float
+    size: int
+    owner: str | None = None
+    address: str | None = None
+
+    @classmethod
+    def read(cls, path: Path) -> "RunEntry | None":
+        """The entry of an ended run folder (one with a results.json), or None."""
+        try:
+            mtime = (path / RESULTS).stat().st_mtime
+        except OSError:
+            return None
+        meta = RunFolder(path).owner_meta()
+        return cls(path, mtime, RunFolder(path).size_bytes(), meta.get("owner"), meta.get("address"))
+
+
+def scan_runs(root: str | Path, protect: set[str] = frozenset()) -> list[RunEntry]:
+    """Every ended run folder under ``root`` but ``protect`` (one read of the whole folder)."""
     root = Path(root)
     if not root.is_dir():
         return []
-    runs = []
-    for path in root.iterdir():
-        if not path.is_dir() or not ID_PATTERN.match(path.name) or path.name in protect:
-            continue
-        if read_json(path / RESULTS) is None:
-            continue
-        owner = (read_json(path / OWNER) or {}).get("owner")
-        runs.append((path.stat().st_mtime, path, RunFolder(path).size_bytes(), owner))
-    runs.sort(key=lambda r: r[0])
-    doomed, held = set(), {}
-    for run in reversed(runs):  # newest first: an owner's runs beyond the quota are doomed
-        if run[3] is not None:
-            held[run[3]] = held.get(run[3], 0) + 1
-            if held[run[3]] > keep.max_per_owner:
-                doomed.add(run[1])
-    kept = [r for r in runs if r[1] not in doomed]
-    total = sum(r[2] for r in kept)
+    found = (RunEntry.read(p) for p in root.iterdir()
+             if p.is_dir() and ID_PATTERN.match(p.name) and p.name not in protect)
+    return [e for e in found if e is not None]
+
+
+def doomed_runs(entries: list[RunEntry], keep: Retention) -> list[RunEntry]:
+    """The entries retention removes, oldest first: each owner's and each address's oldest runs
+    beyond their quotas (so one visitor, under any number of keys, can't push out everyone
+    else's), then the oldest of all until the count and byte caps hold."""
+    runs = sorted(entries, key=lambda e: e.mtime)
+    doomed: set[int] = set()
+    for who, quota in (("owner", keep.max_per_owner), ("address", keep.max_per_address)):
+        held: dict[str, int] = {}
+        for i in reversed(range(len(runs))):  # newest first: the runs beyond the quota are doomed
+            key = getattr(runs[i], who)
+            if key is not None:
+                held[key] = held.get(key, 0) + 1
+                if held[key] > quota:
+                    doomed.add(i)
+    kept = [i for i in range(len(runs)) if i not in doomed]
+    total = sum(runs[i].size for i in kept)
     while kept and (len(kept) > keep.max_runs or total > keep.max_bytes):
-        run = kept.pop(0)
-        doomed.add(run[1])
-        total -= run[2]
-    removed = [r[1] for r in runs if r[1] in doomed]
-    for path in removed:
-        shutil.rmtree(path, ignore_errors=True)
-    return [p.name for p in removed]
+        i = kept.pop(0)
+        doomed.add(i)
+        total -= runs[i].size
+    return [runs[i] for i in sorted(doomed)]
+
+
+def enforce_retention(root: str | Path, keep: Retention, protect: set[str] = frozenset()) -> list[str]:
+    """Delete run folders under ``root`` until the caps hold (:func:`doomed_runs`), after one scan
+    of the folder. Live runs (``protect``) and folders without a results.json are never deleted.
+    Returns the ids removed, oldest first. A server keeps a :class:`RunIndex` instead of scanning."""
+    removed = doomed_runs(scan_runs(root, protect), keep)
+    for entry in removed:
+        shutil.rmtree(entry.path, ignore_errors=True)
+    return [e.path.name for e in removed]
+
+
+class RunIndex:
+    """The ended run folders of one runs folder, held in memory so retention costs no scan.
+
+    The folder is read once, on first use; after that each run that ends is added by
+    :meth:`ended` (one read of that run's own folder), and retention works on the index.
+    Not thread-safe by itself: its owner (the job manager) calls it under one lock.
+    """
+
+    def __init__(self, root: str | Path, keep: Retention) -> None:
+        self.root, self.keep = Path(root), keep
+        self.entries: dict[str, RunEntry] | None = None
+
+    def ended(self, path: str | Path, protect: set[str] = frozenset()) -> list[str]:
+        """A run ended in ``path``: index it, then delete what the caps doom, never a run in ``protect``
+        (the live ones); returns the ids removed."""
+        if self.entries is None:
+            self.entries = {e.path.name: e for e in scan_runs(self.root, protect)}
+        entries = self.entries
+        entry = RunEntry.read(Path(path))
+        if entry is not None:
+            entries[entry.path.name] = entry
+        removed = doomed_runs([e for name, e in entries.items() if name not in protect], self.keep)
+        for e in removed:
+            del entries[e.path.name]
+            shutil.rmtree(e.path, ignore_errors=True)
+        return [e.path.name for e in removed]
 
 
 def reap_old(folder: str | Path, max_age_s: float) -> None:

@@ -1,5 +1,13 @@
-"""Background experiments: one thread per job, a global cap on concurrent trainings, and
-a snapshot that a poller (the app's timer, a test, a script) can read at any time.
+"""Background experiments: one thread per job, a global cap on concurrent trainings served
+in turn by visitor, joined identical runs, and a snapshot that a poller (the app's timer, a
+test, a script) can read at any time.
+
+The manager serves the queue round-robin by *visitor* (a client address, or the owner when
+there is none): when a training slot frees, the next job is the oldest one of the visitor who
+was served least recently (:func:`turn_order`), and the queue positions shown follow that same
+order. A start whose whole configuration equals a live run's *joins* it (:func:`config_digest`):
+the visitor becomes one of the run's holders, who see it live and may leave it; the run stops
+only when its last holder leaves.
 
 The job folds engine events into its snapshot (a reducer), so the snapshot is always a
 consistent, JSON-ready picture: state, phase, segment, epoch, progress and ETA, loss
@@ -14,10 +22,13 @@ from __future__ import annotations
 import copy
 import ctypes
 import gc
+import hashlib
+import itertools
 import threading
 import time
 from collections import OrderedDict, deque
 from pathlib import Path
+from typing import Any
 
 from . import events as ev
 from . import runfolder
@@ -41,6 +52,35 @@ def return_memory() -> None:
 
 class JobRefused(ValueError):
     """A job the manager will not take (a live one already, or the queue is full); says which limit."""
+
+
+def config_digest(cfg: ExperimentConfig) -> str:
+    """What makes two runs the same run: the canonical whole configuration but its name."""
+    from .unitstore import canonical_json  # one canonical form for keys: 30 and 30.0 epochs are one setting
+    settings = cfg.to_dict()
+    settings.pop("name", None)
+    return hashlib.sha256(canonical_json(settings).encode()).hexdigest()
+
+
+def turn_order(queued: list["Job"], served: dict[str, int]) -> list["Job"]:
+    """The order in which ``queued`` jobs will start: round-robin by visitor. Each turn goes to the
+    visitor served least recently (never served first; ties: whose oldest waiting job came first),
+    and within a visitor, their jobs in submission order. ``served``: visitor → turn number of the
+    last job of theirs that started (not changed here)."""
+    waiting: dict[str, deque] = {}
+    for job in sorted(queued, key=lambda j: j.submitted):
+        waiting.setdefault(job.visitor, deque()).append(job)
+    last = dict(served)
+    turn = max(last.values(), default=0)
+    order = []
+    while waiting:
+        visitor = min(waiting, key=lambda v: (last.get(v, -1), waiting[v][0].submitted))
+        order.append(waiting[visitor].popleft())
+        turn += 1
+        last[visitor] = turn
+        if not waiting[visitor]:
+            del waiting[visitor]
+    return order
 
 
 class LossSeries:
@@ -110,13 +150,20 @@ class Job:
 
     def __init__(self, cfg: ExperimentConfig | None, runs_root: str | Path, manager: "JobManager | None" = None,
                  resume_dir: str | Path | None = None, grid: tuple[list[float], list[float]] | None = None,
-                 owner: str | None = None, estimate_s: float | None = None, limit_s: float | None = None) -> None:
+                 owner: str | None = None, estimate_s: float | None = None, limit_s: float | None = None,
+                 address: str | None = None, joinable: bool = False, store: Any = None,
+                 scope: str | None = None) -> None:
         self.manager = manager
         self.owner = owner                 # digest of the owning session's secret (None: nobody's)
+        self.address = address             # digest of the client address that started it (None: no request)
+        self.holders: set[str] = {owner} if owner else set()   # who follow it live and may leave it
+        self.joiners: set[str] = set()     # sessions that joined it (started the same configuration)
         self.estimate_s = estimate_s       # the budget's estimate of the training time
         self.limit_s = limit_s             # public mode: the run stops once it has run this long
         self.stop_reason: str | None = None
         self.cancel_event = threading.Event()
+        self.turn = threading.Event()      # set when the manager gives it a training slot (or it is withdrawn)
+        self.granted = False
         self.lock = threading.Lock()
         self.revision = 0        # bumped by every change a poller could show
         self.maps_revision = 0   # bumped when the channel maps change
@@ -133,8 +180,10 @@ class Job:
         elif resume_dir is not None:
             self.experiment = Experiment(None, resume_dir, emit=self.apply, cancel=self.cancel_event, resume=True)
         else:
-            self.experiment = Experiment(cfg, runs_root=runs_root, emit=self.apply, cancel=self.cancel_event)
+            shared = {"store": store, "scope": scope} if store is not None else {}  # the unit store (sharing on)
+            self.experiment = Experiment(cfg, runs_root=runs_root, emit=self.apply, cancel=self.cancel_event, **shared)
         self.cfg = self.experiment.cfg
+        self.join_key = config_digest(self.cfg) if joinable and grid is None and resume_dir is None else None
         self.id = self.experiment.run_dir.name
         self.thread = threading.Thread(target=self._main, name=f"indistill-{self.id}", daemon=True)
 
@@ -146,31 +195,53 @@ class Job:
     def live(self) -> bool:
         return self.state in runfolder.LIVE_STATES
 
+    @property
+    def visitor(self) -> str:
+        """Whose turn this job takes in the queue: its client address, else its owner, else itself."""
+        return self.address or self.owner or self.id
+
+    def watched_by(self, owner: str | None) -> bool:
+        """May this session follow the run live? Its owner (even after leaving it), and who joined it."""
+        return owner is not None and (owner == self.owner or owner in self.holders or owner in self.joiners)
+
     def start(self) -> "Job":
         self.thread.start()
         return self
 
     def cancel(self) -> None:
+        """Stop the run for everyone (a queued one leaves the queue at once)."""
         self.cancel_event.set()
         with self.lock:
-            if self.state == "queued":
+            if self.state == "queued" and not self.granted:
                 self.state = "cancelled"
                 self.log.append("cancelled before it started")
                 self.revision += 1
+        if self.manager is not None:
+            self.manager.withdraw(self)
+        self.turn.set()
+
+    def grant(self) -> None:
+        """A training slot is this job's (the manager calls it under its lock)."""
+        with self.lock:
+            self.granted = True
+            if self.state == "queued":
+                self.state, self.started = "running", time.time()
+                self.revision += 1
+        self.turn.set()
 
     def _main(self) -> None:
-        gate = self.manager.gate if self.manager else None
-        if gate is not None:
-            while not gate.acquire(timeout=0.2):
-                if self.cancel_event.is_set():
-                    self._done()
-                    return
+        if self.manager is not None:
+            self.turn.wait()
+            if not self.granted:  # withdrawn from the queue before its turn
+                self._done()
+                return
         try:
             if self.cancel_event.is_set():
                 return
             with self.lock:
-                self.state, self.started = "running", time.time()
-                self.revision += 1
+                if self.state == "queued":
+                    self.state, self.started = "running", time.time()
+                    self.revision += 1
             timer = threading.Timer(self.limit_s, self._over_limit) if self.limit_s else None
             if timer is not None:
                 timer.daemon = True
@@ -183,8 +254,8 @@ class Job:
                 if timer is not None:
                     timer.cancel()
         finally:
-            if gate is not None:
-                gate.release()
+            if self.manager is not None:
+                self.manager.slot_freed(self)
             self._done()
 
     def _over_limit(self) -> None:
@@ -286,16 +357,21 @@ class Job:
         return key, point["step"], total / count
 
     def remaining_s(self) -> float:
-        """Seconds until this job ends: its ETA when running, its estimate when queued, 0 when done."""
+        """Seconds until this job ends, bounded so that it cannot run away: while running, the least of
+        the extrapolation from its progress, what its admitted estimate leaves (at least 0) and what its
+        time limit leaves; queued, its estimate (at most its limit); 0 when done."""
         if not self.live:
             return 0.0
-        if self.state == "running" and self.started:
-            done, total = self.experiment.done_steps, self.experiment.total_steps
-            elapsed = time.time() - self.started
-            if total and done:
-                return max(0.0, elapsed * (total - done) / done)
-            return max(0.0, (self.estimate_s or 0.0) - elapsed)
-        return self.estimate_s or 0.0
+        if self.state != "running" or not self.started:
+            return min(self.estimate_s or 0.0, self.limit_s if self.limit_s is not None else float("inf"))
+        done, total = self.experiment.done_steps, self.experiment.total_steps
+        elapsed = time.time() - self.started
+        bounds = [elapsed * (total - done) / done] if total and done else []
+        if self.estimate_s is not None:
+            bounds.append(self.estimate_s - elapsed)
+        if self.limit_s is not None:
+            bounds.append(self.limit_s - elapsed)
+        return max(0.0, min(bounds)) if bounds else 0.0
 
     def _progress(self, wait_s: float) -> tuple[int, int, float, float, float | None]:
         """(steps done, steps in all, seconds running, fraction done, seconds until it ends: the queue
@@ -316,7 +392,7 @@ class Job:
             return {"run": self.id, "state": self.state, "progress": round(frac, 4), "queue_position": position,
                     "eta_s": None if eta is None else round(eta, 1), "phase": self.view["phase"],
                     "step": last[1] if last else None, "loss": last[2] if last else None, "results": results,
-                    "error": self.view["error"]}
+                    "error": self.view["error"], "following": len(self.holders)}
 
     def snapshot(self) -> dict:
         """A JSON-ready copy of the job's state, safe to read from any thread."""
@@ -327,65 +403,190 @@ class Job:
             snap["series"] = {k: s.to_dict() for k, s in self.series.items()}
             snap.update(id=self.id, state=self.state, steps_done=done, steps_total=total,
                         progress=round(frac, 4), elapsed_s=round(elapsed, 1), eta_s=None if eta is None else round(eta, 1),
-                        queue_position=queue_position, queue_wait_s=round(wait_s, 1),
+                        queue_position=queue_position, queue_wait_s=round(wait_s, 1), following=len(self.holders),
                         estimate_s=None if self.estimate_s is None else round(self.estimate_s, 1),
                         log=list(self.log), config=self.cfg.to_dict(), data=self.experiment.results.get("data"), read_only=False)
             return snap
 
 
 class JobManager:
-    """Owns the jobs of every session; at most ``max_concurrent`` train at once.
+    """Owns the jobs of every session; at most ``max_concurrent`` train at once, served in turn by
+    visitor (:func:`turn_order`).
 
-    ``max_queue`` caps the jobs waiting; with owners, each owner has at most one live
-    (queued or running) job. At most ``max_kept`` finished jobs stay in memory (least
-    recently submitted go first; they remain on disk). With ``retention`` set, the
-    oldest finished run folders are deleted when the runs folder passes its caps.
+    ``max_queue`` caps the jobs waiting and ``max_queue_s`` the work queued in all; with owners,
+    each owner holds at most one live (queued or running) job, owned or joined. With addresses,
+    ``max_live_per_address`` and ``max_queue_s_per_address`` cap what one client address has live,
+    under any number of session keys. Joining a live run with the same configuration costs none
+    of these. At most ``max_kept`` finished jobs stay in memory (least recently submitted go
+    first; they remain on disk). With ``retention`` set, the oldest ended run folders are deleted
+    when the runs folder passes its caps (kept in a :class:`runfolder.RunIndex`: no scan per job).
     """
 
     def __init__(self, max_concurrent: int = 1, runs_root: str | Path = "runs", *, max_queue: int | None = None,
                  max_queue_s: float | None = None, max_kept: int = 64,
-                 retention: runfolder.Retention | None = None) -> None:
+                 retention: runfolder.Retention | None = None, max_live_per_address: int | None = None,
+                 max_queue_s_per_address: float | None = None) -> None:
         if max_concurrent < 1:
             raise ValueError("max_concurrent must be at least 1")
         self.max_concurrent = max_concurrent
-        self.gate = threading.BoundedSemaphore(max_concurrent)
         self.runs_root = Path(runs_root)
         self.max_queue, self.max_queue_s, self.max_kept, self.retention = max_queue, max_queue_s, max_kept, retention
+        self.max_live_per_address, self.max_queue_s_per_address = max_live_per_address, max_queue_s_per_address
+        self.index = runfolder.RunIndex(self.runs_root, retention) if retention is not None else None
+        self.index_lock = threading.Lock()
         self.jobs: OrderedDict[str, Job] = OrderedDict()
         self.lock = threading.Lock()
+        self.busy = 0                         # training slots taken
+        self.served: dict[str, int] = {}      # visitor → turn number of their last job that started
+        self.turns = itertools.count(1)
+        self._order: list[Job] | None = None  # the waiting jobs in turn order (None: to recompute)
 
     # ------------------------------------------------------------ submitting
-    def _admit_and_add(self, job: Job) -> Job:
-        """Take ``job`` if its owner has no live job and the queue has room (checked atomically), then start it."""
+    def admit_and_add(self, job: Job) -> Job:
+        """Take ``job`` if its owner holds no live job and the queue and the caps of its address have
+        room (checked atomically), then start its thread (it trains when its turn comes). A joinable
+        job whose twin went live meanwhile joins that one instead (the twin is returned)."""
         with self.lock:
             live = [j for j in self.jobs.values() if j.live]
-            mine = next((j for j in live if job.owner is not None and j.owner == job.owner), None)
-            if mine is not None:
-                raise JobRefused(f"one live run per session: your run {mine.id} is still {mine.state}; "
-                                 "cancel it or wait for it to finish")
-            waiting = sum(j.state == "queued" for j in live)
-            if self.max_queue is not None and waiting >= self.max_queue:
-                raise JobRefused(f"the queue is full ({waiting} runs waiting; the limit is {self.max_queue}); "
-                                 "try again in a few minutes")
-            work = sum(j.remaining_s() for j in live) / self.max_concurrent
-            if self.max_queue_s is not None and work + (job.estimate_s or 0) > self.max_queue_s:
-                raise JobRefused(f"the queue holds about {work / 60:.0f} min of work and this run adds "
-                                 f"{(job.estimate_s or 0) / 60:.1f} min; the limit is {self.max_queue_s / 60:.0f} min "
-                                 "in all — try again later, or a smaller run")
+            self._check_owner(job.owner, live)
+            twin = self._twin(job.join_key, job.owner, live)
+            if twin is not None:
+                return twin
+            self._check_room(job.address, job.estimate_s, live)
             self.jobs[job.id] = job
+            self._order = None
         self._evict()
-        return job.start()
+        job.start()
+        self._grant()
+        return job
+
+    @staticmethod
+    def _check_owner(owner: str | None, live: list[Job]) -> None:
+        held = next((j for j in live if owner is not None and owner in j.holders), None)
+        if held is not None:
+            how = "your run" if held.owner == owner else "the run you joined,"
+            raise JobRefused(f"one live run per session: {how} {held.id} is still {held.state}; "
+                             "cancel it or wait for it to finish")
+
+    def _check_room(self, address: str | None, estimate_s: float | None, live: list[Job]) -> None:
+        """The queue's caps in all, then those of one client address (whatever session keys it uses)."""
+        adds = estimate_s or 0.0
+        waiting = sum(j.state == "queued" for j in live)
+        if self.max_queue is not None and waiting >= self.max_queue:
+            raise JobRefused(f"the queue is full ({waiting} runs waiting; the limit is {self.max_queue}); "
+                             "try again in a few minutes")
+        work = sum(j.remaining_s() for j in live) / self.max_concurrent
+        if self.max_queue_s is not None and work + adds > self.max_queue_s:
+            raise JobRefused(f"the queue holds about {work / 60:.0f} min of work and this run adds "
+                             f"{adds / 60:.1f} min; the limit is {self.max_queue_s / 60:.0f} min "
+                             "in all — try again later, or a smaller run")
+        mine = [j for j in live if address is not None and j.address == address]
+        if self.max_live_per_address is not None and len(mine) >= self.max_live_per_address:
+            raise JobRefused(f"your address already has {len(mine)} live runs (queued or training), the limit "
+                             f"per address is {self.max_live_per_address} whatever the session; wait for one to "
+                             "finish, or cancel one")
+        work = sum(j.remaining_s() for j in mine)
+        if self.max_queue_s_per_address is not None and work + adds > self.max_queue_s_per_address:
+            raise JobRefused(f"your address has about {work / 60:.0f} min of work queued or training and this run "
+                             f"adds {adds / 60:.1f} min; the limit per address is "
+                             f"{self.max_queue_s_per_address / 60:g} min — wait for a run to finish, or a smaller run")
+
+    def _precheck(self, owner: str | None, address: str | None, estimate_s: float | None) -> None:
+        """The admission rules before a job is built (building one plans its networks): a flood of
+        refused starts costs no more than this; :meth:`admit_and_add` checks again, atomically."""
+        with self.lock:
+            live = [j for j in self.jobs.values() if j.live]
+            self._check_owner(owner, live)
+            self._check_room(address, estimate_s, live)
 
     def submit(self, cfg: ExperimentConfig, owner: str | None = None, estimate_s: float | None = None,
-               limit_s: float | None = None) -> Job:
-        """Start (or queue) ``cfg``; ``limit_s``: stop it once it has run that long (public mode)."""
-        return self._admit_and_add(Job(cfg, self.runs_root, self, owner=owner, estimate_s=estimate_s, limit_s=limit_s))
+               limit_s: float | None = None, **extra) -> Job:
+        """Start (or queue) ``cfg``; ``limit_s``: stop it once it has run that long (public mode).
+        ``extra``: the :class:`Job`'s ``address``, ``joinable``, ``store`` and ``scope``."""
+        self._precheck(owner, extra.get("address"), estimate_s)
+        return self.admit_and_add(Job(cfg, self.runs_root, self, owner=owner, estimate_s=estimate_s,
+                                      limit_s=limit_s, **extra))
+
+    def submit_or_join(self, cfg: ExperimentConfig, owner: str, **settings) -> tuple[Job, bool]:
+        """(job, joined): join the live run whose whole configuration is ``cfg``'s if there is one (it
+        costs no queue and no cap; the owner's one-live-run rule still holds), else :meth:`submit`."""
+        with self.lock:
+            live = [j for j in self.jobs.values() if j.live]
+            self._check_owner(owner, live)
+            twin = self._twin(config_digest(cfg), owner, live)
+        if twin is not None:
+            return twin, True
+        job = self.submit(cfg, owner=owner, joinable=True, **settings)
+        return job, owner != job.owner
+
+    @staticmethod
+    def _twin(key: str | None, owner: str | None, live: list[Job]) -> Job | None:
+        """The live, joinable run with configuration digest ``key``, now also followed by ``owner``."""
+        twin = next((j for j in live if key is not None and j.join_key == key and not j.cancel_event.is_set()), None)
+        if twin is None or owner is None:
+            return None
+        twin.holders.add(owner)
+        twin.joiners.add(owner)
+        with twin.lock:
+            twin.log.append("another visitor joined this run")
+            twin.revision += 1
+        return twin
 
     def submit_grid(self, cfg: ExperimentConfig, a_values: list[float], b_values: list[float],
-                    owner: str | None = None, estimate_s: float | None = None, limit_s: float | None = None) -> Job:
+                    owner: str | None = None, estimate_s: float | None = None, limit_s: float | None = None,
+                    address: str | None = None) -> Job:
         """The a × b curriculum grid (plus a joint run) as one background job."""
-        return self._admit_and_add(Job(cfg, self.runs_root, self, grid=(a_values, b_values), owner=owner,
-                                       estimate_s=estimate_s, limit_s=limit_s))
+        self._precheck(owner, address, estimate_s)
+        return self.admit_and_add(Job(cfg, self.runs_root, self, grid=(a_values, b_values), owner=owner,
+                                       estimate_s=estimate_s, limit_s=limit_s, address=address))
+
+    def leave(self, job: Job, owner: str) -> int:
+        """``owner`` stops following ``job``; the run is cancelled when no one follows it any more.
+        Returns how many still follow it."""
+        with self.lock:
+            job.holders.discard(owner)
+            left = len(job.holders)
+        if left == 0:
+            job.cancel()
+        else:
+            with job.lock:
+                job.log.append(f"a visitor left this run; {left} still follow it")
+                job.revision += 1
+        return left
+
+    # ------------------------------------------------------------ the turn order
+    def _waiting(self) -> list[Job]:
+        """The jobs waiting for a slot, in turn order (under the lock)."""
+        if self._order is None:
+            queued = [j for j in self.jobs.values() if j.state == "queued" and not j.granted]
+            self._order = turn_order(queued, self.served)
+        return self._order
+
+    def _grant(self) -> None:
+        """Give free training slots to the next jobs in turn order."""
+        with self.lock:
+            while self.busy < self.max_concurrent:
+                nxt = next((j for j in self._waiting() if j.state == "queued" and not j.granted), None)
+                if nxt is None:
+                    break
+                self.busy += 1
+                self.served[nxt.visitor] = next(self.turns)
+                if len(self.served) > 4096:  # bounded: the visitors served longest ago are forgotten
+                    for v in sorted(self.served, key=self.served.get)[:2048]:
+                        del self.served[v]
+                nxt.grant()
+                self._order = None
+
+    def slot_freed(self, job: Job) -> None:
+        """``job`` has stopped training: its slot goes to the next in turn."""
+        with self.lock:
+            self.busy -= 1
+        self._grant()
+
+    def withdraw(self, job: Job) -> None:
+        """A job cancelled while waiting leaves the turn order."""
+        with self.lock:
+            self._order = None
 
     # ------------------------------------------------------------ reading
     def get(self, job_id: object) -> Job | None:
@@ -396,24 +597,30 @@ class JobManager:
             return self.jobs.get(job_id)
 
     def live_job_of(self, owner: str) -> Job | None:
+        """The live job this owner started (and may have left): what their uploaded data may be read by."""
         with self.lock:
             return next((j for j in self.jobs.values() if j.owner == owner and j.live), None)
+
+    def held_by(self, owner: str) -> Job | None:
+        """The live job this owner follows: started and not left, or joined."""
+        with self.lock:
+            return next((j for j in self.jobs.values() if owner in j.holders and j.live), None)
 
     def queue_place(self, job: Job) -> tuple[int, float]:
         """(position, seconds of work ahead): 1 for the next to start; (0, 0) when running or done.
 
-        The wait is the remaining time of the running jobs and of the queued jobs ahead,
-        spread over the ``max_concurrent`` training slots.
+        Positions follow the real turn order (:func:`turn_order`); the wait is the remaining time
+        of the running jobs and of the waiting jobs ahead, spread over the ``max_concurrent`` slots.
         """
-        if job.state != "queued":
+        if job.state != "queued" or job.granted:
             return 0, 0.0
         with self.lock:
-            live = [j for j in self.jobs.values() if j.live]
-        queued = sorted((j for j in live if j.state == "queued"), key=lambda j: j.submitted)
-        if job not in queued:
+            order = list(self._waiting())
+            running = [j for j in self.jobs.values() if j.state == "running"]
+        if job not in order:
             return 0, 0.0
-        ahead = queued[:queued.index(job)] + [j for j in live if j.state == "running"]
-        return queued.index(job) + 1, sum(j.remaining_s() for j in ahead) / self.max_concurrent
+        ahead = order[:order.index(job)] + running
+        return order.index(job) + 1, sum(j.remaining_s() for j in ahead) / self.max_concurrent
 
     def queue_position(self, job: Job) -> int:
         return self.queue_place(job)[0]
@@ -427,11 +634,14 @@ class JobManager:
 
     # ------------------------------------------------------------ bounds
     def job_ended(self, job: Job) -> None:
+        """Drop old finished jobs from memory; index the ended run's folder and apply retention
+        (one read of that folder, never a scan of the runs folder)."""
         self._evict()
-        if self.retention is not None:
+        if self.index is not None:
             with self.lock:
                 live = {j.id for j in self.jobs.values() if j.live}
-            runfolder.enforce_retention(self.runs_root, self.retention, protect=live)
+            with self.index_lock:
+                self.index.ended(job.run_dir, protect=live)
 
     def _evict(self) -> None:
         with self.lock:

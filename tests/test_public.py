@@ -176,9 +176,10 @@ def test_one_live_run_per_session_and_a_bounded_queue(public_studio):
     assert a["run"] and "Started" in msg
     _, _, msg = ui.start(a, *controls())
     assert "one live run per session" in msg
-    b, _, _ = ui.start(None, *controls())
-    c, _, _ = ui.start(None, *controls())
-    _, _, msg = ui.start(None, *controls())
+    # settings of their own (the same settings as a live run would join it: tests/test_queue.py)
+    b, _, _ = ui.start(None, *controls(student_epochs=2))
+    c, _, _ = ui.start(None, *controls(student_epochs=3))
+    _, _, msg = ui.start(None, *controls(student_epochs=4))
     assert "queue is full" in msg and "limit is 2" in msg
     status = ui.tick_status(c, None)[0]
     assert "position 2 in the queue" in status and "estimated wait" in status
@@ -334,7 +335,6 @@ def test_two_clients_through_the_api(server):
 def test_agents_drive_the_same_api_as_mcp_tools(server):
     """With INDISTILL_MCP=1 the four endpoints are MCP tools whose descriptions state the public budget;
     an agent starts a run, follows it with its key, and a key-less agent cannot cancel it."""
-    import ast
     import asyncio
     pytest.importorskip("mcp")  # requirements-dev.txt installs it (requirements-mcp.txt)
     from mcp import ClientSession
@@ -347,8 +347,8 @@ def test_agents_drive_the_same_api_as_mcp_tools(server):
                 tools = {t.name: t for t in (await mcp.list_tools()).tools}
 
                 async def call(name, **kw) -> dict:
-                    # the dict as text; /status (served without the queue) prefixes "root=" (Gradio's fast path)
-                    return ast.literal_eval((await mcp.call_tool(name, kw)).content[0].text.removeprefix("root="))
+                    # every answer is JSON text, /status (served without the queue) included
+                    return json.loads((await mcp.call_tool(name, kw)).content[0].text)
                 started = await call("start", preset_name="workshop", overrides=json.dumps(TINY), session_key="")
                 refused = await call("start", preset_name="workshop", overrides='{"student.epochs": 10000}')
                 from app.ui.api import issue_key
@@ -523,7 +523,7 @@ def test_queued_work_is_capped(public_studio):
     m = public_studio.manager
     job = Job(preset("workshop").with_overrides(TINY), m.runs_root, m, estimate_s=public_studio.budget.max_queue_minutes * 60 + 1)
     with pytest.raises(JobRefused, match="the limit is 120 min in all"):
-        m._admit_and_add(job)
+        m.admit_and_add(job)
 
 
 def test_compare_reuses_one_copy_per_run_version(public_studio):

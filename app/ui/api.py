@@ -10,6 +10,11 @@ thin layer over the page's own: the same planning, public-server checks and budg
 button (:func:`app.ui.runs._admit`), the same ownership rule (:func:`app.ui.sessions._access`),
 the same picture loader. Docstrings are the tools' descriptions (Gradio's MCP server reads them);
 :func:`limits_note` adds this server's budgets.
+
+Every answer is a JSON object, over ``gradio_client``, plain HTTP and MCP alike: Gradio's MCP
+server writes an answer as ``str(value)`` (Python's dict text, and ``root=…`` for a call served
+without the queue, where the value is still Gradio's ``JsonData`` model), so
+:func:`mcp_answers_as_json` has it write JSON text instead.
 """
 from __future__ import annotations
 
@@ -21,12 +26,14 @@ import secrets
 import threading
 from typing import Any
 
+import gradio as gr
+
 from app import runfolder
 from app.config import PRESETS, ConfigError, preset
 from app.runner import JobRefused
 
 from .pictures import retrieve as retrieve_picture
-from .runs import _admit, _submit, cancel as cancel_run, status_dict
+from .runs import _admit, _submit, cancel as cancel_run, joined_note, status_dict
 from .sessions import SECRET, owner, session_of
 from .studio import MAX_IMPORT_BYTES, studio
 
@@ -106,7 +113,7 @@ def _session(session_key: Any, run_id: Any = None) -> dict:
         except runfolder.RunIdError as exc:
             raise ApiError(f"run_id: {exc}") from None
     elif key:
-        job = studio().manager.live_job_of(owner(session))
+        job = studio().manager.held_by(owner(session)) or studio().manager.live_job_of(owner(session))
         session["run"] = job.id if job is not None else None
     return session
 
@@ -115,15 +122,15 @@ def _answer(session: dict, key: bool = True, **extra) -> dict:
     return ({"session_key": session["secret"]} if key else {}) | status_dict(session) | extra
 
 
-def start(preset_name: str, overrides: str = "", session_key: str = "") -> dict:
-    """Start a distillation run (teacher, baseline, KD and InDistill arms) from a preset with overrides.
+def start(preset_name: str, overrides: str = "", session_key: str = "", request: gr.Request = None) -> dict:
+    """Start a distillation run (teacher, baseline, KD and InDistill arms) from a preset with overrides; when a run with exactly the same settings is already queued or training, join it instead (joined is true).
 
     Args:
         preset_name: a preset: PRESET_NAMES.
         overrides: a JSON object of setting: value, e.g. {"student.epochs": 2, "seeds": 1}; empty for none.
         session_key: empty to begin a new session, or the session_key an earlier call returned.
     Returns:
-        {session_key, run, state, message, ...}: keep session_key and run for status and cancel; run is null and message says why when the run was not started.
+        {session_key, run, state, joined, message, ...}: keep session_key and run for status and cancel; run is null and message says why when the run was not started.
     """
     try:
         session = _session(session_key)
@@ -131,13 +138,13 @@ def start(preset_name: str, overrides: str = "", session_key: str = "") -> dict:
             raise ConfigError(f"preset_name must be one of {', '.join(PRESETS)}")
         cfg = preset(preset_name).with_overrides({"name": str(preset_name), **_overrides(overrides)})
         plan, est = _admit(cfg, session)
-        job = _submit(session, cfg, est)
+        job, joined = _submit(session, cfg, est, request=request)
     except (ApiError, ConfigError, JobRefused) as exc:
         key = session_key if key_valid(session_key) else None
-        return {"session_key": key, "run": None, "state": None, "message": f"Not started: {exc}"}
+        return {"session_key": key, "run": None, "state": None, "joined": False, "message": f"Not started: {exc}"}
     session = {**session, "run": job.id}
     eta = f" (estimated {est.minutes:.1f} min)" if est is not None else ""
-    return _answer(session, message=f"Started run {job.id}{eta}")
+    return _answer(session, message=joined_note(job).replace("`", "") if joined else f"Started run {job.id}{eta}")
 
 
 start.__doc__ = start.__doc__.replace("PRESET_NAMES", ", ".join(PRESETS))  # the tool's description lists them all
@@ -159,7 +166,7 @@ def status(session_key: str = "", run_id: str = "") -> dict:
 
 
 def cancel(session_key: str, run_id: str = "") -> dict:
-    """Cancel a run this session started; it stops within a training step, keeping finished arms.
+    """Cancel a run this session started or joined: this session stops following it, and the run stops (within a training step, keeping finished arms) once no session follows it.
 
     Args:
         session_key: the session_key start returned.
@@ -204,9 +211,35 @@ def limits_note() -> str:
         return " This is a local server: no budgets apply."
     b = s.budget
     return (f" Public server: a run must be estimated at most {b.max_minutes:g} min on this server and is "
-            f"stopped when it passes that; one live run per session; at most {b.max_queue_minutes:g} min of "
-            f"estimated work waits in the queue; networks up to {b.max_params:,} parameters; data from the "
-            "offered list only.")
+            f"stopped when it passes that; one live run per session and {s.max_live_per_address} per client "
+            f"address; at most {b.max_queue_minutes:g} min of estimated work waits in the queue "
+            f"({s.max_queue_minutes_per_address:g} min per address), served in turn by visitor; a run with "
+            f"the same settings as a live one is joined, not repeated; networks up to {b.max_params:,} "
+            "parameters; data from the offered list only.")
+
+
+def json_text(value: Any) -> Any:
+    """An answer as JSON text (a dict or list, or Gradio's ``JsonData`` model of one); anything else as it is."""
+    data = getattr(value, "root", value)
+    if isinstance(data, (dict, list)) and not (isinstance(data, dict) and "path" in data and "meta" in data):
+        return json.dumps(data)
+    return value
+
+
+def mcp_answers_as_json() -> None:
+    """Have Gradio's MCP server write each answer as JSON text, not ``str()`` of it (once per process)."""
+    try:
+        from gradio.mcp import GradioMCPServer
+    except ImportError:
+        return
+    original = GradioMCPServer.postprocess_output_data
+    if getattr(original, "answers_as_json", False):
+        return
+
+    def postprocess_output_data(self, data, root_url):
+        return original(self, [json_text(v) for v in data], root_url)
+    postprocess_output_data.answers_as_json = True
+    GradioMCPServer.postprocess_output_data = postprocess_output_data
 
 
 def describe(fn) -> str:

@@ -22,21 +22,24 @@ from __future__ import annotations
 from .api import cancel as api_cancel, retrieve as api_retrieve, start as api_start, status as api_status
 from .datasets import upload_dataset
 from .onnx_export import export_onnx, onnx_choices
-from .pictures import feature_maps, model_set, retrieve
+from .pictures import clear_outdated_maps, feature_maps, model_set, retrieve, run_on_show
 from .results import compare, export_config, grid_views, import_config, info_views, pr_view
-from .runs import apply_preset, cancel, check, open_run, param_updates, run_grid, start, status_dict, tick_charts, \
-    tick_status
-from .sessions import end_session, new_session, open_run_in, owner, remembered, restore, results_of, session_of
+from .runs import apply_preset, cancel, check, open_run, param_updates, run_grid, run_grid_on_page, start, \
+    start_on_page, status_dict, tick_charts, tick_status
+from .sessions import address_of_request, end_session, new_session, open_run_in, owner, remembered, restore, \
+    results_of, session_of
 from .studio import Studio, configure, shown, studio
 
 __all__ = [
     "Studio", "studio", "configure", "shown",
     "new_session", "session_of", "owner", "remembered", "restore", "results_of", "open_run_in", "end_session",
-    "check", "param_updates", "apply_preset", "start", "run_grid", "cancel", "open_run",
+    "address_of_request",
+    "check", "param_updates", "apply_preset", "start", "start_on_page", "run_grid", "run_grid_on_page", "cancel",
+    "open_run",
     "tick_status", "tick_charts", "status_dict",
     "compare", "info_views", "pr_view", "grid_views", "export_config", "import_config",
     "onnx_choices", "export_onnx",
     "upload_dataset",
-    "model_set", "retrieve", "feature_maps",
+    "model_set", "retrieve", "feature_maps", "run_on_show", "clear_outdated_maps",
     "api_start", "api_status", "api_cancel", "api_retrieve",
 ]

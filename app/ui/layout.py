@@ -187,6 +187,7 @@ def api_endpoints() -> None:
     """Endpoints for scripts, plain HTTP and MCP agents (:mod:`app.ui.api`): plain data in and out,
     no server-side state between calls (a caller keeps its ``session_key``)."""
     note = api.limits_note()
+    api.mcp_answers_as_json()  # an MCP agent reads JSON objects, as gradio_client and plain HTTP callers do
     with gr.Row(visible=False):
         preset_in, overrides_in = gr.Textbox(value=DEFAULT_PRESET), gr.Textbox(value="")
         key_in, run_in = gr.Textbox(value=""), gr.Textbox(value="")
@@ -257,7 +258,7 @@ def wire(demo, c, s, d, t, pr, cm, r, i, session, stored, seen, seen_charts) -> 
     d["export_btn"].click(results.export_config, [session] + controls, [d["export_file"], d["io_msg"]], **PRIVATE)
     d["import_file"].upload(results.import_config, [session, d["import_file"]], controls + [d["io_msg"]], **PRIVATE)
 
-    t["start_btn"].click(runs.start, [session] + controls, [session, stored, t["action_msg"]], **PRIVATE)
+    t["start_btn"].click(runs.start_on_page, [session] + controls, [session, stored, t["action_msg"]], **PRIVATE)
     t["cancel_btn"].click(runs.cancel, session, t["action_msg"], **PRIVATE)
     for opened in (t["open_btn"].click(runs.open_run, [session, t["run_id_box"]], [session, stored, t["action_msg"]],
                                        **PRIVATE),
@@ -285,7 +286,7 @@ def wire(demo, c, s, d, t, pr, cm, r, i, session, stored, seen, seen_charts) -> 
         trigger(results.grid_views, session, [i["grid_heat"], i["grid_flow"]], show_progress="hidden", **PRIVATE)
     for trigger in (r["pr_metric"].change, results_cue.change):
         trigger(results.pr_view, [session, r["pr_metric"]], r["pr_plot"], show_progress="hidden", **PRIVATE)
-    i["grid_btn"].click(runs.run_grid, [session, i["grid_a"], i["grid_b"], i["grid_epochs"]] + controls,
+    i["grid_btn"].click(runs.run_grid_on_page, [session, i["grid_a"], i["grid_b"], i["grid_epochs"]] + controls,
                         [session, stored, i["grid_msg"]], **PRIVATE)
     for trigger in (r["ret_btn"].click, r["upload"].change):
         trigger(pictures.retrieve, [r["upload"], session, r["metric"], r["k"]],

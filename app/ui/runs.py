@@ -1,7 +1,10 @@
 """Runs from the form: the controls checked (the plan, and in public mode the server's rules
-and budget), a run or a curriculum grid started, cancelled or opened, and the page's timers
-that follow the run on show (:func:`tick_status`, :func:`tick_charts`; :func:`status_dict`
-for scripts).
+and budget), a run or a curriculum grid started (or a live run with the very same settings
+joined), left or cancelled, or opened, and the page's timers that follow the run on show
+(:func:`tick_status`, :func:`tick_charts`; :func:`status_dict` for scripts).
+
+Handlers that count a visitor by client address take the Gradio request: the page's events
+call :func:`start_on_page` and :func:`run_grid_on_page`, which Gradio hands the request to.
 """
 from __future__ import annotations
 
@@ -19,7 +22,7 @@ from app.runner import JobRefused
 
 from . import views
 from .form import CONTROL_KEYS, config_from, param_specs, values_from
-from .sessions import _access, _view, open_run_in, owner, remembered, session_of
+from .sessions import _access, _view, address_of_request, open_run_in, owner, remembered, session_of
 from .studio import shown, studio
 
 LOG_TAIL = 80
@@ -103,33 +106,60 @@ def apply_preset(name: str, session: Any = None):
 
 # ---------------------------------------------------------------- jobs
 
-def _submit(session: dict, cfg: ExperimentConfig, est, grid=None):
+def _submit(session: dict, cfg: ExperimentConfig, est, grid=None, request: Any = None):
+    """(job, joined): the run queued for this session, or, when sharing is on and a live run has the very
+    same configuration (never one reading a visitor's upload), that run joined. Public caps count the
+    session and its client address."""
     s = studio()
-    if session.get("upload") and cfg.data.data_dir and Path(cfg.data.data_dir).resolve() == Path(session["upload"]).resolve():
-        cfg = cfg.with_overrides({"data.cache_dir": str(Path(session["upload"]).parent / "cache")})
-    secs = est.seconds if est is not None else None
-    limit = s.budget.max_minutes * 60 if s.public else None  # enforced while it runs, not only estimated
-    job = s.manager.submit_grid(cfg, *grid, owner=owner(session), estimate_s=secs, limit_s=limit) if grid else \
-        s.manager.submit(cfg, owner=owner(session), estimate_s=secs, limit_s=limit)
-    job.experiment.run_dir.mkdir(parents=True, exist_ok=True)
-    runfolder.RunFolder(job.run_dir).set_owner(session["secret"])
-    return job
+    upload = session.get("upload")
+    private = bool(upload and cfg.data.data_dir and Path(cfg.data.data_dir).resolve() == Path(upload).resolve())
+    if private:
+        cfg = cfg.with_overrides({"data.cache_dir": str(Path(upload).parent / "cache")})
+    me, address = owner(session), address_of_request(request)
+    settings = {"estimate_s": est.seconds if est is not None else None, "address": address,
+                # public mode: enforced while it runs, not only estimated
+                "limit_s": s.budget.max_minutes * 60 if s.public else None}
+    if grid:
+        job, joined = s.manager.submit_grid(cfg, *grid, owner=me, **settings), False
+    elif s.sharing and not private:
+        job, joined = s.manager.submit_or_join(cfg, me, store=s.store, **settings)
+    else:  # a visitor's own data: units are stored and looked up under their session alone
+        job, joined = s.manager.submit(cfg, owner=me, store=s.store, scope=me if private else None, **settings), False
+    if not joined:
+        job.experiment.run_dir.mkdir(parents=True, exist_ok=True)
+        runfolder.RunFolder(job.run_dir).set_owner(session["secret"], address)
+    return job, joined
 
 
-def start(session: Any, *values):
-    """Start a run with the controls' settings: (session, browser copy, message)."""
+def joined_note(job) -> str:
+    """What a visitor who joined a run is told (the status line and the start answers)."""
+    return (f"Joined run `{job.id}`: the same settings were already {'training' if job.state == 'running' else 'queued'}"
+            " — started by another visitor. You follow it: the same live curves and results; Cancel stops "
+            "your following (the run goes on while anyone follows it).")
+
+
+def start(session: Any, *values, request: Any = None):
+    """Start a run with the controls' settings (or join a live run with the very same ones): (session,
+    browser copy, message). ``request``: the Gradio request (its client address counts for the caps)."""
     session = session_of(session)
     try:
         cfg, plan, est = _plan_for(session, values)
-        job = _submit(session, cfg, est)
+        job, joined = _submit(session, cfg, est, request=request)
     except (ConfigError, JobRefused) as exc:
         return session, remembered(session), shown(f"Not started: {exc}")
     session = {**session, "run": job.id}
+    if joined:
+        return session, remembered(session), joined_note(job)
     eta = f" (estimated {est.minutes:.1f} min)" if est is not None else ""
     return session, remembered(session), f"Started run `{job.id}`{eta}."
 
 
-def run_grid(session: Any, a_text: str, b_text: str, epochs, *values):
+def start_on_page(session: Any, request: gr.Request, *values):
+    """The Start button: :func:`start` with the page's request."""
+    return start(session, *values, request=request)
+
+
+def run_grid(session: Any, a_text: str, b_text: str, epochs, *values, request: Any = None):
     """Start the a × b curriculum grid (InDistill student only) with the current settings."""
     from app.grid import parse_values
     session = session_of(session)
@@ -139,11 +169,16 @@ def run_grid(session: Any, a_text: str, b_text: str, epochs, *values):
             cfg = cfg.with_overrides({"student.epochs": epochs})
         a_values, b_values = parse_values(str(a_text or ""), "a values"), parse_values(str(b_text or ""), "b values")
         est = _grid_estimate(cfg, a_values, b_values, session) if studio().public else None
-        job = _submit(session, cfg, est, grid=(a_values, b_values))
+        job, _ = _submit(session, cfg, est, grid=(a_values, b_values), request=request)
     except (ConfigError, JobRefused) as exc:
         return session, remembered(session), shown(f"Grid not started: {exc}")
     session = {**session, "run": job.id}
     return session, remembered(session), f"Started grid `{job.id}` ({len(job.experiment.cells)} runs); progress in the Train tab."
+
+
+def run_grid_on_page(session: Any, request: gr.Request, a_text: str, b_text: str, epochs, *values):
+    """The grid button: :func:`run_grid` with the page's request."""
+    return run_grid(session, a_text, b_text, epochs, *values, request=request)
 
 
 def _grid_estimate(cfg: ExperimentConfig, a_values: list[float], b_values: list[float], session: dict):
@@ -162,13 +197,20 @@ def _grid_estimate(cfg: ExperimentConfig, a_values: list[float], b_values: list[
 
 
 def cancel(session: Any) -> str:
+    """Stop following the run on show; the run itself stops when no one follows it any more."""
     session = session_of(session)
+    me = owner(session)
     job = studio().manager.get(session.get("run"))
-    if job is None or job.owner != owner(session):
+    if job is None or not job.watched_by(me):
         return "Nothing to cancel: no run of this session is going."
     if not job.live:
         return f"Run `{job.id}` has already ended."
-    job.cancel()
+    if me not in job.holders:
+        return f"You no longer follow run `{job.id}`; it goes on for the visitors who still follow it."
+    others = studio().manager.leave(job, me)
+    if others:
+        return (f"You left run `{job.id}`: it goes on for the {others} other visitor{'s' if others > 1 else ''} "
+                "following it (it stops when no one follows it).")
     return f"Cancelling run `{job.id}` — it stops within one training step."
 
 
@@ -239,8 +281,9 @@ def status_dict(session: Any) -> dict:
     session = session_of(session)
     job, results, refusal = _access(session)
     if job is not None:  # live or recent: read the job's facts without copying its curves
-        out = job.summary()
-        return {**out, "read_only": job.owner != owner(session), "error": shown(out["error"] or "") or None}
+        out, me = job.summary(), owner(session)
+        return {**out, "read_only": me not in job.holders if job.live else job.owner != me,
+                "joined": me in job.joiners, "error": shown(out["error"] or "") or None}
     if results is None:
         return {"run": session.get("run"), "state": None, "message": refusal or "no run yet"}
     snap = runfolder.snapshot_from_results(session["run"], results)  # the one read of results.json

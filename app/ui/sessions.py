@@ -4,8 +4,11 @@ A session is ``{"secret": 32 hex, "run": run id | None, "upload": path | None}``
 holds it server-side in ``gr.State`` and mirrors it in the browser (``gr.BrowserState``) so a
 refresh or a restart finds it again; the API (:mod:`app.ui.api`) is stateless: its callers send
 a signed ``session_key`` with every call. A run belongs to the session whose secret made it
-(the job keeps a digest; so does the run folder): only that session can follow it live
-or cancel it. Anyone with its id (the share link) can open it read-only once it has ended.
+(the job keeps a digest; so does the run folder): only that session, and the sessions that
+joined it by starting the very same configuration (:meth:`app.runner.JobManager.submit_or_join`),
+can follow it live; each of them can only leave it (the run stops when the last one leaves).
+Anyone with its id (the share link) can open it read-only once it has ended. Caps count a
+visitor by session and by client address (:func:`address_of_request`).
 Handlers read the run on show through :func:`_view` and :func:`_folder`, which apply that
 rule (:func:`_access`).
 """
@@ -20,6 +23,7 @@ from typing import Any
 from app import library, runfolder
 
 from .studio import studio
+from .visitors import LOCAL, address_digest, address_of
 
 SECRET = re.compile(r"^[0-9a-f]{32}$")
 
@@ -53,6 +57,13 @@ def owner(session: dict) -> str:
     return runfolder.owner_digest(session["secret"])
 
 
+def address_of_request(request: Any) -> str | None:
+    """The digest of a request's client address, as the caps per address count it; None without a
+    request (a script or test calling the handlers: counted by session alone)."""
+    address = address_of(request)
+    return None if address == LOCAL else address_digest(address)
+
+
 def remembered(session: dict) -> dict:
     """What the browser keeps: the session secret and the run on show (not server paths)."""
     return {"secret": session["secret"], "run": session["run"]}
@@ -72,14 +83,14 @@ def restore(stored: Any, query_run: str | None = None) -> tuple[dict, str]:
 def _access(session: dict):
     """(job in memory | None, results on disk | None, refusal): the ownership rule, applied once.
 
-    A live run is visible only to its owner; an ended run to anyone with its id."""
+    A live run is visible only to its owner and the sessions that joined it; an ended run to anyone with its id."""
     run_id = session.get("run")
     if not run_id:
         return None, None, ""
     s = studio()
     job = s.manager.get(run_id)
     if job is not None:
-        if job.live and job.owner != owner(session):
+        if job.live and not job.watched_by(owner(session)):
             return None, None, (f"Run `{run_id}` is still training and belongs to another session; its share link "
                                 "opens it read-only once it has finished.")
         return job, None, ""
@@ -96,7 +107,9 @@ def _view(session: dict) -> tuple[dict | None, str]:
     job, results, refusal = _access(session)
     if job is not None:
         snap = job.snapshot()
-        snap["read_only"] = job.owner != owner(session)
+        me = owner(session)
+        snap["read_only"] = me not in job.holders if job.live else job.owner != me
+        snap["joined"] = me in job.joiners
         return snap, ""
     if results is not None:
         return runfolder.snapshot_from_results(session["run"], results), ""

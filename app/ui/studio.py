@@ -1,6 +1,7 @@
 """Server-wide settings and state: the :class:`Studio` (the job manager, public mode and its
-budget, folders), its one instance (:func:`studio`, replaced by :func:`configure`), and
-:func:`shown`, which hides server paths from a public visitor's messages.
+budget, the caps per client address, sharing and the unit store, folders), its one instance
+(:func:`studio`, replaced by :func:`configure`), and :func:`shown`, which hides server paths
+from a public visitor's messages.
 
 The handlers' shared state lives here and only here: the studio and its lock, and the cache
 of built retrieval models that :func:`configure` empties (:func:`app.ui.pictures.model_set` fills it).
@@ -25,9 +26,24 @@ from .form import FormContext
 MAX_IMPORT_BYTES = 64 * 1024   # an imported configuration file, or the API's overrides
 
 
+def sharing_wanted(env: dict | None = None) -> bool:
+    """Join identical runs and reuse stored units? ``INDISTILL_SHARING`` (default on; ``0`` off)."""
+    return (os.environ if env is None else env).get("INDISTILL_SHARING", "1").strip() != "0"
+
+
+def unit_store(root: Path):
+    """The server's store of finished units (:mod:`app.unitstore`), or None where it is not available."""
+    try:
+        from app.unitstore import UnitStore
+    except ImportError:
+        return None
+    return UnitStore(root)
+
+
 @dataclass
 class Studio:
-    """Server-wide settings and state: the job manager, public mode and its budget, folders."""
+    """Server-wide settings and state: the job manager, public mode and its budget, the caps per
+    client address (public mode), sharing (joined runs, the unit store), folders."""
 
     runs_root: Path
     public: bool = False
@@ -35,15 +51,23 @@ class Studio:
     budget: policy.Budget = field(default_factory=policy.Budget)
     upload_limits: Any = None
     max_queue: int = 30
+    max_live_per_address: int = 2            # live runs one client address may have, whatever its keys
+    max_queue_minutes_per_address: float = 30.0
+    sharing: bool = field(default_factory=sharing_wanted)
     manager: JobManager = field(init=False)
+    store: Any = field(init=False)           # UnitStore | None: None when sharing is off
     scratch: Path = field(init=False)
     uploads: Path = field(init=False)
 
     def __post_init__(self) -> None:
         self.runs_root = Path(self.runs_root).resolve()
-        self.manager = JobManager(self.max_jobs, self.runs_root, max_queue=self.max_queue if self.public else None,
-                                  max_queue_s=self.budget.max_queue_minutes * 60 if self.public else None,
-                                  retention=runfolder.Retention() if self.public else None)
+        public = self.public
+        self.manager = JobManager(self.max_jobs, self.runs_root, max_queue=self.max_queue if public else None,
+                                  max_queue_s=self.budget.max_queue_minutes * 60 if public else None,
+                                  retention=runfolder.Retention() if public else None,
+                                  max_live_per_address=self.max_live_per_address if public else None,
+                                  max_queue_s_per_address=self.max_queue_minutes_per_address * 60 if public else None)
+        self.store = unit_store(self.runs_root / ".units") if self.sharing else None
         import tempfile
         self.scratch = Path(tempfile.gettempdir()) / f"indistill-scratch-{os.getpid()}"
         import atexit
@@ -74,7 +98,10 @@ def studio() -> Studio:
         if _STUDIO is None:
             _STUDIO = Studio(Path(os.environ.get("INDISTILL_RUNS", "runs")), public=policy.is_public(),
                              max_jobs=int(os.environ.get("INDISTILL_MAX_JOBS", "1")),
-                             max_queue=int(os.environ.get("INDISTILL_MAX_QUEUE", "30")))
+                             max_queue=int(os.environ.get("INDISTILL_MAX_QUEUE", "30")),
+                             max_live_per_address=int(os.environ.get("INDISTILL_MAX_RUNS_PER_ADDRESS", "2")),
+                             max_queue_minutes_per_address=float(
+                                 os.environ.get("INDISTILL_MAX_QUEUE_MINUTES_PER_ADDRESS", "30")))
         return _STUDIO
 
 

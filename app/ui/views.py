@@ -140,6 +140,10 @@ def status_markdown(snap: dict | None) -> str:
     icon = {"queued": "⏳", "running": "▶", "finished": "✔", "failed": "✖", "cancelled": "■",
             "interrupted": "■"}.get(state, "")
     parts = [f"**{icon} {state}** · run `{snap['id']}`" + (" (read-only)" if snap.get("read_only") else "")]
+    if snap.get("joined"):
+        parts.append("joined: the same settings were already queued or training — started by another visitor")
+    elif (snap.get("following") or 0) > 1:
+        parts.append(f"{snap['following'] - 1} other visitor{'s' if snap['following'] > 2 else ''} joined it")
     if state == "queued":
         parts.append(f"position {snap['queue_position']} in the queue")
         if snap.get("queue_wait_s") is not None:
