@@ -240,6 +240,26 @@ def test_job_ended_keeps_retention_without_scanning_the_runs_folder(tmp_path, he
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(ids[-2:])   # the address's two newest
 
 
+def test_a_run_cancelled_in_the_queue_ends_without_a_full_collection(tmp_path, held, monkeypatch):
+    """gc.collect on the server's heap takes ~0.5 s of CPU: a start + cancel flood must not pay it per job."""
+    import app.runner as runner
+    collections = []
+    monkeypatch.setattr(runner, "return_memory", lambda: collections.append(1))
+    manager = JobManager(1, tmp_path)
+    cfg = preset("workshop").with_overrides(TINY)
+    first = manager.submit(cfg, owner="a")
+    held.wait_started(1)
+    for i in range(5):
+        job = manager.submit(cfg, owner=f"b{i}")
+        job.cancel()
+        job.thread.join(10)
+        assert job.state == "cancelled" and not job.thread.is_alive()
+    assert collections == []
+    held.finish(first.id)
+    first.thread.join(10)
+    assert collections == [1]                     # the run that trained hands its memory back
+
+
 def test_a_run_folder_read_while_missing_or_removed_is_empty(tmp_path):
     folder = runfolder.RunFolder(tmp_path / "gone-20260101-000000-0123456789abcdef")
     assert folder.student_checkpoints() == [] and folder.size_bytes() == 0
