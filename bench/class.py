@@ -46,6 +46,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from public_http import ROOT, Server, Visitor, follow, load_average, visitor_address
@@ -67,7 +68,7 @@ def default_preset() -> str:
     raise SystemExit("app/ui/layout.py has no DEFAULT_PRESET")
 
 
-def lesson_steps() -> list[tuple[str, callable]]:
+def lesson_steps() -> list[tuple[str, Callable[[int], dict]]]:
     """(name, visitor index → that visitor's change) for the three steps."""
     return [("1 default", lambda i: {}),
             ("2 instructor a=2", lambda i: {"indistill.a": 2}),
