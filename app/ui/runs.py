@@ -20,7 +20,7 @@ from app.config import ConfigError, ExperimentConfig, preset
 from app.plan import Plan, make_plan
 from app.runner import JobRefused
 
-from . import views
+from . import datasets, views
 from .form import CONTROL_KEYS, config_from, param_specs, values_from
 from .sessions import _access, _view, address_of_request, open_run_in, owner, remembered, session_of
 from .studio import shown, studio
@@ -142,6 +142,7 @@ def start(session: Any, *values, request: Any = None):
     """Start a run with the controls' settings (or join a live run with the very same ones): (session,
     browser copy, message). ``request``: the Gradio request (its client address counts for the caps)."""
     session = session_of(session)
+    datasets.mark_active(session)
     try:
         cfg, plan, est = _plan_for(session, values)
         job, joined = _submit(session, cfg, est, request=request)
@@ -244,6 +245,7 @@ def _results_version(snap: dict | None) -> str:
 def tick_status(session: Any, seen):
     """Fast timer: status line (with the newest step and loss), log, buttons, results cue."""
     session = session_of(session)
+    datasets.mark_active(session)  # the visitor is still here: their uploaded dataset is not evicted
     version = _version(session)
     if version == seen and version is not None:
         return (gr.skip(),) * 5 + (seen,)
