@@ -459,7 +459,7 @@ def test_a_full_upload_space_evicts_idle_datasets_first(public_studio, tmp_path,
     import time as _time
     from conftest import make_image_folder
     from app.ui import datasets
-    monkeypatch.setattr(datasets, "UPLOADS_MAX_BYTES", 400 * 10 ** 6)   # room: 100 MB beside a 300 MB upload
+    monkeypatch.setattr(datasets, "UPLOADS_MAX_BYTES", 100 * 10 ** 6)   # an upload reserves what its headers declare
     uploads = public_studio.uploads
     old = []
     for i in range(3):                                              # three idle visitors, 60 MB each, oldest first
