@@ -26,6 +26,7 @@ from .data import DataError
 from .checkpoint import CheckpointError
 from .export import ExportError
 from .losses import LOSSES
+from .profile import ratio_text, timing_note
 from .runfolder import RunIdError, new_run_id
 from .sweep import SweepError
 
@@ -144,7 +145,8 @@ class Progress:
 
 
 def results_table(results: dict) -> str:
-    rows = [("phase", "test acc", "± sd", "95% interval", "mAP cos", "params", "MFLOPs", "CPU ms b1", "train s")]
+    rows = [("phase", "test acc", "± sd", "95% interval", "mAP cos", "params", "MFLOPs", "CPU ms b1", "× teacher",
+             "train s")]
     for phase in ("teacher", "aux", "baseline", "kd", "indistill"):
         r = results.get("phases", {}).get(phase)
         if not r or "test_acc" not in r:
@@ -154,7 +156,8 @@ def results_table(results: dict) -> str:
         rows.append((phase, f"{r['test_acc'] * 100:.2f}", f"{r.get('test_acc_std', 0) * 100:.2f}",
                      f"[{ci[0] * 100:.1f}, {ci[1] * 100:.1f}]" if ci else "-",
                      "-" if m is None else f"{m * 100:.2f}", f"{r['params']:,}", f"{r['flops'] / 1e6:.2f}",
-                     f"{r['latency_ms_cpu_b1']:.3f}", f"{r['train_seconds']:.1f}"))
+                     f"{r['latency_ms_cpu_b1']:.3f}", ratio_text(r.get("latency_ratio_cpu_b1")) or "-",
+                     f"{r['train_seconds']:.1f}"))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     table = "\n".join("  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths))) for row in rows)
     for c in results.get("comparisons") or []:
@@ -163,7 +166,8 @@ def results_table(results: dict) -> str:
             table += (f"\n{c['b']} − {c['a']}, {c['metric']}: {c['diff'] * 100:+.2f} points{ci} — {c['verdict']} "
                       f"({c['method']})")
     where = results.get("data", {}).get("test_data")
-    return table + (f"\ntest acc on the {where}" if where and len(rows) > 1 else "")
+    return table + (f"\ntest acc on the {where}; {timing_note(results.get('latency'), bold='')}"
+                    if where and len(rows) > 1 else "")
 
 
 def _progress(args) -> Progress:

@@ -14,6 +14,52 @@ from typing import Any, get_type_hints
 
 ASSETS = Path(__file__).resolve().parents[1] / "assets"
 SAMPLE_DATA = ASSETS / "sample" / "cifar10-sample.tar.gz"
+SHIPPED_PREFIX = "assets/"   # a recorded path starting so names a file the app ships, in any checkout
+
+
+def _shipped_file(path: str) -> Path | None:
+    """The file of this checkout's ``assets/`` that ``path`` names, or None (see :func:`resolve_path`)."""
+    p = Path(path)
+    if not p.is_absolute():
+        rest = p.parts[1:] if p.parts[:1] == ("assets",) else None
+    else:
+        try:
+            rest = p.resolve().relative_to(ASSETS).parts
+        except ValueError:  # another checkout's asset (an old record): taken only when that file is gone
+            i = max((i for i, part in enumerate(p.parts) if part == "assets"), default=None)
+            rest = p.parts[i + 1:] if i is not None and not p.exists() and ASSETS.joinpath(*p.parts[i + 1:]).is_file() \
+                else None
+    if not rest or ".." in rest:
+        return None
+    return ASSETS.joinpath(*rest)
+
+
+def recorded_path(path: str | None) -> str | None:
+    """How a checkpoint path is written into a config or results: a file the app ships as
+    ``assets/<its path inside assets>`` (however it was given, old absolute records included),
+    anything else as given."""
+    if not isinstance(path, str) or not path:
+        return path
+    shipped = _shipped_file(path)
+    return path if shipped is None else SHIPPED_PREFIX + shipped.relative_to(ASSETS).as_posix()
+
+
+def recorded_config(config: dict) -> dict:
+    """A config dict (as written in config.json or results.json) with its checkpoint paths as
+    :func:`recorded_path` writes them: what the results library and the committed studies hold."""
+    out = copy.deepcopy(config)
+    for section, key in (("teacher", "checkpoint"), ("indistill", "aux_checkpoint")):
+        if isinstance(out.get(section), dict) and key in out[section]:
+            out[section][key] = recorded_path(out[section][key])
+    return out
+
+
+def resolve_path(path: str | Path) -> Path:
+    """The file a recorded checkpoint path names (the one rule every reader applies): ``assets/…``
+    is in this checkout's assets folder, whatever the working directory; an absolute path that
+    another checkout recorded (``…/assets/teachers/x.pt``, no longer there) is this checkout's
+    shipped file; anything else as given (a relative path from the working directory)."""
+    return _shipped_file(str(path)) or Path(path)
 
 
 class ConfigError(ValueError):
@@ -44,9 +90,12 @@ class OptimConfig:
 @dataclass
 class TeacherConfig:
     arch: str = "resnet56"
-    checkpoint: str | None = None     # load instead of training
+    checkpoint: str | None = None     # load instead of training (a shipped one recorded as assets/…)
     epochs: float = 240.0
     lr: float = 0.1
+
+    def __post_init__(self) -> None:
+        self.checkpoint = recorded_path(self.checkpoint)
 
 
 @dataclass
@@ -77,6 +126,9 @@ class InDistillConfig:
     aux_checkpoint: str | None = None  # load the auxiliary teacher instead of training it (the grid shares one)
     ratio_threshold: float = 4.0      # teacher/student width ratio above which auto uses an aux
     procedure: str = "studio"         # studio | reference (see README: "Procedures")
+
+    def __post_init__(self) -> None:
+        self.aux_checkpoint = recorded_path(self.aux_checkpoint)
 
 
 @dataclass
@@ -242,7 +294,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     "workshop": {
         "summary": "Shipped CNN 16/32/64 teacher → CNN 8/16/32 on the embedded CIFAR-10 sample; ~1.5 min on 2 CPU cores",
         "data.dataset": "folder", "data.data_dir": str(SAMPLE_DATA),
-        "teacher.arch": "cnn_16_32_64", "teacher.checkpoint": str(ASSETS / "teachers" / "cnn_16_32_64.pt"),
+        "teacher.arch": "cnn_16_32_64", "teacher.checkpoint": SHIPPED_PREFIX + "teachers/cnn_16_32_64.pt",
         "teacher.epochs": 0, "student.arch": "cnn_8_16_32", "student.epochs": 30,
         "indistill.a": 1.0, "indistill.b": 0.5, "eval.latency_runs": 50, "data.val_per_class": 30,
     },
@@ -265,7 +317,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "summary": "The InDistill authors' auxiliary teacher (CNN 16/32/64, PKT from their ResNet-18) → CNN 8/16/32 "
                    "by their procedure: all 50,000 CIFAR-10 training images, 12 warm-up + 58 PKT epochs",
         "data.dataset": "cifar10", "data.val_per_class": 0,
-        "teacher.arch": "cnn_16_32_64", "teacher.checkpoint": str(ASSETS / "teachers" / "indistill_aux_cnn_16_32_64.pt"),
+        "teacher.arch": "cnn_16_32_64", "teacher.checkpoint": SHIPPED_PREFIX + "teachers/indistill_aux_cnn_16_32_64.pt",
         "teacher.epochs": 0, "student.arch": "cnn_8_16_32", "student.epochs": 58,
         "indistill.aux": "off", "indistill.a": 2.0, "indistill.b": 1.0,
         "indistill.procedure": "reference", "kd.loss": "pkt_indistill",

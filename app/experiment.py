@@ -28,7 +28,7 @@ from . import events as ev
 from . import stats
 from .augment import BatchStream, steps_per_epoch
 from .checkpoint import CheckpointError, load_checkpoint, load_into, save_model
-from .config import ConfigError, ExperimentConfig
+from .config import ConfigError, ExperimentConfig, resolve_path
 from .data import Dataset, Split, load_dataset
 from .device import Runtime, resolve, seed_everything
 from .evaluate import (eval_accuracy, evaluate_model, feature_mse, fixed_batch, information_of, layer_information,
@@ -39,7 +39,7 @@ from .losses import KDLoss, build_loss
 from .metrics import flow_divergence
 from .pairing import spec_of
 from .plan import Plan, make_plan, stage2_loss
-from .profile import profile
+from .profile import profile, time_together
 from .pruning import PrunedTargets, make_targets, plan_pruning
 from .recipe import LRSchedule, UnitOptim, resolve_recipe, unit_optim
 from .runfolder import RunFolder, new_run_id, read_json, unit_name, write_json
@@ -311,7 +311,7 @@ class Experiment:
         the training selection, computed when the data was decoded.
         """
         ckpt = self.cfg.teacher.checkpoint
-        self.teacher_blob = load_checkpoint(ckpt) if ckpt else None
+        self.teacher_blob = load_checkpoint(resolve_path(ckpt)) if ckpt else None
         source = f"training selection ({len(data.train):,} images of {data.description})"
         if self.teacher_blob is not None:
             meta = self.teacher_blob.get("meta", {})
@@ -408,7 +408,9 @@ class Experiment:
 
     def cost(self, model, arch: str, width: float) -> dict:
         """Params, size, FLOPs, latency (median and quartiles) and throughput of ``arch`` at
-        ``width``, measured once per run: every model of one architecture shows one figure."""
+        ``width``, measured once per run: every model of one architecture shows one figure.
+        The latency taken here (alone, when the architecture's first model finishes) is what a
+        live run shows; :meth:`fill_costs` replaces it by the run's architectures timed together."""
         key = f"{arch}@{width:g}"
         costs = self.results.setdefault("costs", {})
         if self.only and key not in costs:  # a student-unit task beside others: the merge measures it
@@ -476,7 +478,7 @@ class Experiment:
 
     # ------------------------------------------------------------ the phases as units
     def _checked(self, path: str, arch: str, role: str) -> dict:
-        blob = self.teacher_blob if role == "teacher.checkpoint" else load_checkpoint(path)
+        blob = self.teacher_blob if role == "teacher.checkpoint" else load_checkpoint(resolve_path(path))
         meta = blob.get("meta", {})
         if meta.get("arch") not in (None, arch):
             raise CheckpointError(f"{role} {path} is a {meta['arch']}, not a {arch}; "
@@ -533,12 +535,35 @@ class Experiment:
                    for p in u.segments)
 
     def fill_costs(self, phase: str) -> None:
-        """Units recorded by a sweep task carry no cost (``cost_pending``): measure their
-        architecture here, once (latency depends on the architecture, not the weights)."""
-        for unit in self.results["phases"][phase]["units"].values():
-            if unit.pop("cost_pending", False):
-                arch, width = unit["cost_key"].rsplit("@", 1)
-                unit.update(self.cost(self.build(arch, float(width)).eval(), arch, float(width)))
+        """Once the students are recorded (the first call for the run): every architecture of the
+        run timed together, alternating, the teacher's as the reference
+        (:func:`app.profile.time_together`; ``results["latency"]`` says how and whether the machine
+        was busy); then every unit and phase takes its architecture's figures, those a sweep task
+        left ``cost_pending`` included. Latency depends on the architecture, not the weights, so
+        fresh networks are timed; without a runtime (a report over an unfinished pair) they are
+        built and timed on the CPU."""
+        results, runtime = self.results, getattr(self, "rt", None)
+        holders = [u for e in results["phases"].values() for u in (e, *e.get("units", {}).values()) if "cost_key" in u]
+        keys = list(dict.fromkeys(u["cost_key"] for u in holders))
+        timed = set((results.get("latency") or {}).get("order", [])) & set(results.get("costs") or {})
+        if set(keys) - timed:
+            classes = len(self.data.classes) if hasattr(self, "data") else \
+                len((results.get("data") or {}).get("classes") or []) or 10
+
+            def build(key: str):
+                arch, width = key.rsplit("@", 1)
+                seed_everything(0)
+                model = build_model(arch, classes, float(width))
+                return (runtime.prepare(model) if runtime is not None else model).eval()
+            costs, record = time_together({k: build(k) for k in keys}, results.get("costs") or {},
+                                          runtime.device if runtime is not None else None,
+                                          self.cfg.data.input_size, self.cfg.eval.latency_runs,
+                                          f"{self.cfg.teacher.arch}@1", self.check_cancel)
+            results["costs"], results["latency"] = costs, record
+        for unit in holders:
+            if unit["cost_key"] in results.get("costs", {}):
+                unit.pop("cost_pending", None)
+                unit.update(results["costs"][unit["cost_key"]])
 
     def aggregate(self, phase: str) -> None:
         """Over seeds: accuracy and mAP as mean ± sd with a 95 % interval (Wilson for one seed's

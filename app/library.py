@@ -10,7 +10,7 @@ from __future__ import annotations
 import copy
 from pathlib import Path
 
-from .config import ASSETS
+from .config import ASSETS, recorded_config
 from .runfolder import ID_PATTERN, RunFolder, RunIdError, resolve, write_json, read_json
 
 ROOT = ASSETS / "library"
@@ -54,7 +54,8 @@ def downsample(history: list, max_points: int = MAX_POINTS) -> list:
 
 
 def ship(run_dir: str | Path, run_id: str, root: Path | None = None) -> Path:
-    """Copy a finished run's results.json (curves downsampled) and config.json into the library."""
+    """Copy a finished run's results.json (curves downsampled) and config.json into the library,
+    shipped checkpoints named relative to assets/ and no run folder path."""
     src = RunFolder(Path(run_dir))
     results = src.read_results()
     if not results or results.get("status") != "finished":
@@ -63,8 +64,9 @@ def ship(run_dir: str | Path, run_id: str, root: Path | None = None) -> Path:
     for entry in results.get("phases", {}).values():
         for unit in entry.get("units", {}).values():
             unit["history"] = downsample(unit.get("history", []))
-    results.pop("run_dir", None)
+    results.pop("run_dir", None)   # the library is read from any checkout: no machine path goes in
+    results["config"] = recorded_config(results.get("config") or {})
     dest = RunFolder(resolve(_root(root), run_id))
     write_json(results, dest.results)
-    write_json(read_json(src.config) or results.get("config", {}), dest.config)
+    write_json(recorded_config(read_json(src.config) or results["config"]), dest.config)
     return dest.path

@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import copy
+import os
 import statistics
 import time
+from pathlib import Path
 from typing import Callable
 
 import torch
@@ -65,10 +67,114 @@ def latency_ms(model: nn.Module, device: torch.device, input_size: int = 32, run
 
 def spread(times: list[float]) -> dict:
     """Median and interquartile range (ms) of repeated timings, rounded."""
-    if len(times) < 2:
-        return {"median": round(times[0], 4), "q1": round(times[0], 4), "q3": round(times[0], 4), "runs": len(times)}
-    q1, med, q3 = statistics.quantiles(times, n=4, method="inclusive")
-    return {"median": round(med, 4), "q1": round(q1, 4), "q3": round(q3, 4), "runs": len(times)}
+    return quartiles(times)
+
+
+def quartiles(values: list[float], digits: int = 4) -> dict:
+    """Median and quartiles (inclusive method) of ``values``, rounded, and how many there were."""
+    if len(values) < 2:
+        v = round(values[0], digits)
+        return {"median": v, "q1": v, "q3": v, "runs": len(values)}
+    q1, med, q3 = statistics.quantiles(values, n=4, method="inclusive")
+    return {"median": round(med, digits), "q1": round(q1, digits), "q3": round(q3, digits), "runs": len(values)}
+
+
+def _cpu_seconds(cpus: set[int]) -> float | None:
+    """Busy CPU seconds so far on ``cpus`` from /proc/stat (user, nice, system, irq, softirq,
+    steal), or None where there is no /proc/stat."""
+    try:
+        lines = Path("/proc/stat").read_text().splitlines()
+    except OSError:
+        return None
+    busy = 0
+    for line in lines:
+        name, *fields = line.split()
+        if name.startswith("cpu") and name[3:].isdigit() and int(name[3:]) in cpus:
+            v = [int(f) for f in fields[:8]]
+            busy += v[0] + v[1] + v[2] + v[5] + v[6] + v[7]
+    return busy / os.sysconf("SC_CLK_TCK")
+
+
+class OtherWork:
+    """CPU time that processes other than this one spent on this process's cores over an
+    interval (``cores_used``, in cores), from /proc/stat; None where that cannot be read."""
+
+    def __init__(self) -> None:
+        self.cpus = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else set(range(os.cpu_count() or 1))
+
+    def __enter__(self) -> "OtherWork":
+        self.t0, self.own0, self.busy0 = time.perf_counter(), time.process_time(), _cpu_seconds(self.cpus)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        wall, own, busy = time.perf_counter() - self.t0, time.process_time() - self.own0, _cpu_seconds(self.cpus)
+        self.cores_used = None if busy is None or self.busy0 is None or wall <= 0 else \
+            round(max(0.0, busy - self.busy0 - own) / wall, 2)
+
+
+BUSY_SHARE = 0.25     # other work on a quarter of the cores, or timings whose IQR is a quarter of their median
+
+
+def busy_verdict(cores_used: float | None, cores: int, relative_iqr: float) -> tuple[bool, str]:
+    """Whether the machine was busy while timing, and why: other processes used at least
+    ``BUSY_SHARE`` of the cores, or the reference model's times varied by that much (IQR / median)."""
+    reasons = []
+    if cores_used is not None and cores_used >= BUSY_SHARE * cores:
+        reasons.append(f"other work used {cores_used:.1f} of {cores} cores")
+    if relative_iqr >= BUSY_SHARE:
+        reasons.append(f"the teacher's times varied by {relative_iqr * 100:.0f} % (IQR / median)")
+    return bool(reasons), "; ".join(reasons)
+
+
+@torch.no_grad()
+def interleaved_latency(models: dict[str, nn.Module], device: torch.device, input_size: int = 32, rounds: int = 50,
+                        warmup: int = 10, reference: str | None = None, check: Callable[[], None] = lambda: None,
+                        clock: Callable[[], float] = time.perf_counter) -> dict:
+    """Batch-1 latency of several models timed together: ``rounds`` rounds, each one forward
+    pass of every model in turn (teacher, student, aux, teacher, …), after ``warmup`` such
+    rounds, so load on the machine falls on all of them alike. Per model: median and quartiles
+    of its times (ms) and of its per-round ratio to ``reference`` (default: the first model);
+    ``busy`` (and ``busy_reason``) when other work shared the cores while timing."""
+    names = list(models)
+    reference = reference if reference in models else names[0]
+    nets = {n: copy.deepcopy(m).to(device).eval() for n, m in models.items()}
+    x = torch.randn(1, 3, input_size, input_size, device=device)
+    times: dict[str, list[float]] = {n: [] for n in names}
+    with OtherWork() as other:
+        for r in range(warmup + max(rounds, 1)):
+            for n in names:
+                check()
+                t0 = clock()
+                nets[n](x)
+                _sync(device)
+                if r >= warmup:
+                    times[n].append((clock() - t0) * 1000.0)
+    ref = quartiles(times[reference])
+    rel_iqr = (ref["q3"] - ref["q1"]) / ref["median"] if ref["median"] > 0 else 0.0
+    busy, why = busy_verdict(other.cores_used, len(other.cpus), rel_iqr)
+    per_model = {n: quartiles(times[n]) | {"ratio": quartiles([t / r for t, r in zip(times[n], times[reference])], 3)}
+                 for n in names}
+    return {"device": device.type, "order": names, "reference": reference, "rounds": max(rounds, 1),
+            "other_cores": other.cores_used, "cores": len(other.cpus), "busy": busy, "busy_reason": why,
+            "models": per_model}
+
+
+def ratio_text(ratio: dict | None) -> str:
+    """A latency ratio to the teacher as 'median [q1, q3]' ('' when the run was not timed together)."""
+    return f"{ratio['median']:.2f} [{ratio['q1']:.2f}, {ratio['q3']:.2f}]" if ratio else ""
+
+
+def timing_note(record: dict | None, bold: str = "**") -> str:
+    """How a run's latencies were timed (its ``results["latency"]``, None for a run recorded before
+    they were timed together) and whether the machine was busy meanwhile, in words."""
+    if not record:
+        return "latency was timed once per architecture, alone, when its first model finished (median [IQR])"
+    cpu = record.get("cpu") or {}
+    busy = (f"; {bold}the machine was busy while timing{bold} ({cpu.get('busy_reason')}): the milliseconds are "
+            "inflated, the ratios less so (each round times every model under the same load)") if cpu.get("busy") \
+        else "; the machine was quiet while timing"
+    return (f"latency: every architecture timed together at the end of the run, alternating over {record['rounds']} "
+            "rounds (median [IQR]); × teacher is the per-round ratio to the teacher's time" + busy)
 
 
 def throughput(model: nn.Module, device: torch.device, input_size: int = 32, batch: int = 256, runs: int = 10,
@@ -80,14 +186,49 @@ def throughput(model: nn.Module, device: torch.device, input_size: int = 32, bat
 def profile(model: nn.Module, device: torch.device, input_size: int = 32, latency_runs: int = 50,
             check: Callable[[], None] = lambda: None) -> dict:
     """Everything the Compare view shows about a model's cost; latencies with their spread
-    (``latency_ms_cpu_b1_spread``: median, quartiles and runs). An experiment measures
-    this once per architecture and width, so models of one architecture share one figure."""
+    (``latency_ms_cpu_b1_spread``: median, quartiles and runs), this model timed alone. An
+    experiment measures this once per architecture and width, so models of one architecture
+    share one figure, and at the end times its architectures together (:func:`time_together`)."""
     cpu = spread(latency_times(model, torch.device("cpu"), input_size, latency_runs, check=check))
     out = {"params": param_count(model), "size_mb": round(size_mb(model), 4), "flops": flops(model, input_size),
            "latency_ms_cpu_b1": cpu["median"], "latency_ms_cpu_b1_spread": cpu}
     if device.type == "cuda":
         gpu = spread(latency_times(model, device, input_size, latency_runs, check=check))
         out["latency_ms_gpu_b1"], out["latency_ms_gpu_b1_spread"] = gpu["median"], gpu
-    out["throughput_b256"] = round(throughput(model, device, input_size, check=check), 1)
-    out["throughput_device"] = device.type
-    return out
+    return out | throughput_record(model, device, input_size, check)
+
+
+def throughput_record(model: nn.Module, device: torch.device, input_size: int = 32,
+                      check: Callable[[], None] = lambda: None) -> dict:
+    return {"throughput_b256": round(throughput(model, device, input_size, check=check), 1),
+            "throughput_device": device.type}
+
+
+def time_together(models: dict[str, nn.Module], costs: dict, device: torch.device | None = None, input_size: int = 32,
+                  rounds: int = 50, reference: str | None = None,
+                  check: Callable[[], None] = lambda: None) -> tuple[dict, dict]:
+    """A run's cost figures with every architecture's latency timed together
+    (:func:`interleaved_latency` on the CPU, and on ``device`` too when it is a GPU).
+
+    ``models``: cost key (``arch@width``) → a network of it, the reference (the teacher) among
+    them; ``costs``: the figures recorded so far (a key missing, e.g. a sweep task's, gets its
+    params, size, FLOPs and throughput here). Returns the new costs (per key
+    ``latency_ms_cpu_b1`` with its ``_spread`` from the rounds, and ``latency_ratio_cpu_b1``: the
+    per-round ratio to the reference, median and quartiles) and the run's ``latency`` record (how
+    it was timed, and per device whether the machine was busy)."""
+    device = device or torch.device("cpu")
+    out = {k: dict(v) for k, v in costs.items()}
+    for key, model in models.items():
+        if key not in out:
+            out[key] = {"params": param_count(model), "size_mb": round(size_mb(model), 4),
+                        "flops": flops(model, input_size)} | throughput_record(model, device, input_size, check)
+    record = {"timed": "together", "order": list(models), "rounds": max(rounds, 1)}
+    for tag, dev in [("cpu", torch.device("cpu"))] + ([("gpu", device)] if device.type == "cuda" else []):
+        t = interleaved_latency(models, dev, input_size, rounds, reference=reference, check=check)
+        for key, m in t["models"].items():
+            out[key].update({f"latency_ms_{tag}_b1": m["median"], f"latency_ms_{tag}_b1_spread": {
+                k: m[k] for k in ("median", "q1", "q3", "runs")}, f"latency_ratio_{tag}_b1": m["ratio"]})
+        record["reference"] = t["reference"]
+        record[tag] = {k: t[k] for k in ("busy", "busy_reason", "other_cores", "cores")}
+    record["busy"] = any(record[tag]["busy"] for tag in ("cpu", "gpu") if tag in record)
+    return out, record

@@ -18,7 +18,8 @@ from pathlib import Path
 from typing import Callable
 
 from . import events as ev
-from .config import ASSETS, ConfigError, ExperimentConfig, preset
+from .config import SHIPPED_PREFIX, ConfigError, ExperimentConfig, preset
+from .profile import ratio_text, timing_note
 from .runfolder import RunFolder, read_json, resolve, snapshot_from_results, write_json
 
 ARMS = ("baseline", "kd", "indistill")
@@ -66,7 +67,7 @@ class Study:
                 for p in self.pairs]
 
 
-_CNN_TEACHER = str(ASSETS / "teachers" / "cnn_16_32_64.pt")
+_CNN_TEACHER = SHIPPED_PREFIX + "teachers/cnn_16_32_64.pt"
 # the cpu study's Fig. 5: a ∈ {0.5, 1} × b ∈ {0, 0.5} at the arms' total of 15 student epochs
 CPU_GRID = GridSpec((0.5, 1.0), (0.0, 0.5), 15)
 _SMALL_EVAL = {"eval.latency_runs": 2, "eval.info_batch": 32, "optim.batch_size": 24}
@@ -174,15 +175,24 @@ def run_study(s: Study, out: str | Path = "reports", *, data_dir: str | None = N
 
 
 def partial_results(run_dir: Path) -> dict:
-    """An unfinished pair's results aggregated over the seeds recorded so far (nothing is written)."""
+    """An unfinished pair's results aggregated over the seeds recorded so far. The pair is resumed
+    from a scratch copy of its config.json and results.json, so nothing is written into its folder;
+    no runtime or data is needed (units a sweep task left ``cost_pending`` get their architecture
+    timed here, on the CPU, together with the others: :meth:`~app.experiment.Experiment.fill_costs`)."""
+    import shutil
+    import tempfile
     from .experiment import Experiment
-    exp = Experiment(run_dir=run_dir, resume=True)
-    exp.save_results = lambda: None
-    for phase in exp.plan.schedules:
-        if exp.results.get("phases", {}).get(phase, {}).get("units"):
-            exp.aggregate(phase)
-    exp.compare()
-    return exp.results
+    pair = RunFolder(Path(run_dir))
+    with tempfile.TemporaryDirectory(prefix="indistill-report-") as tmp:
+        scratch = RunFolder(Path(tmp))
+        for name in ("config", "results"):
+            shutil.copyfile(getattr(pair, name), getattr(scratch, name))
+        exp = Experiment(run_dir=scratch.path, resume=True)
+        for phase in exp.plan.schedules:
+            if exp.results.get("phases", {}).get(phase, {}).get("units"):
+                exp.aggregate(phase)
+        exp.compare()
+        return exp.results
 
 
 def run_pair_grid(pair: Pair, cfg: ExperimentConfig, root: Path, *, emit=None, on_experiment=None, backend=None) -> dict:
@@ -306,13 +316,21 @@ def difference_table(results: dict) -> tuple[list[str], list[list[str]]]:
 
 
 def cost_table(results: dict) -> tuple[list[str], list[list[str]]]:
-    """Per architecture: params, FLOPs, CPU latency; per phase: mean training seconds."""
-    head = ["network", "params", "MFLOPs", "CPU ms (batch 1)", "train s per unit (phases)"]
+    """Per architecture: params, FLOPs, CPU latency (median [IQR]) and its per-round ratio to the
+    teacher's (median [IQR], when timed together); per phase: mean training seconds."""
+    head = ["network", "params", "MFLOPs", "CPU ms (batch 1, median [IQR])", "× teacher (per round, median [IQR])",
+            "train s per unit (phases)"]
     train = {}
     for phase, r in (results.get("phases") or {}).items():
         if "cost_key" in r:
             train.setdefault(r["cost_key"], []).append(f"{phase} {r.get('train_seconds', 0):.0f}")
-    rows = [[key, f"{c['params']:,}", f"{c['flops'] / 1e6:.2f}", f"{c.get('latency_ms_cpu_b1', 0):.3f}",
+    reference = (results.get("latency") or {}).get("reference")
+
+    def ms(c: dict) -> str:
+        sp = c.get("latency_ms_cpu_b1_spread")
+        return f"{c.get('latency_ms_cpu_b1', 0):.3f}" + (f" [{sp['q1']:.3f}, {sp['q3']:.3f}]" if sp else "")
+    rows = [[key, f"{c['params']:,}", f"{c['flops'] / 1e6:.2f}", ms(c),
+             "1 (reference)" if key == reference else ratio_text(c.get("latency_ratio_cpu_b1")) or "–",
              ", ".join(train.get(key, []))] for key, c in (results.get("costs") or {}).items()]
     return head, rows
 
@@ -403,6 +421,10 @@ def _arms_section(results: dict, md: list, body: list) -> list:
                                 ("Cost", cost_table(results))):
         md += [f"### {name}", "", _md(head, table), ""]
         body.append(f"<h3>{html.escape(name)}</h3>" + _html_table(head, table))
+    timing = timing_note(results.get("latency"))
+    timing = timing[:1].upper() + timing[1:] + "."
+    md += [timing, ""]
+    body.append(f"<p>{html.escape(timing.replace('**', ''))}</p>")
     ref = results.get("flow_reference")
     if ref:
         note = (f"Fig. 2 / Fig. 4 analogues: reference network {ref['network']}; information estimator "

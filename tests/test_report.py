@@ -172,3 +172,59 @@ def test_the_cli_eta_counts_only_this_experiments_own_pace():
     second.done_steps = 50
     frac, eta = bar.fraction_and_eta(now=3660.0)                          # 10 % in a minute: 5 minutes left
     assert frac == 0.5 and abs(eta - 300.0) < 1e-6
+
+
+def test_an_unfinished_pair_whose_units_came_back_from_ray_reports_without_a_runtime(smoke, tmp_path):
+    """Units a Ray task recorded carry ``cost_pending`` (their task's timing is dropped): reporting an
+    unfinished pair over them needs no runtime and no data (issue 20: it raised AttributeError on
+    ``self.rt``), and the student architecture's cost is measured there, beside the teacher's."""
+    import shutil
+    from app.report import partial_results, write_report
+    root = tmp_path / "smoke"
+    shutil.copytree(smoke[0], root)
+    path = root / "cnn" / "results.json"
+    results = json.loads(path.read_text())
+    results["status"] = "running"
+    student = "cnn_8_16_32@1"
+    results["costs"].pop(student)                                       # absorb keeps no task's timing
+    for phase in ("baseline", "kd", "indistill"):
+        entry = results["phases"][phase]
+        entry["units"].pop("1")
+        unit = entry["units"]["0"]
+        for key in ("params", "size_mb", "flops", "latency_ms_cpu_b1", "latency_ms_cpu_b1_spread", "throughput_b256",
+                    "throughput_device", "latency"):
+            unit.pop(key, None)
+        unit["cost_pending"] = True
+        for key in list(entry):
+            if key != "units":
+                entry.pop(key)
+    results.pop("comparisons")
+    path.write_text(json.dumps(results))
+    merged = partial_results(root / "cnn")
+    kd = merged["phases"]["kd"]
+    assert "cost_pending" not in kd["units"]["0"] and kd["latency_ms_cpu_b1"] > 0 and "latency_ratio_cpu_b1" in kd
+    assert kd["params"] == merged["costs"][student]["params"] and merged["latency"]["order"] == ["cnn_16_32_64@1", student]
+    write_report(study("smoke"), root)
+    md = (root / "report.md").read_text()
+    assert "Unfinished (running)" in md and f"| {student} |" in md
+    assert json.loads(path.read_text())["costs"].get(student) is None      # reporting wrote nothing back
+
+
+def test_a_finished_pair_times_its_architectures_together(smoke):
+    """Item 6 of issue 20: at the end of the run the teacher and the student are timed in alternating
+    rounds; every unit and phase shows its architecture's figures and its ratio to the teacher."""
+    results = json.loads((smoke[0] / "cnn" / "results.json").read_text())
+    teacher, student = "cnn_16_32_64@1", "cnn_8_16_32@1"
+    timing = results["latency"]
+    assert timing["timed"] == "together" and timing["order"] == [teacher, student] and timing["reference"] == teacher
+    assert isinstance(timing["cpu"]["busy"], bool) and timing["rounds"] == 2
+    assert results["costs"][teacher]["latency_ratio_cpu_b1"]["median"] == 1.0
+    ratio = results["costs"][student]["latency_ratio_cpu_b1"]
+    assert ratio["q1"] <= ratio["median"] <= ratio["q3"] and ratio["runs"] == 2
+    for phase in ("teacher", "baseline", "kd", "indistill"):
+        entry = results["phases"][phase]
+        for r in (entry, *entry["units"].values()):
+            assert r["latency_ms_cpu_b1"] == results["costs"][r["cost_key"]]["latency_ms_cpu_b1"]
+            assert "cost_pending" not in r
+    md = (smoke[0] / "report.md").read_text()
+    assert "timed together at the end of the run, alternating over 2 rounds" in md

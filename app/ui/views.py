@@ -16,7 +16,7 @@ from plotly.subplots import make_subplots
 from app.config import ASSETS
 from app.pairing import spec_of
 from app.plan import Plan
-from app.profile import flops as count_flops, param_count, size_mb
+from app.profile import flops as count_flops, param_count, ratio_text, size_mb, timing_note
 from models import MODELS, build_model
 
 PHASES = ("teacher", "aux", "baseline", "kd", "indistill")
@@ -314,17 +314,24 @@ def _fmt_ci(mean: float | None, ci: list | None, sd: float | None = None, scale:
     return text + (f" [{ci[0] * scale:.1f}, {ci[1] * scale:.1f}]" if mean is not None and ci else "")
 
 
-def _latency(r: dict, key: str = "latency_ms_cpu_b1") -> str:
+def _latency(r: dict, key: str = "latency_ms_cpu_b1", busy: bool = False) -> str:
     if key not in r:
         return "–"
     sp = r.get(key + "_spread")
-    return f"{r[key]:.3f}" + (f" [{sp['q1']:.3f}–{sp['q3']:.3f}]" if sp else "")
+    return f"{r[key]:.3f}" + (f" [{sp['q1']:.3f}–{sp['q3']:.3f}]" if sp else "") + (" (busy)" if busy else "")
+
+
+def _ratio(r: dict, reference: str | None) -> str:
+    """The per-round latency ratio to the teacher, '×median [q1, q3]'; '1 (reference)' for the
+    teacher's architecture; '–' for a run recorded before architectures were timed together."""
+    text = ratio_text(r.get("latency_ratio_cpu_b1"))
+    return "–" if not text else "1 (reference)" if r.get("cost_key") == reference else "×" + text
 
 
 COMPARE_HEADERS = ["model", "arch", "accuracy % [95% CI]", "mAP cos % [95% CI]", "mAP euc % [95% CI]",
                    "mAP cos % (ref.-compatible)", "params", "size MB", "MFLOPs", "CPU ms b1 (median [IQR])",
-                   "GPU ms (b1)", "img/s (b256)", "train s"]
-COMPARE_WIDTHS = ["9%", "9%", "11%", "11%", "11%", "7%", "7%", "5%", "6%", "8%", "5%", "6%", "5%"]
+                   "CPU × teacher (median [IQR])", "GPU ms (b1)", "img/s (b256)", "train s"]
+COMPARE_WIDTHS = ["8%", "8%", "10%", "10%", "10%", "7%", "7%", "5%", "5%", "8%", "7%", "5%", "5%", "5%"]
 NAMES = {("baseline", "kd"): "KD − baseline", ("kd", "indistill"): "InDistill+KD − KD"}
 METRIC_NAMES = {"test_acc": "accuracy", "map_cosine": "mAP (cosine)", "map_euclidean": "mAP (Euclidean)"}
 
@@ -355,7 +362,7 @@ def compare_note(results: dict | None) -> str:
     note = (f"Accuracy on the {where}, every model on the same images; retrieval queries are those test images, "
             f"the database the {results['data']['train']:,} training images. Brackets are 95 % intervals "
             "(Wilson for one seed's accuracy, a bootstrap over queries for one seed's mAP, a t-interval over "
-            "seeds); latency is measured once per architecture (median [interquartile range]).")
+            f"seeds); {timing_note((results or {}).get('latency'))}.")
     diffs = difference_lines(results)
     return note + ("\n\n" + "  \n".join(diffs) if diffs else "")
 
@@ -368,6 +375,8 @@ def has_accuracy(r: dict) -> bool:
 
 def compare_rows(results: dict | None) -> list[list]:
     phases = (results or {}).get("phases", {})
+    timed = (results or {}).get("latency") or {}
+    busy = bool((timed.get("cpu") or {}).get("busy"))
     rows = []
     for p in PHASES:
         r = phases.get(p)
@@ -381,9 +390,10 @@ def compare_rows(results: dict | None) -> list[list]:
                      _fmt_ci(cos.get("map"), cos.get("map_ci"), cos.get("map_std")),
                      _fmt_ci(euc.get("map"), euc.get("map_ci"), euc.get("map_std")),
                      _fmt_pm(cos.get("map_reference"), None),
-                     f"{r['params']:,}", f"{r['size_mb']:.3f}", f"{r['flops'] / 1e6:.2f}",
-                     _latency(r), _latency(r, "latency_ms_gpu_b1"),
-                     f"{r['throughput_b256']:,.0f}", f"{r['train_seconds']:.1f}"])
+                     f"{r['params']:,}" if "params" in r else "–", f"{r['size_mb']:.3f}" if "size_mb" in r else "–",
+                     f"{r['flops'] / 1e6:.2f}" if "flops" in r else "–",
+                     _latency(r, busy=busy), _ratio(r, timed.get("reference")), _latency(r, "latency_ms_gpu_b1"),
+                     f"{r['throughput_b256']:,.0f}" if "throughput_b256" in r else "–", f"{r['train_seconds']:.1f}"])
     return rows
 
 
