@@ -15,7 +15,7 @@ import contextlib
 import dataclasses
 import statistics
 import threading
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Collection
 
@@ -27,7 +27,7 @@ from . import distributed
 from . import events as ev
 from . import stats
 from .augment import BatchStream, steps_per_epoch
-from .checkpoint import CheckpointError, load_checkpoint, load_into, save_model
+from .checkpoint import CheckpointError, atomic_save, load_checkpoint, load_into, save_model
 from .config import ConfigError, ExperimentConfig, resolve_path
 from .data import Dataset, Split, load_dataset
 from .device import Runtime, resolve, seed_everything
@@ -35,7 +35,7 @@ from .evaluate import (eval_accuracy, evaluate_model, feature_mse, fixed_batch, 
                        representations, split_map)
 from .features import FeatureTap
 from .fold import fold_batchnorm
-from .losses import KDLoss, build_loss
+from .losses import LOSSES, KDLoss, build_loss, resolve_params
 from .metrics import flow_divergence
 from .pairing import spec_of
 from .plan import Plan, make_plan, stage2_loss
@@ -45,6 +45,7 @@ from .recipe import LRSchedule, UnitOptim, resolve_recipe, unit_optim
 from .runfolder import RunFolder, new_run_id, read_json, unit_name, write_json
 from .schedule import SegmentPlan
 from .train import WARMUP_KINDS, CancelledError, LoopContext, Taps, run_segments, segment_for, steps_for
+from .unitstore import UnitStore, StoredUnit, file_digest, tensors_digest, unit_key
 
 STUDENT_PHASES = ("baseline", "kd", "indistill")
 # the paired differences reported: (A, B) → B − A, the arms sharing seeds and test images
@@ -66,7 +67,8 @@ class Unit:
     kd_loss: KDLoss | None = None
     optim: UnitOptim | None = None            # None: Nesterov SGD at ``lr``, a cosine per segment
     load: dict | None = None                  # a checkpoint to load instead of training
-    load_what: str = ""
+    load_what: str = ""                       # the setting naming that checkpoint (teacher.checkpoint, …)
+    loss: tuple[str, dict] | None = None      # the kd segments' loss as data: name and parameters
 
 
 def new_run_dir(root: str | Path, name: str) -> Path:
@@ -88,7 +90,8 @@ class Experiment:
     def __init__(self, cfg: ExperimentConfig | None = None, run_dir: str | Path | None = None, *,
                  runs_root: str | Path = "runs", emit: Callable[[ev.Event], None] | None = None,
                  cancel: threading.Event | None = None, resume: bool = False,
-                 only: Collection[str] | None = None) -> None:
+                 only: Collection[str] | None = None, store: UnitStore | None = None,
+                 scope: str | None = None) -> None:
         if resume:
             config = read_json(RunFolder(Path(run_dir)).config) if run_dir is not None else None
             if config is None:
@@ -120,6 +123,12 @@ class Experiment:
         # A selection leaves the run ``partial``: the driver merges it (:mod:`app.sweep`).
         self.only = None if only is None else frozenset(only)
         self.trace: Callable[[dict], None] | None = None  # per training step (app.train.LoopContext.trace)
+        # finished units taken instead of trained (rank 0 of one process only), looked up and kept
+        # under ``scope`` alone when given (a visitor's private data)
+        self.store = store if self.dist.world == 1 else None
+        self.scope = scope
+        self.unit_keys: dict[str, str] = {}      # unit name → key (with a store)
+        self.planned_reuse: set[str] = set()     # units the store held when the steps were counted
 
     # ------------------------------------------------------------ helpers
     def log(self, message: str) -> None:
@@ -229,6 +238,9 @@ class Experiment:
                                     "test_data": self.split_label("test", d.test),
                                     "eval_data": self.split_label(eval_split, d.eval_split)}
             self.info_batch = fixed_batch(d.eval_split, self.cfg.eval.info_batch)
+            self.results.setdefault("reuse", {"reused": [], "trained": [], "loaded": []})
+            if self.store is not None:
+                self.plan_keys()
             self.total_steps = self._count_steps()
             self.save_results()
             phase = "teacher"
@@ -328,14 +340,16 @@ class Experiment:
     def _count_steps(self) -> int:
         spe = steps_per_epoch(len(self.data.train), self.cfg.optim.batch_size)
         total = 0
-        if not self.cfg.teacher.checkpoint and not self.unit_done("teacher", None):
+        reused = self.planned_reuse
+        if not self.cfg.teacher.checkpoint and not self.unit_done("teacher", None) and "teacher" not in reused:
             total += steps_for(self.cfg.scaled(self.cfg.teacher.epochs), spe)
-        if self.plan.use_aux and not self.cfg.indistill.aux_checkpoint and not self.unit_done("aux", None):
+        if self.plan.use_aux and not self.cfg.indistill.aux_checkpoint and not self.unit_done("aux", None) \
+                and "aux" not in reused:
             total += sum(steps_for(p.epochs, spe) for p in self.aux_segments())
         for phase, schedule in self.plan.schedules.items():
             per_seed = sum(steps_for(p.epochs, spe) for p in schedule)
             total += per_seed * sum(self.selected(phase, s) and not self.unit_done(phase, s)
-                                    for s in range(self.cfg.seeds))
+                                    and unit_name(phase, s) not in reused for s in range(self.cfg.seeds))
         return total
 
     @property
@@ -352,13 +366,21 @@ class Experiment:
 
     # ------------------------------------------------------------ the unit runner
     def run_unit(self, u: Unit) -> nn.Module:
-        """build → stream → started → run → evaluate → save → record; a finished unit is reloaded."""
+        """build → stream → started → run → evaluate → save → record; a finished unit is reloaded,
+        a unit the store holds is taken from it (:meth:`reuse`), a trained one is stored."""
         name = unit_name(u.phase, u.seed)
         model = self.build(u.arch, u.width, u.seed or 0)
         if self.unit_done(u.phase, u.seed):
             load_into(model, load_checkpoint(self.ckpt(name)), f"{name} (resumed)")
             self.log(f"{name}: resumed from checkpoint")
             return model.eval()
+        stored = self.stored(name, model)
+        if stored is not None:
+            self.reuse(u, model, stored)
+            return model.eval()
+        if name in self.planned_reuse and u.load is None:  # the entry went since the steps were counted
+            self.total_steps += sum(steps_for(p.epochs, steps_per_epoch(len(self.data.train), self.cfg.optim.batch_size))
+                                    for p in u.segments)
         history: list = []
         if u.load is not None:
             load_into(model, u.load, u.load_what)
@@ -368,9 +390,141 @@ class Experiment:
         if self.dist.main:  # under torchrun, rank 0 alone evaluates, writes and records
             result = self._evaluate(model, u.arch, u.width, seconds, epochs, history)
             result["classifier_trained"] = self.trains_classifier(u)
+            if name in self.unit_keys:
+                result["unit_key"] = self.unit_keys[name]
             save_model(model, self.ckpt(name), self.meta(u.arch, u.width, u.phase, u.seed, result["test_acc"]))
+            self.tally("loaded" if u.load is not None else "trained", name)
             self._record(u.phase, u.seed, result)
+            self.keep(u, name, result)
         return model.eval()
+
+    # ------------------------------------------------------------ the unit store
+    def plan_keys(self) -> None:
+        """Every unit's key (teacher and aux first: the students' keys hold theirs), and which
+        units the store holds now (they count no training steps)."""
+        units = [self.plan_unit("teacher")] + ([self.plan_unit("aux")] if self.plan.use_aux else [])
+        units += [self.plan_unit(phase, seed) for seed in range(self.cfg.seeds) for phase in self.plan.schedules
+                  if self.selected(phase, seed)]
+        for u in units:
+            name = unit_name(u.phase, u.seed)
+            self.unit_keys[name] = unit_key(self.unit_spec(u))
+            if not self.unit_done(u.phase, u.seed) and self.store.has(self.unit_keys[name], self.scope):
+                self.planned_reuse.add(name)
+
+    @property
+    def data_identity(self) -> dict:
+        """The data every unit reads, by content: the decoded splits' bytes (so the selection is in
+        it), the classes and the normalisation, beside the settings that chose them."""
+        if "_data_identity" not in self.__dict__:
+            d, c = self.data, self.cfg.data
+            digest = tensors_digest(d.train.images, d.train.labels, d.test.images, d.test.labels,
+                                    d.val.images if d.val else None, d.val.labels if d.val else None)
+            self.__dict__["_data_identity"] = {
+                "content": digest, "classes": d.classes, "mean": list(d.mean), "std": list(d.std),
+                "dataset": c.dataset, "train_per_class": c.train_per_class, "test_per_class": c.test_per_class,
+                "val_per_class": c.val_per_class, "input_size": c.input_size}
+        return self.__dict__["_data_identity"]
+
+    def unit_spec(self, u: Unit) -> dict:
+        """Everything ``u``'s training and evaluation read, as plain data (its key is the digest,
+        :func:`app.unitstore.unit_key`). A setting goes in only where the unit reads it: the
+        networks it learns from by their keys, its loss only with kd segments, the pruned
+        network with warm-up segments or the per-epoch feature error (students, InDistill on)."""
+        cfg, e, o = self.cfg, self.cfg.eval, self.cfg.optim
+        spec = {"phase": u.phase, "seed": u.seed, "arch": u.arch, "width": u.width, "data": self.data_identity,
+                "runtime": {"device": self.rt.device.type, "precision": self.rt.precision,
+                            "channels_last": self.rt.channels_last},
+                "eval": {"retrieval": e.retrieval, "max_queries": e.max_queries, "query_batch": e.query_batch,
+                         "info_flow": e.info_flow, "info_batch": e.info_batch, "latency_runs": e.latency_runs}}
+        if u.load_what:
+            path = cfg.teacher.checkpoint if u.phase == "teacher" else cfg.indistill.aux_checkpoint
+            try:
+                spec["load"] = {"setting": u.load_what, "sha256": file_digest(resolve_path(path))}
+            except OSError as exc:
+                raise CheckpointError(f"{u.load_what} {path} cannot be read ({type(exc).__name__})") from None
+            return spec
+        kinds = {p.kind for p in u.segments}
+        spec["train"] = {"segments": [p.to_dict() for p in u.segments], "optim": asdict(self.optim_of(u)),
+                         "batch_size": o.batch_size, "momentum": o.momentum, "weight_decay": o.weight_decay,
+                         "augment": o.augment}
+        if "kd" in kinds:
+            name, params = u.loss
+            spec["kd"] = {"loss": name, "params": resolve_params(name, LOSSES[name].params, params),
+                          "teacher": self.unit_keys[self.kd_source(u.phase)]}
+        warm = bool(kinds & set(WARMUP_KINDS))
+        if warm:
+            spec["warmup_lr"] = self.recipe.warmup_lr
+        if warm or (u.phase in STUDENT_PHASES and cfg.phases.indistill):
+            spec["pruned"] = {"from": self.unit_keys["aux" if self.plan.use_aux else "teacher"],
+                              "targets": self.recipe.targets}
+        return spec
+
+    def kd_source(self, phase: str) -> str:
+        """The unit whose outputs ``phase``'s kd segments learn from."""
+        if phase in STUDENT_PHASES and self.reference and self.plan.use_aux:
+            return "aux"
+        return "teacher"
+
+    def stored(self, name: str, model) -> StoredUnit | None:
+        """The store's unit ``name`` loaded into ``model``, or None (no store, a miss, or weights that do
+        not load: then it is trained)."""
+        key = self.unit_keys.get(name)
+        if self.store is None or key is None:
+            return None
+        stored = self.store.get(key, self.scope)
+        if stored is None:
+            return None
+        try:
+            load_into(model, load_checkpoint(stored.checkpoint), f"{name} (stored)")
+        except (CheckpointError, OSError, RuntimeError) as exc:
+            self.log(f"{name}: the stored unit does not load ({exc}); training it")
+            return None
+        return stored
+
+    def reuse(self, u: Unit, model, stored: StoredUnit) -> None:
+        """Record a stored unit as this run's: its result (curves included) with ``reused_from``,
+        the events a finished unit emits, its checkpoint in this run folder; no training steps."""
+        self.check_cancel()
+        name, seed = unit_name(u.phase, u.seed), u.seed or 0
+        result = stored.result | {"reused_from": {"run": stored.run_id, "unit": stored.unit_name},
+                                  "test_data": self.results["data"]["test_data"], "unit_key": stored.key}
+        costs = self.results.setdefault("costs", {})
+        if result.get("cost_key") and stored.cost and result["cost_key"] not in costs:
+            costs[result["cost_key"]] = stored.cost
+        self.log(f"{name}: reused from run {stored.run_id}, trained earlier with the same settings")
+        self.emit(ev.PhaseStarted(u.phase, seed, [p.to_dict() for p in u.segments], 0))
+        for h in result.get("history", []):
+            self.emit(ev.EpochMetrics(u.phase, seed, h.get("epoch", 0),
+                                      {k: v for k, v in h.items() if k not in ("epoch", "train_loss", "segment")}))
+        save_model(model, self.ckpt(name), self.meta(u.arch, u.width, u.phase, u.seed, result.get("test_acc")))
+        if "warmup" in stored.extras:
+            try:
+                atomic_save(load_checkpoint(stored.extras["warmup"]), self.ckpt(name + "-warmup"))
+            except CheckpointError as exc:
+                self.log(f"{name}: the stored warm-up checkpoint does not load ({exc})")
+        self.tally("reused", name)
+        self._record(u.phase, u.seed, result)
+
+    def keep(self, u: Unit, name: str, result: dict) -> None:
+        """Put a unit trained (or loaded and evaluated) here in the store."""
+        key = self.unit_keys.get(name)
+        if self.store is None or key is None:
+            return
+        warmup = self.ckpt(name + "-warmup")
+        extras = {"warmup": warmup} if any(p.kind in WARMUP_KINDS for p in u.segments) and warmup.is_file() else {}
+        try:
+            self.store.put(key, result, self.ckpt(name), self.run_dir.name, name, self.scope,
+                           cost=self.results.get("costs", {}).get(result.get("cost_key")), extras=extras)
+        except OSError as exc:
+            self.log(f"{name}: not kept in the unit store ({exc})")
+
+    def tally(self, how: str, name: str) -> None:
+        """``results["reuse"]``: the units this run trained, loaded from a checkpoint file, or reused."""
+        self.results.setdefault("reuse", {"reused": [], "trained": [], "loaded": []}).setdefault(how, []).append(name)
+
+    def optim_of(self, u: Unit) -> UnitOptim:
+        """``u``'s optimizer settings (teacher and aux: Nesterov SGD at its lr, a cosine per segment)."""
+        return u.optim or UnitOptim("sgd", u.lr, "segment-cosine", 0.0, 1.0, "segment")
 
     def _train(self, model, u: Unit, history: list) -> float:
         seed = u.seed or 0
@@ -381,7 +535,7 @@ class Experiment:
             def tap(m):
                 return stack.enter_context(FeatureTap(m)) if m is not None else None
             taps = Taps(tap(model), tap(u.teacher), tap(u.pruned), u.targets)
-            optim = u.optim or UnitOptim("sgd", u.lr, "segment-cosine", 0.0, 1.0, "segment")
+            optim = self.optim_of(u)
             segments = [segment_for(p, n, model, taps, optimizer=optim.optimizer, lr=optim.lr,
                                     warmup_lr=self.recipe.warmup_lr, kd_loss=u.kd_loss)
                         for p, n in zip(u.segments, steps)]
@@ -489,26 +643,45 @@ class Experiment:
         self.log(f"{'teacher' if role.startswith('teacher') else 'aux'}: loaded {path}")
         return blob
 
+    def plan_unit(self, phase: str, seed: int | None = None) -> Unit:
+        """``phase``'s unit as data, before any network exists: what it builds, its segments, its
+        optimizer and its kd loss (name and parameters), or the setting naming the checkpoint it
+        loads. The phases add the networks; :meth:`unit_spec` makes the key of the same unit."""
+        cfg, ind = self.cfg, self.cfg.indistill
+        if phase == "teacher":
+            t = cfg.teacher
+            if t.checkpoint:
+                return Unit("teacher", None, t.arch, lr=t.lr, load_what="teacher.checkpoint")
+            return Unit("teacher", None, t.arch, segments=[SegmentPlan("CE", "ce", (), "ce", cfg.scaled(t.epochs))],
+                        lr=t.lr)
+        if phase == "aux":
+            if ind.aux_checkpoint:
+                return Unit("aux", None, cfg.student.arch, ind.aux_width, [], cfg.optim.lr,
+                            load_what="indistill.aux_checkpoint")
+            segments = self.aux_segments()
+            return Unit("aux", None, cfg.student.arch, ind.aux_width, segments, cfg.optim.lr,
+                        loss=(segments[-1].loss, {"ce": 0.0} if self.reference else {}))
+        return Unit(phase, seed, cfg.student.arch, 1.0, self.plan.schedules[phase], cfg.optim.lr,
+                    optim=unit_optim(self.recipe, phase, cfg.epochs_scale), loss=stage2_loss(cfg))
+
     def teacher_phase(self):
         cfg = self.cfg.teacher
-        u = Unit("teacher", None, cfg.arch, lr=cfg.lr)
-        if cfg.checkpoint and not self.unit_done("teacher", None):
-            u.load, u.load_what = self._checked(cfg.checkpoint, cfg.arch, "teacher.checkpoint"), "teacher.checkpoint"
-        else:
-            u.segments = [SegmentPlan("CE", "ce", (), "ce", self.cfg.scaled(cfg.epochs))]
+        u = self.plan_unit("teacher")
+        if u.load_what and not self.unit_done("teacher", None):
+            u.load = self._checked(cfg.checkpoint, cfg.arch, "teacher.checkpoint")
         return self.run_unit(u)
 
     def aux_phase(self, teacher):
         ind = self.cfg.indistill
-        u = Unit("aux", None, self.cfg.student.arch, ind.aux_width, self.aux_segments(), self.cfg.optim.lr, teacher)
-        if ind.aux_checkpoint and not self.unit_done("aux", None):
-            u.segments, u.load_what = [], "indistill.aux_checkpoint"
-            u.load = self._checked(ind.aux_checkpoint, self.cfg.student.arch, "indistill.aux_checkpoint")
+        u = self.plan_unit("aux")
+        u.teacher = teacher
+        if u.load_what:
+            if not self.unit_done("aux", None):
+                u.load = self._checked(ind.aux_checkpoint, self.cfg.student.arch, "indistill.aux_checkpoint")
         else:
-            kd = u.segments[-1]
-            params = {"ce": 0.0} if self.reference else {}
             seed_everything(0)
-            u.kd_loss = build_loss(kd.loss, self.aux_spec, self.spec(self.cfg.teacher.arch), params).to(self.rt.device)
+            u.kd_loss = build_loss(u.loss[0], self.aux_spec, self.spec(self.cfg.teacher.arch),
+                                   u.loss[1]).to(self.rt.device)
         return self.run_unit(u)
 
     def student_phase(self, phase: str, seed: int, teacher, pruned, targets) -> None:
@@ -517,12 +690,12 @@ class Experiment:
         cfg = self.cfg
         if self.unit_done(phase, seed):
             return
-        t_spec = self.aux_spec if (self.reference and self.plan.use_aux) else self.spec(cfg.teacher.arch)
-        name, params = stage2_loss(cfg)
+        t_spec = self.aux_spec if self.kd_source(phase) == "aux" else self.spec(cfg.teacher.arch)
+        u = self.plan_unit(phase, seed)
+        u.teacher, u.pruned, u.targets = teacher, pruned, targets
         seed_everything(seed)  # a loss with parameters (FitNets' regressors) starts the same in any process
-        kd_loss = build_loss(name, self.spec(cfg.student.arch), t_spec, params).to(self.rt.device)
-        self.run_unit(Unit(phase, seed, cfg.student.arch, 1.0, self.plan.schedules[phase], cfg.optim.lr, teacher,
-                           pruned, targets, kd_loss, unit_optim(self.recipe, phase, cfg.epochs_scale)))
+        u.kd_loss = build_loss(u.loss[0], self.spec(cfg.student.arch), t_spec, u.loss[1]).to(self.rt.device)
+        self.run_unit(u)
 
     @staticmethod
     def trains_classifier(u: Unit) -> bool:
@@ -578,7 +751,8 @@ class Experiment:
         accs = [u["test_acc"] for u in units]
         acc = stats.seeds_summary(accs, first.get("test_images"))
         entry.update({k: v for k, v in first.items()
-                      if k not in ("history", "retrieval", "test_acc", "info_flow", "correct", "test_acc_ci")})
+                      if k not in ("history", "retrieval", "test_acc", "info_flow", "correct", "test_acc_ci",
+                                   "reused_from", "unit_key")})
         entry.update({"test_acc": acc["mean"], "test_acc_std": acc["sd"], "test_acc_seeds": accs,
                       "test_acc_ci": acc["ci"], "test_acc_ci_method": acc["method"],
                       "train_seconds": statistics.fmean(u["train_seconds"] for u in units)})

@@ -46,8 +46,10 @@ class CurriculumGrid:
 
     def __init__(self, cfg: ExperimentConfig, a_values: list[float], b_values: list[float], run_dir: str | Path, *,
                  emit: Callable[[ev.Event], None] | None = None, cancel: threading.Event | None = None,
-                 include_joint: bool = True, include_off: bool = True, backend=None) -> None:
+                 include_joint: bool = True, include_off: bool = True, backend=None, store=None,
+                 scope: str | None = None) -> None:
         self.cfg, self.run_dir, self.backend = cfg, Path(run_dir), backend  # backend: None (here) or app.sweep
+        self.store, self.scope = store, scope  # app.unitstore.UnitStore: cells here take stored units
         self.emit = emit or (lambda e: None)
         self.cancel = cancel or threading.Event()
         self.total = cfg.student.epochs           # T: every cell's student epochs, warm-up included
@@ -152,7 +154,8 @@ class CurriculumGrid:
                 yield i, done
                 continue
             self.emit(ev.Log(f"grid cell {i + 1}/{len(self.cells)}: {mode} a={a:g} b={b:g}"))
-            self.current = Experiment(self.shared(cfg), self.cell_dir(i), emit=self._forward, cancel=self.cancel)
+            self.current = Experiment(self.shared(cfg), self.cell_dir(i), emit=self._forward, cancel=self.cancel,
+                                      store=self.store, scope=self.scope)
             yield i, self.current.run()
 
     def _cells_on_ray(self):
