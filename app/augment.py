@@ -95,7 +95,19 @@ class BatchStream:
             yield x, self.labels[idx]
 
 
-def eval_batches(split: Split, device: torch.device, mean, std, batch_size: int = 512,
+EVAL_BATCH = 512              # images per evaluation batch, at most
+EVAL_BATCH_FLOPS = 20e9       # forward FLOPs per evaluation batch, at most: ~0.2–0.5 s on one CPU thread
+
+
+def eval_batch_for(flops_per_image: float) -> int:
+    """Images per evaluation batch for a network of ``flops_per_image``: at most
+    :data:`EVAL_BATCH_FLOPS` a batch, so a cancel checked between batches lands within a
+    fraction of a second even for the largest networks (and the size depends on the network
+    only: the same model gets the same batches, the same figures)."""
+    return max(1, min(EVAL_BATCH, int(EVAL_BATCH_FLOPS // max(flops_per_image, 1.0))))
+
+
+def eval_batches(split: Split, device: torch.device, mean, std, batch_size: int = EVAL_BATCH,
                  channels_last: bool = False) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Unaugmented batches in order (for accuracy, embeddings and retrieval)."""
     norm = Normalizer(mean, std, device)

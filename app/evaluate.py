@@ -1,29 +1,66 @@
-"""Evaluation of a trained model: accuracy and retrieval with their intervals, per-layer information."""
+"""Evaluation of a trained model: accuracy and retrieval with their intervals, per-layer information.
+
+Every pass over images goes in batches of at most :data:`app.augment.EVAL_BATCH_FLOPS`
+forward FLOPs (:func:`batch_size_for`) and calls ``check`` before each batch, and the
+retrieval ranking checks between query chunks: ``check`` raises to stop (a cancel), so a
+cancel lands within one such batch whatever the network.
+"""
 from __future__ import annotations
 
 from typing import Callable
 
 import torch
 from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
 
-from .augment import eval_batches
+from .augment import eval_batch_for, eval_batches
 from .data import Dataset, Split
 from .device import Runtime
-from .features import FeatureTap
+from .features import FeatureTap, Outputs
 from . import losses
 from . import stats
 from .metrics import information_with_labels, retrieval_metrics
 
+Check = Callable[[], None]
+_FLOPS: dict[tuple, float] = {}
+
+
+def _no_check() -> None:
+    pass
+
+
+@torch.no_grad()
+def forward_flops(model: nn.Module, image_shape: tuple[int, ...]) -> float:
+    """FLOPs of one image's forward pass through ``model`` (counted once per architecture,
+    parameter count and image shape; the model must be in eval mode)."""
+    key = (getattr(model, "arch", type(model).__name__), sum(p.numel() for p in model.parameters()), tuple(image_shape))
+    if key not in _FLOPS:
+        p = next(model.parameters(), None)
+        x = torch.zeros(1, *image_shape, device=p.device if p is not None else "cpu")
+        counter = FlopCounterMode(display=False)
+        with counter:
+            model(x)
+        if len(_FLOPS) >= 256:
+            _FLOPS.clear()
+        _FLOPS[key] = float(counter.get_total_flops())
+    return _FLOPS[key]
+
+
+def batch_size_for(model: nn.Module, split: Split) -> int:
+    """Images per evaluation batch of ``model`` on ``split``'s images (:func:`app.augment.eval_batch_for`)."""
+    return eval_batch_for(forward_flops(model, tuple(split.images.shape[1:])))
+
 
 @torch.no_grad()
 def predict(model: nn.Module, split: Split, data: Dataset, runtime: Runtime,
-            check: Callable[[], None] = lambda: None) -> tuple[torch.Tensor, torch.Tensor]:
+            check: Check = _no_check) -> tuple[torch.Tensor, torch.Tensor]:
     """Logits and embeddings (on the CPU) of every image in ``split``, unaugmented (``check``
     before each batch: it raises to stop, e.g. on a cancel)."""
     model.eval()
     logits, embeds = [], []
+    size = batch_size_for(model, split)
     with FeatureTap(model) as tap:
-        for x, _ in eval_batches(split, runtime.device, data.mean, data.std, channels_last=runtime.channels_last):
+        for x, _ in eval_batches(split, runtime.device, data.mean, data.std, size, runtime.channels_last):
             check()
             with runtime.autocast():
                 out = tap(x, features=False)
@@ -37,8 +74,8 @@ def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
 
 
 @torch.no_grad()
-def eval_accuracy(model: nn.Module, split: Split, data: Dataset, runtime: Runtime) -> float:
-    return accuracy(predict(model, split, data, runtime)[0], split.labels)
+def eval_accuracy(model: nn.Module, split: Split, data: Dataset, runtime: Runtime, check: Check = _no_check) -> float:
+    return accuracy(predict(model, split, data, runtime, check)[0], split.labels)
 
 
 def fixed_batch(split: Split, size: int) -> Split:
@@ -48,26 +85,43 @@ def fixed_batch(split: Split, size: int) -> Split:
     return Split(split.images[idx], split.labels[idx])
 
 
+def _joined(parts: list[Outputs]) -> Outputs:
+    """The outputs of consecutive chunks of one batch, as one pass over the whole batch would give them."""
+    def cat(tensors):
+        return torch.cat(tensors) if tensors and tensors[0] is not None else None
+    return Outputs(features=[cat(f) for f in zip(*(p.features for p in parts))],
+                   inputs=[cat(i) for i in zip(*(p.inputs for p in parts))],
+                   embedding=cat([p.embedding for p in parts]), logits=cat([p.logits for p in parts]))
+
+
 @torch.no_grad()
-def representations(model: nn.Module, batch: Split, data: Dataset, runtime: Runtime, raw: bool = False):
-    """Each stage's output, then the embedding (fp32), and the labels, for one fixed batch;
-    ``raw``: the pass's :class:`~app.features.Outputs` (with each stage's input) and the labels."""
+def representations(model: nn.Module, batch: Split, data: Dataset, runtime: Runtime, raw: bool = False,
+                    check: Check = _no_check):
+    """Each stage's output, then the embedding (fp32), and the labels, for one fixed batch (run in
+    chunks, ``check`` before each); ``raw``: the pass's :class:`~app.features.Outputs` (with each
+    stage's input) and the labels."""
     model.eval()
-    x, y = next(eval_batches(batch, runtime.device, data.mean, data.std, batch_size=len(batch)))
-    with FeatureTap(model) as tap, runtime.autocast():
-        out = tap(x, inputs=raw)
+    chunks, labels = [], []
+    size = batch_size_for(model, batch)
+    with FeatureTap(model) as tap:
+        for x, y in eval_batches(batch, runtime.device, data.mean, data.std, size):
+            check()
+            with runtime.autocast():
+                chunks.append(tap(x, inputs=raw))
+            labels.append(y)
+    out, y = _joined(chunks), torch.cat(labels)
     if raw:
         return out, y
     return [f.float() for f in out.features] + [out.embedding.float()], y
 
 
 @torch.no_grad()
-def split_map(model: nn.Module, split: Split, data: Dataset, runtime: Runtime) -> float:
+def split_map(model: nn.Module, split: Split, data: Dataset, runtime: Runtime, check: Check = _no_check) -> float:
     """Cosine retrieval mAP within ``split``: its even-indexed images query its odd-indexed ones
     (no image retrieves itself). The per-epoch curve of a unit that trains no classifier."""
-    _, emb = predict(model, split, data, runtime)
+    _, emb = predict(model, split, data, runtime, check)
     labels = split.labels.cpu()
-    return retrieval_metrics(emb[0::2], labels[0::2], emb[1::2], labels[1::2], "cosine")["map"]
+    return retrieval_metrics(emb[0::2], labels[0::2], emb[1::2], labels[1::2], "cosine", check=check)["map"]
 
 
 def information_of(reps: list[torch.Tensor], labels: torch.Tensor) -> list[float]:
@@ -76,9 +130,10 @@ def information_of(reps: list[torch.Tensor], labels: torch.Tensor) -> list[float
 
 
 @torch.no_grad()
-def layer_information(model: nn.Module, batch: Split, data: Dataset, runtime: Runtime) -> list[float]:
+def layer_information(model: nn.Module, batch: Split, data: Dataset, runtime: Runtime,
+                      check: Check = _no_check) -> list[float]:
     """Information (bits) between each stage's output — then the embedding — and the labels."""
-    return information_of(*representations(model, batch, data, runtime))
+    return information_of(*representations(model, batch, data, runtime, check=check))
 
 
 @torch.no_grad()
@@ -90,7 +145,7 @@ def feature_mse(features: list[torch.Tensor], targets: list[torch.Tensor]) -> li
 
 def evaluate_model(model: nn.Module, data: Dataset, runtime: Runtime, *, retrieval: bool = True,
                    max_queries: int | None = None, query_batch: int = 128,
-                   check: Callable[[], None] = lambda: None) -> dict:
+                   check: Check = _no_check) -> dict:
     """Top-1 accuracy on the test split with its Wilson interval and per-image correctness,
     and retrieval (cosine and Euclidean) with a bootstrap interval over queries, per-query
     AP and the reference-compatible mAP. The test split is used here only, once per model.

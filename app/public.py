@@ -15,15 +15,19 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 from .config import ASSETS, SAMPLE_DATA, ExperimentConfig
 from .plan import Plan
 from .runfolder import slug
 
 ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar", ".zip")
+COST_TABLE = ASSETS / "cost_table.json"   # per architecture, measured by bench/calibrate.py --measure
 CIFAR_COUNTS = {"cifar10": (10, 5000, 1000), "cifar100": (100, 500, 100)}  # classes, train/class, test/class
 
 
@@ -37,30 +41,75 @@ def is_public(env: dict | None = None) -> bool:
 
 
 @dataclass(frozen=True)
+class NetSpeed:
+    """One architecture's measured cost on one CPU thread, at width 1 and 32 × 32 inputs
+    (``bench/calibrate.py --measure``): a training step is ``train_step_s`` + batch ×
+    ``train_image_s`` (forward, backward, optimizer), a forward pass over a batch without
+    gradients ``fwd_batch_s`` + batch × ``fwd_image_s``. Other widths and input sizes scale
+    the per-image costs by their FLOPs."""
+
+    flops: float
+    train_step_s: float
+    train_image_s: float
+    fwd_batch_s: float
+    fwd_image_s: float
+
+    @classmethod
+    def from_flops(cls, flops: float, flops_per_s: float) -> "NetSpeed":
+        """An architecture the table does not hold: costs from its FLOPs at a (slow) rate."""
+        return cls(flops, 0.1, 3 * flops / flops_per_s, 0.03, flops / flops_per_s)
+
+
+@functools.lru_cache(maxsize=4)
+def _table(path: str, _stamp: float) -> dict[str, NetSpeed]:
+    try:
+        rows = json.loads(Path(path).read_text())["networks"]
+        return {arch: NetSpeed(**{k: float(row[k]) for k in NetSpeed.__dataclass_fields__}) for arch, row in rows.items()}
+    except (OSError, ValueError, KeyError, TypeError):
+        return {}
+
+
+def speed_table(path: Path = COST_TABLE) -> dict[str, NetSpeed]:
+    """The measured per-architecture table (empty if missing: every network then costs by its FLOPs)."""
+    try:
+        return _table(str(path), path.stat().st_mtime)
+    except OSError:
+        return {}
+
+
+@dataclass(frozen=True)
 class CostModel:
-    """Seconds per training image = ``overhead_s`` + ``step_s`` / batch + FLOPs / ``flops_per_s`` (per
-    network), plus each unit's evaluation (forward passes, retrieval ranking, latency) and data decoding."""
+    """The engine's own costs around the networks' (seconds, one training thread), and how a run
+    adds up: every segment trains ``steps_for(epochs)`` steps (at least one) at ``min(batch,
+    training images)``; each step is the trained network's step, the engine's per-step and
+    per-image work, and a forward pass of the network it learns from; every epoch end (and the
+    unit's last step) evaluates; every unit ends with its evaluation, and every architecture
+    of the run is profiled once (latency and throughput passes)."""
 
-    overhead_s: float = 169e-6      # per image: augmentation, Python (with step_s/128: the 200 µs measured at batch 128)
-    step_s: float = 4e-3            # per optimizer step whatever its batch: hooks, events, the optimizer, Python.
-    #                                 Measured: 12 ms a step at batch 2 beside a 2-thread study (about twice the load
-    #                                 of a quiet machine), and a 200-epoch batch-2 workshop run's 54-min ETA (≈ 4 ms)
-    flops_per_s: float = 100e9      # effective fp32 rate of small CNNs on 2 cores: measured 125 GFLOP/s
-    backward_factor: float = 3.0    # forward + backward ≈ 3 forward passes
+    engine_step_s: float = 2.5e-3   # per training step: batch stream, loss bookkeeping, events, hooks
+    engine_image_s: float = 20e-6   # per training image: crop, flip, normalise
     pair_s: float = 1.2e-7          # retrieval: one query × database pair, per metric (5.8 s for 512 × 50k × 2)
-    unit_s: float = 2.0             # latency/throughput timing and bookkeeping of one unit
+    mi_flops_per_s: float = 30e9    # information estimates: Gram matrices of the information batch
+    unit_s: float = 0.1             # per unit: checkpoint, results, bookkeeping
+    run_s: float = 0.3              # per run: plan, data from the cache, results
     decode_s: float = 150e-6        # decoding one image (×(size/32)² when resized)
+    threads_speedup: float = 1.0    # over the table's one thread (two threads: about 1.7)
+    margin: float = 1.15            # over the table's best-of-repeats timings: a shared server is rarely quiet
+    fallback_flops_per_s: float = 20e9  # an architecture missing from the table
+    nets: dict[str, NetSpeed] | None = field(default=None, compare=False)  # None: the measured table
+
+    def speed(self, arch: str, flops_w1: float) -> NetSpeed:
+        table = speed_table() if self.nets is None else self.nets
+        return table[arch] if arch in table else NetSpeed.from_flops(flops_w1, self.fallback_flops_per_s)
 
 
-# Fitted on this project's 2-core VM, 2 threads: CNN 8/16/32 6,800 img/s and ResNet-20 479 img/s (fwd+bwd,
-# batch 128). With fewer training threads (a public server keeps a core for its pages) the FLOP rate scales down.
 CPU_MODEL = CostModel()
 
 
 def cost_model() -> CostModel:
-    """The CPU cost model for this server's training threads (fitted at 2)."""
+    """The cost model for this server's training threads (the table is measured on one)."""
     from .device import train_threads
-    return dataclasses.replace(CPU_MODEL, flops_per_s=CPU_MODEL.flops_per_s * min(train_threads(), 2) / 2)
+    return dataclasses.replace(CPU_MODEL, threads_speedup=1.0 + 0.7 * (min(train_threads(), 2) - 1))
 
 
 @dataclass(frozen=True)
@@ -88,17 +137,20 @@ class Estimate:
     train_images: int
     parts: dict[str, float] = field(default_factory=dict)
     fixed_seconds: float = 0.0      # evaluations and decoding: what does not shrink with the epochs
+    sizes: tuple[int, int, int, int] | None = None  # (classes, train, eval, test images) it was made for
 
     @property
     def minutes(self) -> float:
         return self.seconds / 60
 
 
-@functools.lru_cache(maxsize=64)
-def _net_cost(arch: str, num_classes: int, width: float, input_size: int) -> tuple[float, float]:
-    """(forward FLOPs, activation floats) of one image through ``arch`` (cached per shape)."""
+@functools.lru_cache(maxsize=128)
+def _net_cost(arch: str, num_classes: int, width: float, input_size: int) -> tuple[float, float, float]:
+    """(forward FLOPs, activation floats, floats of the stage outputs and embedding) of one image
+    through ``arch`` (cached per shape)."""
     import torch
     from models import build_model
+    from .features import FeatureTap
     from .profile import flops
 
     model = build_model(arch, num_classes, width).eval()
@@ -109,76 +161,120 @@ def _net_cost(arch: str, num_classes: int, width: float, input_size: int) -> tup
         if isinstance(out, torch.Tensor):
             elems += out.numel()
     hooks = [m.register_forward_hook(count) for m in model.modules() if not list(m.children())]
-    with torch.no_grad():
-        model(torch.zeros(1, 3, input_size, input_size))
+    with torch.no_grad(), FeatureTap(model) as tap:
+        out = tap(torch.zeros(1, 3, input_size, input_size))
     for h in hooks:
         h.remove()
-    return float(flops(model, input_size)), float(elems)
+    reps = sum(f.numel() for f in out.features) + out.embedding.numel()
+    return float(flops(model, input_size)), float(elems), float(reps)
 
 
 def estimate(cfg: ExperimentConfig, plan: Plan, num_classes: int, train_images: int, eval_images: int,
              test_images: int | None = None, model: CostModel | None = None) -> Estimate:
-    """Training time (every phase, arm and seed, plus per-epoch evaluation) and step memory."""
+    """Run time (every unit's training steps as the engine counts them, its per-epoch and final
+    evaluations, each architecture's profile) and step memory, from the measured table."""
+    from .augment import eval_batch_for, steps_per_epoch
+    from .train import steps_for
+
     size, n = cfg.data.input_size, num_classes
     test_images = eval_images if test_images is None else test_images
-    model = model or cost_model()
+    m = model or cost_model()
+    batch = max(1, min(cfg.optim.batch_size, train_images))      # as the batch stream takes it
+    spe = steps_per_epoch(train_images, cfg.optim.batch_size)
+    e = cfg.eval
+    info = min(e.info_batch, eval_images)
+    queries = min(test_images, e.max_queries or test_images)
+    Net = tuple  # (arch, width)
 
-    def cost(arch: str, width: float = 1.0) -> tuple[float, float]:
-        return _net_cost(arch, n, width, size)
+    def flops(net: Net) -> float:
+        return _net_cost(net[0], n, net[1], size)[0]
 
-    per_step = model.step_s / max(1, min(cfg.optim.batch_size, train_images))  # small batches pay it more often
+    def speed(net: Net) -> tuple[NetSpeed, float]:
+        """The architecture's speed and this network's per-image scale (width, input size)."""
+        s = m.speed(net[0], _net_cost(net[0], n, 1.0, 32)[0])
+        return s, flops(net) / s.flops
 
-    def train_s(arch: str, width: float = 1.0) -> float:
-        return model.overhead_s + per_step + model.backward_factor * cost(arch, width)[0] / model.flops_per_s
+    def forward(net: Net, images: int, per_batch: int | None = None) -> float:
+        s, k = speed(net)
+        per_batch = per_batch or eval_batch_for(flops(net))
+        return -(-images // per_batch) * s.fwd_batch_s + images * s.fwd_image_s * k
 
-    def fwd_s(arch: str, width: float = 1.0) -> float:
-        return cost(arch, width)[0] / model.flops_per_s
+    def step(net: Net, frozen: Net | None) -> float:
+        s, k = speed(net)
+        seconds = s.train_step_s + batch * s.train_image_s * k + m.engine_step_s + batch * m.engine_image_s
+        return seconds + (forward(frozen, batch, batch) if frozen else 0.0)
 
-    teacher, student = cfg.teacher.arch, cfg.student.arch
-    aux_width = cfg.indistill.aux_width
-    queries = min(test_images, cfg.eval.max_queries or test_images)
+    def information(net: Net) -> float:
+        return forward(net, info) + 2 * info ** 2 * _net_cost(net[0], n, net[1], size)[2] / m.mi_flops_per_s
 
-    def evaluation(arch: str, width: float = 1.0) -> float:
-        """One unit's final evaluation: test (and, for retrieval, training) forward passes and ranking."""
-        seconds = model.unit_s + test_images * fwd_s(arch, width)
-        if cfg.eval.retrieval:
-            seconds += train_images * fwd_s(arch, width) + 2 * queries * train_images * model.pair_s
+    profiled: set = set()
+
+    def evaluation(net: Net) -> float:
+        """A unit's final evaluation, and its architecture's profile the first time it is seen."""
+        seconds = m.unit_s + forward(net, test_images) + (information(net) if e.info_flow else 0.0)
+        if e.retrieval:
+            seconds += forward(net, train_images) + 2 * queries * train_images * m.pair_s
+        if net not in profiled:
+            profiled.add(net)
+            seconds += forward(net, e.latency_runs + 12, 1) + forward(net, 13 * 256, 256)
         return seconds
 
+    def unit(net: Net, segments: list[tuple[float, Net | None]], compare: bool = False) -> tuple[float, float]:
+        """(training with its per-epoch evaluations, final evaluation) of one unit."""
+        steps = [steps_for(epochs, spe) for epochs, _ in segments]
+        total = sum(steps)
+        epoch_ends = total // spe + (1 if total % spe else 0)
+        per_epoch = forward(net, eval_images) + (information(net) if e.info_flow or compare else 0.0)
+        train = sum(k * step(net, frozen) for k, (_, frozen) in zip(steps, segments))
+        return train + epoch_ends * per_epoch, evaluation(net)
+
     parts: dict[str, float] = {}
-    fixed = evaluation(teacher)
-    parts["teacher"] = evaluation(teacher)
-    if not cfg.teacher.checkpoint:
-        ep = cfg.scaled(cfg.teacher.epochs)
-        parts["teacher"] += ep * (train_images * train_s(teacher) + eval_images * fwd_s(teacher))
+    fixed = m.run_s
+    teacher: Net = (cfg.teacher.arch, 1.0)
+    student: Net = (cfg.student.arch, 1.0)
     reference = cfg.indistill.procedure == "reference"
+    t_epochs = 0.0 if cfg.teacher.checkpoint else cfg.scaled(cfg.teacher.epochs)
+    train, final = unit(teacher, [(t_epochs, None)])
+    parts["teacher"], fixed = train + final, fixed + final
+    pruned = teacher
     if plan.use_aux:
-        ep = cfg.scaled(cfg.indistill.aux_epochs if cfg.indistill.aux_epochs is not None else cfg.student.epochs)
-        ep = 0.0 if cfg.indistill.aux_checkpoint else ep * (2 if reference else 1)  # reference: CE, then PKT
-        fixed += evaluation(student, aux_width)
-        parts["aux"] = evaluation(student, aux_width) + ep * (
-            train_images * (train_s(student, aux_width) + fwd_s(teacher)) + eval_images * fwd_s(student, aux_width))
-    pruned = (student, aux_width) if plan.use_aux else (teacher, 1.0)
-    stage2 = pruned if reference else (teacher, 1.0)
+        aux: Net = (cfg.student.arch, cfg.indistill.aux_width)
+        ind = cfg.indistill
+        ep = 0.0 if ind.aux_checkpoint else cfg.scaled(ind.aux_epochs if ind.aux_epochs is not None else cfg.student.epochs)
+        train, final = unit(aux, [(ep, None), (ep, teacher)] if reference else [(ep, teacher)])
+        parts["aux"], fixed, pruned = train + final, fixed + final, aux
+    stage2 = pruned if reference else teacher
+    warm = cfg.phases.indistill
+    if warm:
+        fixed += information(pruned)          # the flow reference, once per run
     for arm, schedule in plan.schedules.items():
-        per_seed = evaluation(student)
-        for p in schedule:
-            frozen = {"kd": fwd_s(*stage2), "ce": 0.0}.get(p.kind, fwd_s(*pruned))
-            per_seed += p.epochs * (train_images * (train_s(student) + frozen) + eval_images * fwd_s(student))
-        parts[arm] = per_seed * cfg.seeds
-        fixed += evaluation(student) * cfg.seeds
-    parts["data"] = (train_images + test_images + eval_images) * model.decode_s * (size / 32) ** 2
+        frozen = {"kd": stage2, "ce": None}
+        train, final = unit(student, [(p.epochs, frozen.get(p.kind, pruned)) for p in schedule], compare=warm)
+        parts[arm] = (train + final) * cfg.seeds
+        fixed += final * cfg.seeds
+    parts["data"] = (train_images + test_images + eval_images) * m.decode_s * (size / 32) ** 2
     fixed += parts["data"]
+    scale = m.margin / m.threads_speedup
     b = cfg.optim.batch_size
-    step_floats = 2 * cost(student)[1] + cost(teacher)[1] + (cost(*pruned)[1] if plan.use_aux else 0.0)
+    def activations(net: Net) -> float:
+        return _net_cost(net[0], n, net[1], size)[1]
+    step_floats = 2 * activations(student) + activations(teacher) + (activations(pruned) if plan.use_aux else 0.0)
     if not cfg.teacher.checkpoint:
-        step_floats = max(step_floats, 2 * cost(teacher)[1])
-    return Estimate(seconds=sum(parts.values()), step_mb=b * step_floats * 4 / 1e6, train_images=train_images,
-                    parts={k: round(v, 1) for k, v in parts.items()}, fixed_seconds=fixed)
+        step_floats = max(step_floats, 2 * activations(teacher))
+    return Estimate(seconds=scale * (sum(parts.values()) + m.run_s), step_mb=b * step_floats * 4 / 1e6,
+                    train_images=train_images, parts={k: round(scale * v, 1) for k, v in parts.items()},
+                    fixed_seconds=scale * fixed, sizes=(num_classes, train_images, eval_images, test_images))
 
 
-def check_budget(cfg: ExperimentConfig, est: Estimate, budget: Budget) -> list[str]:
-    """Refusals (each names the limit and what would fit); empty when the job fits."""
+def estimate_config(cfg: ExperimentConfig, sizes: tuple[int, int, int, int] | None = None,
+                    plan: Plan | None = None) -> Estimate:
+    """:func:`estimate` of ``cfg`` (its plan and dataset size found when not given)."""
+    from .plan import make_plan
+    return estimate(cfg, plan or make_plan(cfg), *(sizes or dataset_size(cfg)))
+
+
+def _limit_problems(cfg: ExperimentConfig, est: Estimate, budget: Budget) -> list[str]:
+    """The caps ``cfg`` and its estimate break, without what would fit."""
     problems = []
     if cfg.optim.batch_size > budget.max_batch:
         problems.append(f"optim.batch_size {cfg.optim.batch_size} is over the public limit of {budget.max_batch} "
@@ -186,25 +282,99 @@ def check_budget(cfg: ExperimentConfig, est: Estimate, budget: Budget) -> list[s
     if cfg.seeds > budget.max_seeds:
         problems.append(f"seeds {cfg.seeds} is over the public limit of {budget.max_seeds}")
     if est.step_mb > budget.max_step_mb:
-        fit = int(cfg.optim.batch_size * budget.max_step_mb / est.step_mb)
+        fit = max(1, int(cfg.optim.batch_size * budget.max_step_mb / est.step_mb))  # memory is linear in the batch
         problems.append(f"one training step needs about {est.step_mb:,.0f} MB of activations, over the public limit "
-                        f"of {budget.max_step_mb:,.0f} MB; a batch size of {max(fit, 1)} or less would fit")
-    limit_s = budget.max_minutes * 60
-    if est.seconds > limit_s:
-        f = limit_s / est.seconds
-        fits = []
-        if est.fixed_seconds < 0.8 * limit_s:
-            g = (limit_s - est.fixed_seconds) / max(est.seconds - est.fixed_seconds, 1e-9)
-            fits.append(f"every epoch count × {g:.2g} (e.g. student epochs {cfg.student.epochs * g:.3g})")
-        else:
-            fits.append(f"evaluating every unit alone takes about {est.fixed_seconds / 60:.1f} min: fewer test "
-                        "images, or eval.retrieval=false")
-        if cfg.seeds > 1:
-            fits.append(f"seeds {max(1, int(cfg.seeds * f))}")
-        if est.train_images:
-            fits.append(f"about {int(est.train_images * f):,} training images")
+                        f"of {budget.max_step_mb:,.0f} MB; a batch size of {fit} or less would fit it")
+    if est.seconds > budget.max_minutes * 60:
         problems.append(f"this run is estimated at {est.minutes:.1f} min on this server, over the public limit of "
-                        f"{budget.max_minutes:g} min; what would fit: " + ", or ".join(fits))
+                        f"{budget.max_minutes:g} min ({_breakdown(cfg, est)})")
+    return problems
+
+
+def _breakdown(cfg: ExperimentConfig, est: Estimate) -> str:
+    """Where the estimated time goes, e.g. 'teacher 95.1 min, baseline 16.0 min over 5 seeds'."""
+    seeds = f" over {cfg.seeds} seeds" if cfg.seeds > 1 else ""
+    return ", ".join(f"{name} {seconds / 60:.1f} min" + (seeds if name not in ("teacher", "aux", "data") else "")
+                     for name, seconds in est.parts.items() if seconds >= 3)
+
+
+def _largest(admitted: Callable[[float], bool], low: float, high: float, integer: bool) -> float | None:
+    """The largest value in [low, high) that ``admitted`` (monotone: true below some value) accepts,
+    by bisection; integers exactly, other values to about 0.1 % and then rounded down to 3 significant
+    digits (as the refusal prints them), checked again. None when not even ``low`` is admitted."""
+    if not admitted(low):
+        return None
+    lo, hi = low, high
+    for _ in range(40):
+        if (hi - lo <= 1) if integer else (hi - lo <= 1e-3 * hi):
+            break
+        mid = (lo + hi) // 2 if integer else (lo + hi) / 2
+        lo, hi = (mid, hi) if admitted(mid) else (lo, mid)
+    if integer:
+        return int(lo)
+    shown = float(f"{lo:.3g}")
+    while shown > lo:  # rounded up by the 3 digits: step down to a printed value below lo
+        shown = float(f"{shown - 10 ** (math.floor(math.log10(shown)) - 2):.3g}")
+    return shown if shown > 0 and admitted(shown) else None
+
+
+def suggestions(cfg: ExperimentConfig, est: Estimate, budget: Budget) -> dict[str, float | int]:
+    """Settings that, each changed alone, make an over-budget run admitted: config path → value,
+    each found by re-estimating (bisection over that setting) and checked by the same rules."""
+    from .plan import make_plan
+    if est.sizes is None:
+        return {}
+    plan = make_plan(cfg)
+
+    def fits(changes: dict, replan: bool = False, resize: bool = False) -> bool:
+        c = cfg.with_overrides(changes)
+        again = estimate_config(c, None if resize else est.sizes, None if replan else plan)
+        return not _limit_problems(c, again, budget)
+    out: dict[str, float | int] = {}
+    over_time = est.seconds > budget.max_minutes * 60
+    if over_time and cfg.student.epochs > 0:
+        v = _largest(lambda x: fits({"student.epochs": x}, replan=True), min(0.01, cfg.student.epochs),
+                     cfg.student.epochs, False)
+        if v is not None:
+            out["student.epochs"] = v
+    if over_time and not cfg.teacher.checkpoint and cfg.teacher.epochs > 0:
+        v = _largest(lambda x: fits({"teacher.epochs": x}), min(0.01, cfg.teacher.epochs), cfg.teacher.epochs, False)
+        if v is not None:
+            out["teacher.epochs"] = v
+    if over_time and cfg.seeds > 1:
+        v = _largest(lambda k: fits({"seeds": int(k)}), 1, min(cfg.seeds, budget.max_seeds + 1), True)
+        if v is not None:
+            out["seeds"] = int(v)
+    if over_time and est.train_images > 1:
+        per_class = cfg.data.train_per_class or -(-est.train_images // max(est.sizes[0], 1)) + 1  # 0: every image
+        v = _largest(lambda k: fits({"data.train_per_class": int(k)}, resize=True), 1, per_class, True)
+        if v is not None:
+            out["data.train_per_class"] = int(v)
+    if est.step_mb > budget.max_step_mb and cfg.optim.batch_size > 2:
+        v = _largest(lambda k: fits({"optim.batch_size": int(k)}), 2, cfg.optim.batch_size, True)
+        if v is not None:
+            out["optim.batch_size"] = int(v)
+    return out
+
+
+SUGGESTION_WORDS = {"student.epochs": "student epochs {}", "teacher.epochs": "teacher epochs {}", "seeds": "seeds {}",
+                    "data.train_per_class": "train images per class {}", "optim.batch_size": "batch size {}"}
+
+
+def check_budget(cfg: ExperimentConfig, est: Estimate, budget: Budget) -> list[str]:
+    """Refusals (each names the limit); when the run is over the time or memory limit, what would fit:
+    settings that, each changed alone, are admitted (:func:`suggestions`)."""
+    problems = _limit_problems(cfg, est, budget)
+    over = est.seconds > budget.max_minutes * 60 or est.step_mb > budget.max_step_mb
+    if not over or cfg.optim.batch_size > budget.max_batch or cfg.seeds > budget.max_seeds:
+        return problems
+    fits = suggestions(cfg, est, budget)
+    if fits:
+        problems.append("what would fit (each alone): " + ", or ".join(
+            SUGGESTION_WORDS[k].format(f"{v:g}" if isinstance(v, float) else v) for k, v in fits.items()))
+    elif est.sizes is not None:
+        problems.append(f"evaluating every unit alone takes about {est.fixed_seconds / 60:.1f} min: fewer test "
+                        "images, eval.retrieval=false, or smaller networks")
     return problems
 
 
@@ -323,7 +493,7 @@ def _class_counts(path: str, _stamp: tuple) -> tuple[dict[str, int], dict[str, i
 
 def dataset_size(cfg: ExperimentConfig) -> tuple[int, int, int, int]:
     """(classes, training images, images evaluated each epoch, test images) the config selects, without decoding."""
-    from .data import held_out
+    from .data import TRAIN_PROBE, held_out
     d = cfg.data
     if d.dataset in CIFAR_COUNTS and (d.data_dir is None or not Path(d.data_dir).exists()):
         classes, tr, te = CIFAR_COUNTS[d.dataset]
@@ -335,5 +505,5 @@ def dataset_size(cfg: ExperimentConfig) -> tuple[int, int, int, int]:
     val = d.val_per_class or 0
     n_train = sum(max(0, min(c - held_out(c, val), d.train_per_class or c)) for c in train.values())
     n_test = sum(min(c, d.test_per_class or c) for c in test.values())
-    n_eval = sum(held_out(c, val) for c in train.values()) if val else n_test
+    n_eval = sum(held_out(c, val) for c in train.values()) if val else min(TRAIN_PROBE, n_train)
     return len(train), n_train, n_eval, n_test

@@ -4,15 +4,22 @@ A unit (one phase for one seed) is a list of :class:`Segment` s (e.g. "layer 1",
 "embedding", "KD"), the runtime form of its :class:`~app.schedule.SegmentPlan` s,
 each with its own objective, trainable parameters and optimizer, run back to back over
 one shuffled batch stream. Objectives return named loss components; the loop sums
-them, steps the optimizer, publishes losses, checks for cancellation every step and
-reports epoch ends to a callback (which evaluates and publishes metrics).
+them, steps the optimizer, publishes losses and reports epoch ends to a callback (which
+evaluates and publishes metrics).
+
+Cancellation is checked before every layer, not only every step (:func:`cancel_points`):
+before each module of the networks a step runs forward (the trained one, its teacher or
+pruned network) and before each operation's backward, the epoch-end evaluation's passes
+included; so a cancel lands within one layer's work even when one step of a large network
+at a large batch takes tens of seconds.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Iterator
 
 import torch
@@ -49,6 +56,7 @@ class Segment:
     params: list[nn.Parameter]
     optimizer: str = "sgd"       # sgd | adam
     lr: float = 0.05
+    frozen: tuple[nn.Module, ...] = field(default_factory=tuple)  # networks the objective runs without gradients
 
 
 @dataclass
@@ -79,6 +87,28 @@ def make_optimizer(seg: Segment, ctx: LoopContext) -> torch.optim.Optimizer:
     return torch.optim.SGD(seg.params, lr=seg.lr, momentum=ctx.momentum, weight_decay=ctx.weight_decay, nesterov=True)
 
 
+@contextlib.contextmanager
+def cancel_points(cancel: threading.Event, *networks: nn.Module):
+    """Within the block, raise :class:`CancelledError` once ``cancel`` is set: before every leaf
+    module of ``networks`` runs forward, and (in this thread) before every backward operation
+    that reads a tensor saved in the forward pass."""
+    def check(*_):
+        if cancel.is_set():
+            raise CancelledError
+
+    def unpack(saved: torch.Tensor) -> torch.Tensor:
+        check()
+        return saved
+    modules = {id(m): m for net in networks for m in net.modules() if not list(m.children())}
+    handles = [m.register_forward_pre_hook(check) for m in modules.values()]
+    try:
+        with torch.autograd.graph.saved_tensors_hooks(lambda t: t, unpack):
+            yield
+    finally:
+        for h in handles:
+            h.remove()
+
+
 def _forever(stream: BatchStream) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     while True:
         yield from stream.epoch()
@@ -99,7 +129,7 @@ def run_segments(model: nn.Module, stream: BatchStream, segments: list[Segment],
     step, start = 0, time.perf_counter()
     epoch_sums: dict[str, tuple] = {}
     model.train()
-    with ctx.dist.training(model):
+    with ctx.dist.training(model), cancel_points(ctx.cancel, model, *(n for s in segments for n in s.frozen)):
         for index, seg in enumerate(segments):
             if seg.steps <= 0:
                 continue
@@ -223,9 +253,9 @@ def segment_for(plan: SegmentPlan, steps: int, model: nn.Module, taps: Taps, *, 
         return Segment(plan.name, steps, ce_objective(model), trainable(model), optimizer, lr)
     if plan.kind == "kd":
         return Segment(plan.name, steps, kd_objective(taps.student, taps.teacher, kd_loss),
-                       trainable(model, kd_loss), optimizer, lr)
+                       trainable(model, kd_loss), optimizer, lr, (taps.teacher.model,))
     if plan.kind in WARMUP_KINDS:
         embed = next((WARMUP_LOSSES[n] for n in plan.loss.split("+") if n in EMBED_LOSSES), None)
         return Segment(plan.name, steps, warmup_objective(taps.student, taps.pruned, taps.targets, plan.layers, embed),
-                       trainable(model), "adam", warmup_lr)
+                       trainable(model), "adam", warmup_lr, (taps.pruned.model,))
     raise ValueError(f"unknown segment kind {plan.kind!r}")
