@@ -7,9 +7,22 @@ into the cache), loads only shipped teacher weights, and fits the :class:`Budget
 an estimated training time, a per-step memory estimate, a batch-size and a seed cap.
 Locally (``python app.py``) none of this applies. No Gradio here: the CLI and tests use it.
 
-The time estimate is a cost model fitted on a 2-core CPU (see :data:`CPU_MODEL`):
-each image seen in training costs a fixed overhead plus its forward+backward FLOPs at
-an effective rate; frozen networks (teacher, auxiliary teacher) cost one forward pass.
+The time estimate adds up what the engine runs (:class:`CostModel`): every segment's steps as
+the engine counts them (at least one, at ``min(batch, training images)``), each step priced by
+the trained network's measured step and per-image cost plus a forward pass of the network it
+learns from, every epoch-end evaluation, every unit's final evaluation and every
+architecture's profile. The per-architecture costs are measured on one CPU thread by
+``bench/calibrate.py --measure`` (``assets/cost_table.json``). **Stated factor: the estimate is
+within 2× either way of the measured time** of a run on this server's training thread, for every
+architecture the page offers at every batch size it allows (2 … ``Budget.max_batch``);
+``bench/calibrate.py`` checks it through the real engine. A refusal's "what would fit" lists
+settings found by re-estimating (:func:`suggestions`), each admitted on its own.
+
+Why a measured table rather than timing a few real steps before admitting: a probe spends
+server CPU on every distinct configuration a stranger sends (and a stranger can vary them
+without end), its timing follows the load of the moment (the same configuration admitted or
+refused by chance), and one step of a large network at a large batch takes longer than any
+probe may. The table costs nothing per request and gives the same answer every time.
 """
 from __future__ import annotations
 
@@ -103,7 +116,7 @@ class CostModel:
         return table[arch] if arch in table else NetSpeed.from_flops(flops_w1, self.fallback_flops_per_s)
 
 
-CPU_MODEL = CostModel()
+CPU_MODEL = CostModel(threads_speedup=1.7)   # two training threads: a 2-core machine to itself (app.report)
 
 
 def cost_model() -> CostModel:

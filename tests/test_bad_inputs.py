@@ -3,6 +3,7 @@ handlers, configs, run ids, the CLI and checkpoints. None may raise or show a tr
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -57,6 +58,23 @@ def test_start_refuses_bad_controls_naming_the_setting(changes, words):
     assert msg.startswith("Not started") and words in msg, msg
 
 
+@pytest.mark.parametrize("changes", [
+    {"student_epochs": 10000},
+    {"batch_size": 2, "student_epochs": 300, "train_per_class": 0},
+    {"seeds": 5, "student_epochs": 3000},
+])
+def test_what_a_refusal_says_would_fit_is_admitted_on_the_page(changes):
+    """Each setting a budget refusal offers, applied alone to the same controls, passes the page's check."""
+    msg = message_of_start(**changes)
+    offered = dict(re.findall(r"(student epochs|train images per class|seeds) ([0-9.]+)", msg.split("what would fit")[-1]))
+    assert "what would fit" in msg and offered, msg
+    control = {"student epochs": "student_epochs", "train images per class": "train_per_class", "seeds": "seeds"}
+    for words, value in offered.items():
+        fitted = controls(**{**changes, control[words]: float(value) if "." in value else int(value)})
+        problems, button, *_ = ui.check(None, *fitted)
+        assert problems == "" and button["interactive"], (words, value, problems)
+
+
 def test_wrong_number_of_control_values():
     session, _, msg = ui.start(None, "a", "b")
     assert "expected" in msg and "control values" in msg
@@ -91,10 +109,9 @@ def test_import_refuses_huge_deep_unknown_and_non_json_files(tmp_path):
 def test_export_leaves_no_temp_folder_behind(studio):
     import os
     import time
-    from app.ui import results
     path, _ = ui.export_config(None, *controls())
     assert Path(path).is_file() and Path(path).parent.parent == studio.scratch
-    old = time.time() - results.SCRATCH_MAX_AGE_S - 5
+    old = time.time() - studio.limits.export.kept_s - 5
     os.utime(Path(path).parent, (old, old))
     fresh, _ = ui.export_config(None, *controls())
     assert not Path(path).parent.exists() and Path(fresh).is_file()  # the stale one was reaped
@@ -212,12 +229,12 @@ def test_resume_says_so_when_results_json_is_not_json(cifar_jpeg, cache_dir, tmp
 def test_a_damaged_signing_key_is_replaced_never_used_weak(studio):
     """An emptied key file must not make the server sign with an empty key: it is replaced whole,
     and keys signed by the old one are refused like any other."""
-    from app.ui import api
+    from app.ui import api, keys
     old = ui.api_start("nope", "")  # any call makes the key
     assert "preset_name must be one of" in old["message"]
     key = api.issue_key()
     path = studio.runs_root / ".api-signing-key"
     path.write_text("")
-    api._SIGNING.clear()
-    assert len(api._signing_key()) == 32 and len(bytes.fromhex(path.read_text())) == 32
+    keys.forget()
+    assert len(api.signing_key()) == 32 and len(bytes.fromhex(path.read_text())) == 32
     assert "a start call on this server returned" in ui.api_status(key, "")["message"]
