@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import os
 import tarfile
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -32,6 +31,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from . import settings
 from .checkpoint import atomic_save
 from .config import DataConfig
 
@@ -105,7 +105,8 @@ class Dataset:
 
 
 def default_cache_dir() -> Path:
-    return Path(os.environ.get("INDISTILL_CACHE", Path.home() / ".cache" / "indistill"))
+    """``INDISTILL_CACHE``, else ~/.cache/indistill (:func:`app.settings.cache_dir`)."""
+    return settings.cache_dir()
 
 
 # ---------------------------------------------------------------- decoding

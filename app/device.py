@@ -19,6 +19,8 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
+from . import settings
+
 PRECISIONS = ("auto", "fp32", "bf16")
 
 
@@ -79,11 +81,8 @@ def cpu_cores() -> int:
 
 def train_threads() -> int:
     """Threads a CPU training uses: ``INDISTILL_TRAIN_THREADS`` if set (a public server keeps one
-    core for its pages), else every core."""
-    try:
-        return max(1, min(cpu_cores(), int(os.environ.get("INDISTILL_TRAIN_THREADS", "0")) or cpu_cores()))
-    except ValueError:
-        return cpu_cores()
+    core for its pages), else every core; never more than the cores there are."""
+    return max(1, min(cpu_cores(), settings.read("INDISTILL_TRAIN_THREADS") or cpu_cores()))
 
 
 # ---------------------------------------------------------------- fp32 islands inside autocast

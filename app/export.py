@@ -18,7 +18,6 @@ import contextlib
 import copy
 import io
 import math
-import os
 import statistics
 import time
 import warnings
@@ -28,6 +27,7 @@ import torch
 from torch import nn
 
 
+from . import settings
 from .checkpoint import load_model
 from .config import SAMPLE_DATA, DataConfig
 from .data import DataError, load_dataset
@@ -74,9 +74,9 @@ def _data_source(meta: dict, data_dir: str | None) -> str | None:
     checkpoint's data description names that file, else None (the embedded sample)."""
     if data_dir:
         return data_dir
-    env = os.environ.get("INDISTILL_DATA_DIR")
-    if env and Path(env).name and Path(env).name in str(meta.get("data", "")):
-        return env
+    env = settings.read("INDISTILL_DATA_DIR")
+    if env and env.name and env.name in str(meta.get("data", "")):
+        return str(env)
     return None
 
 

@@ -28,9 +28,9 @@ ORIGIN = "InDistill authors' release (gsarridis/InDistill, commit 70f47f06, resu
 
 def default_models_dir() -> Path:
     """$INDISTILL_REFERENCE_MODELS, else ../shared/reference/models beside the checkout."""
-    import os
+    from .settings import read
     root = Path(__file__).resolve().parents[1]
-    return Path(os.environ.get("INDISTILL_REFERENCE_MODELS", root.parent / "shared" / "reference" / "models"))
+    return read("INDISTILL_REFERENCE_MODELS") or root.parent / "shared" / "reference" / "models"
 
 
 def reference_keys() -> list[str]:

@@ -600,6 +600,11 @@ class JobManager:
         with self.lock:
             return self.jobs.get(job_id)
 
+    def live_owners(self) -> set[str]:
+        """The owners (session digests) of the live jobs: whose uploaded data a run may still read."""
+        with self.lock:
+            return {j.owner for j in self.jobs.values() if j.live and j.owner}
+
     def live_job_of(self, owner: str) -> Job | None:
         """The live job this owner started (and may have left): what their uploaded data may be read by."""
         with self.lock:
