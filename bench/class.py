@@ -350,8 +350,8 @@ def extra(item: str, parser: argparse.ArgumentParser) -> tuple[str, object]:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--sessions", type=int, default=30, help=f"simulated visitors (1–{MAX_SESSIONS})")
-    p.add_argument("--epochs-scale", type=float, default=0.1, help="the preset's epochs × this (tiny runs)")
-    p.add_argument("--spread", type=float, default=3.0, help="seconds over which a step's presses are spread")
+    p.add_argument("--epochs-scale", type=float, default=0.3, help="the preset's epochs × this (tiny runs)")
+    p.add_argument("--spread", type=float, default=2.0, help="seconds over which a step's presses are spread")
     p.add_argument("--interval", type=float, default=1.0, help="each visitor's status poll, seconds")
     p.add_argument("--mint", type=int, default=50, help="keys one client mints after the lesson (0: skip)")
     p.add_argument("--mint-upload-mb", type=float, default=5.0, help="size of each upload the minting client posts")
