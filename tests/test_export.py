@@ -93,11 +93,10 @@ def test_compare_exports_a_student_of_the_run_on_show(cifar_jpeg, cache_dir, tmp
     from app.experiment import Experiment
     from app.runfolder import new_run_id
     from app.ui import handlers as ui
-    from app.ui import onnx_export
     from test_experiment import tiny
     monkeypatch.delenv("INDISTILL_DATA_DIR", raising=False)   # check images: the embedded sample
     monkeypatch.setenv("INDISTILL_CACHE", str(cache_dir))
-    ui.configure(runs_root=tmp_path / "runs")
+    studio = ui.configure(runs_root=tmp_path / "runs")
     assert "no student checkpoints" in ui.export_onnx(None, "kd-s0")[1]
     run_id = new_run_id("onnx")
     cfg = tiny(cifar_jpeg, cache_dir, **{"phases.baseline": False, "phases.indistill": False})
@@ -110,7 +109,7 @@ def test_compare_exports_a_student_of_the_run_on_show(cifar_jpeg, cache_dir, tmp
     diff = float(re.search(r"max \|ONNX − PyTorch\| = ([0-9.e+-]+)", md).group(1))
     assert diff <= 1e-4 and "| onnxruntime" in md and "| PyTorch" in md and str(tmp_path) not in md
     assert ui.export_onnx(session, "kd-s0") == (path, md)          # served again, not re-exported
-    monkeypatch.setattr(onnx_export, "ONNX_SCRATCH_MAX_BYTES", 1000)  # the space for exported files is bounded
+    studio.limits = studio.limits.changed(export={"onnx_scratch_bytes": 1000})  # the space for exported files is bounded
     Path(path).touch()                                             # (the finished export is still served)
     assert ui.export_onnx(session, "kd-s0")[0] == path
     (tmp_path / "runs" / run_id / "checkpoints" / "kd-s0.pt").touch()   # a new version: would export again

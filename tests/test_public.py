@@ -13,6 +13,7 @@ import pytest
 
 from app import public, runfolder
 from app.config import ASSETS, SAMPLE_DATA, preset
+from app.limits import Limits
 from app.plan import make_plan
 from app.runner import JobManager, JobRefused, LossSeries
 from app.ui import form
@@ -139,7 +140,7 @@ def test_loss_series_stay_bounded_and_keep_the_mean():
 @pytest.fixture
 def public_studio(tmp_path, monkeypatch):
     monkeypatch.setenv("INDISTILL_CACHE", str(tmp_path / "cache"))
-    studio = ui.configure(runs_root=tmp_path / "runs", public=True, max_queue=2)
+    studio = ui.configure(runs_root=tmp_path / "runs", public=True, limits=Limits().changed(queue={"max_queue": 2}))
     yield studio
     for job in list(studio.manager.jobs.values()):
         job.cancel()
@@ -458,8 +459,8 @@ def test_a_full_upload_space_evicts_idle_datasets_first(public_studio, tmp_path,
     import os
     import time as _time
     from conftest import make_image_folder
-    from app.ui import datasets
-    monkeypatch.setattr(datasets, "UPLOADS_MAX_BYTES", 100 * 10 ** 6)   # an upload reserves what its headers declare
+    # an upload reserves what its headers declare
+    public_studio.limits = public_studio.limits.changed(datasets={"total_bytes": 100 * 10 ** 6})
     uploads = public_studio.uploads
     old = []
     for i in range(3):                                              # three idle visitors, 60 MB each, oldest first
@@ -521,7 +522,7 @@ def test_evaluation_cost_counts_even_with_almost_no_epochs():
 def test_queued_work_is_capped(public_studio):
     from app.runner import Job
     m = public_studio.manager
-    job = Job(preset("workshop").with_overrides(TINY), m.runs_root, m, estimate_s=public_studio.budget.max_queue_minutes * 60 + 1)
+    job = Job(preset("workshop").with_overrides(TINY), m.runs_root, m, estimate_s=public_studio.limits.budget.max_queue_minutes * 60 + 1)
     with pytest.raises(JobRefused, match="the limit is 120 min in all"):
         m.admit_and_add(job)
 

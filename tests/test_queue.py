@@ -17,6 +17,7 @@ import pytest
 
 from app import runfolder
 from app.config import preset
+from app.limits import Limits
 from app.experiment import Experiment
 from app.runner import Job, JobManager
 from app.ui import form
@@ -69,7 +70,8 @@ def public_studio(tmp_path, monkeypatch):
     monkeypatch.setenv("INDISTILL_CACHE", str(tmp_path / "cache"))
     monkeypatch.delenv("INDISTILL_TRUST_PROXY", raising=False)
     monkeypatch.delenv("SPACE_ID", raising=False)
-    studio = ui.configure(runs_root=tmp_path / "runs", public=True, max_queue=10, sharing=True)
+    studio = ui.configure(runs_root=tmp_path / "runs", public=True, limits=Limits().changed(queue={"max_queue": 10}),
+                          sharing=True)
     yield studio
     stop_all(studio.manager)
 

@@ -18,7 +18,8 @@ import pytest
 from app.config import ASSETS
 from app.ui import datasets
 from app.ui import handlers as ui
-from app.ui.uploads import URL_REFUSED, UploadCaps, UploadError, load_upload
+from app.limits import UploadCaps
+from app.ui.uploads import URL_REFUSED, UploadError, load_upload
 from conftest import make_image_folder
 
 CAT = ASSETS / "examples" / "cat.jpg"
@@ -244,7 +245,7 @@ def test_minted_sessions_share_their_address_cap(public_studio, tmp_path, monkey
     """Sessions are free to mint, an address is not: one address's third dataset is refused naming the
     cap per address, while a visitor from another address still uploads."""
     path, size = dataset_archive(tmp_path, "d")
-    monkeypatch.setattr(datasets, "ADDRESS_MAX_BYTES", int(2.5 * size))
+    public_studio.limits = public_studio.limits.changed(datasets={"per_address_bytes": int(2.5 * size)})
     stranger = request_from("203.0.113.5")
     msgs = [datasets.upload_dataset(None, str(path), request=stranger)[1] for _ in range(3)]
     assert "ready" in msgs[0] and "ready" in msgs[1]
@@ -258,7 +259,7 @@ def test_a_visitor_still_there_keeps_their_dataset_when_the_space_is_full(public
     eviction. Now the newcomer is refused naming the cap while that visitor is active; once they have
     gone, the newcomer's upload makes room by evicting theirs."""
     path, size = dataset_archive(tmp_path, "d")
-    monkeypatch.setattr(datasets, "UPLOADS_MAX_BYTES", int(1.5 * size))
+    public_studio.limits = public_studio.limits.changed(datasets={"total_bytes": int(1.5 * size)})
     here, msg, _ = datasets.upload_dataset(None, str(path), request=request_from("203.0.113.5"))
     assert "ready" in msg
     datasets.mark_active(here)                      # the status poll
@@ -266,7 +267,7 @@ def test_a_visitor_still_there_keeps_their_dataset_when_the_space_is_full(public
     _, msg, _ = datasets.upload_dataset(newcomer, str(path), request=request_from("198.51.100.7"))
     assert "space for uploaded datasets is full" in msg and "visitors still here" in msg and "in all" in msg
     assert Path(here["upload"]).is_dir()
-    monkeypatch.setattr(datasets, "ACTIVE_S", -1)   # the visitor has gone: no poll within ACTIVE_S
+    public_studio.limits = public_studio.limits.changed(datasets={"active_s": -1})  # gone: no poll within active_s
     newcomer, msg, _ = datasets.upload_dataset(newcomer, str(path), request=request_from("198.51.100.7"))
     assert "ready" in msg and not Path(here["upload"]).exists()
 

@@ -7,7 +7,7 @@ there is. Keys are made by the server and signed (64 random bits and a 64-bit HM
 kept in the runs folder, 32 hex characters like a browser's session secret), so a caller cannot
 pick one, and two callers never share a session by choosing the same string. Each function is a
 thin layer over the page's own: the same planning, public-server checks and budget as the Start
-button (:func:`app.ui.runs._admit`), the same ownership rule (:func:`app.ui.sessions._access`),
+button (:func:`app.ui.runs.admit`), the same ownership rule (:func:`app.ui.sessions.access`),
 the same picture loader. Docstrings are the tools' descriptions (Gradio's MCP server reads them);
 :func:`limits_note` adds this server's budgets.
 
@@ -21,52 +21,36 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-import os
 import secrets
-import threading
 from typing import Any
 
 import gradio as gr
 
 from app import runfolder
 from app.config import PRESETS, ConfigError, preset
+from app.limits import Limits
 from app.runner import JobRefused
 
 from .pictures import retrieve as retrieve_picture
-from .runs import _admit, _submit, cancel as cancel_run, joined_note, status_dict
+from .keys import server_secret
+from .runs import admit, cancel as cancel_run, joined_note, status_dict, submit
 from .sessions import SECRET, owner, session_of
-from .studio import MAX_IMPORT_BYTES, studio
+from .studio import studio
+from .uploads import accepted
 
 KEY_RULE = "session_key must be empty (a new session) or the session_key a start call on this server returned"
-_SIGNING: dict = {}
-_SIGNING_LOCK = threading.Lock()
+SIGNING_KEY_FILE = ".api-signing-key"
 
 
-def _signing_key() -> bytes:
-    """The server's key for session keys: random once, kept (owner-only) in the runs folder so keys
-    survive a restart; never sent anywhere. A missing, emptied or damaged file gets a new key, written
-    whole (keys signed by the old one then end): a weak key is never used."""
-    root = studio().runs_root
-    with _SIGNING_LOCK:
-        if root not in _SIGNING:
-            path = root / ".api-signing-key"
-            try:
-                key = bytes.fromhex(path.read_text().strip())
-            except (OSError, ValueError):
-                key = b""
-            if len(key) != 32:
-                key = secrets.token_bytes(32)
-                root.mkdir(parents=True, exist_ok=True)
-                scratch = path.with_name(f"{path.name}.{secrets.token_hex(4)}")
-                with os.fdopen(os.open(scratch, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as fh:
-                    fh.write(key.hex())
-                os.replace(scratch, path)
-            _SIGNING[root] = key
-        return _SIGNING[root]
+def signing_key() -> bytes:
+    """The server's key for session keys (:func:`app.ui.keys.server_secret`: random once, kept owner-only
+    in the runs folder so keys survive a restart, never sent anywhere; a damaged file gets a new key,
+    and keys signed by the old one then end)."""
+    return server_secret(studio().runs_root, SIGNING_KEY_FILE, 32)
 
 
 def _mac(nonce: str) -> str:
-    return hmac.new(_signing_key(), nonce.encode(), hashlib.sha256).hexdigest()[:16]
+    return hmac.new(signing_key(), nonce.encode(), hashlib.sha256).hexdigest()[:16]
 
 
 def issue_key() -> str:
@@ -88,8 +72,9 @@ def _overrides(text: Any) -> dict:
         return {}
     if isinstance(text, dict):
         return text
-    if not isinstance(text, str) or len(text) > MAX_IMPORT_BYTES:
-        raise ConfigError(f"overrides must be a JSON object of setting: value, at most {MAX_IMPORT_BYTES:,} characters")
+    cap = studio().limits.server.import_max_bytes
+    if not isinstance(text, str) or len(text) > cap:
+        raise ConfigError(f"overrides must be a JSON object of setting: value, at most {cap:,} characters")
     try:
         obj = json.loads(text)
     except (ValueError, RecursionError):
@@ -137,8 +122,8 @@ def start(preset_name: str, overrides: str = "", session_key: str = "", request:
         if not isinstance(preset_name, str) or preset_name not in PRESETS:
             raise ConfigError(f"preset_name must be one of {', '.join(PRESETS)}")
         cfg = preset(preset_name).with_overrides({"name": str(preset_name), **_overrides(overrides)})
-        plan, est = _admit(cfg, session)
-        job, joined = _submit(session, cfg, est, request=request)
+        plan, est = admit(cfg, session)
+        job, joined = submit(session, cfg, est, request=request)
     except (ApiError, ConfigError, JobRefused) as exc:
         key = session_key if key_valid(session_key) else None
         return {"session_key": key, "run": None, "state": None, "joined": False, "message": f"Not started: {exc}"}
@@ -187,8 +172,8 @@ def retrieve(picture, k: float = 8, metric: str = "cosine", run_id: str = "", se
     """Predicted class and the k nearest training pictures for a picture, for each network of a run.
 
     Args:
-        picture: a picture file (JPEG, PNG, WebP, BMP or GIF; at most 25 MB and 20 megapixels).
-        k: neighbours per network, 1 to 16.
+        picture: PICTURE_RULE.
+        k: neighbours per network, 1 to MAX_K.
         metric: cosine or euclidean.
         run_id: the run whose networks to use (once it has checkpoints); empty: with a session_key, its live run, else the shipped teachers.
         session_key: the session_key start returned (needed for a run still training; empty otherwise).
@@ -204,16 +189,21 @@ def retrieve(picture, k: float = 8, metric: str = "cosine", run_id: str = "", se
     return {"message": text, "neighbours": [caption for _, caption in items]}
 
 
+# the tool's description states the caps (those of app.limits: no environment variable changes them)
+retrieve.__doc__ = retrieve.__doc__.replace("PICTURE_RULE", accepted(Limits().picture)) \
+    .replace("MAX_K", str(Limits().retrieval.max_k))
+
+
 def limits_note() -> str:
     """This server's budgets, for the tools' descriptions."""
     s = studio()
     if not s.public:
         return " This is a local server: no budgets apply."
-    b = s.budget
+    b, q = s.limits.budget, s.limits.queue
     return (f" Public server: a run must be estimated at most {b.max_minutes:g} min on this server and is "
-            f"stopped when it passes that; one live run per session and {s.max_live_per_address} per client "
+            f"stopped when it passes that; one live run per session and {q.max_runs_per_address} per client "
             f"address; at most {b.max_queue_minutes:g} min of estimated work waits in the queue "
-            f"({s.max_queue_minutes_per_address:g} min per address), served in turn by visitor; a run with "
+            f"({q.max_queue_minutes_per_address:g} min per address), served in turn by visitor; a run with "
             f"the same settings as a live one is joined, not repeated; networks up to {b.max_params:,} "
             "parameters; data from the offered list only.")
 

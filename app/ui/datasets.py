@@ -1,10 +1,10 @@
 """A visitor's uploaded dataset (Setup tab): an archive checked and extracted into the session's
 own folder, one per session, within the server's space for uploads.
 
-Space is counted per session (one dataset each), per client address (:data:`ADDRESS_MAX_BYTES`
-whatever the number of sessions) and in all (:data:`UPLOADS_MAX_BYTES`). When the space is full, the
-oldest datasets of visitors who have gone (no live run, not active for :data:`ACTIVE_S`:
-:func:`mark_active`) make room; a visitor still there never loses theirs to a newcomer, who is
+Space is counted per session (one dataset each), per client address (``per_address_bytes``
+whatever the number of sessions) and in all (``total_bytes``): the studio's
+:class:`app.limits.DatasetCaps`. When the space is full, the oldest datasets of visitors who have
+gone (no live run, not active for ``active_s``: :func:`mark_active`) make room; a visitor still there never loses theirs to a newcomer, who is
 refused with the cap instead. Each dataset's folder records its address digest and size
 (``visitor.json``), so the count costs no walk over the images.
 """
@@ -25,10 +25,7 @@ from app import runfolder
 from .sessions import address_of_request, owner, session_of
 from .studio import shown, studio
 
-UPLOAD_MAX_AGE_S = 24 * 3600          # an uploaded dataset lives at most a day
-UPLOADS_MAX_BYTES = 3 * 10 ** 9       # all sessions' uploaded datasets together
-ADDRESS_MAX_BYTES = 1 * 10 ** 9       # the datasets of one client address, whatever its sessions
-ACTIVE_S = 300                        # a visitor whose page polled this recently is still there
+FORGET_AFTER = 10_000                 # visitors remembered as active before those long gone are forgotten
 VISITOR = "visitor.json"              # in a dataset's home: {"address": digest | null, "bytes": n}
 
 _LOCK = threading.Lock()
@@ -44,16 +41,16 @@ def mark_active(session: Any) -> None:
     """The visitor of this session is still there (their page polled, uploaded or started): their
     uploaded dataset is not evicted for another's. Cheap: called on every status poll."""
     if isinstance(session, dict) and session.get("upload") and isinstance(session.get("secret"), str):
-        now = time.time()
+        now, active_s = time.time(), studio().limits.datasets.active_s
         with _LOCK:
             _ACTIVE[_home_name(session)] = now
-            if len(_ACTIVE) > 10_000:   # forget visitors long gone
-                for name in [n for n, t in _ACTIVE.items() if now - t > ACTIVE_S]:
+            if len(_ACTIVE) > FORGET_AFTER:
+                for name in [n for n, t in _ACTIVE.items() if now - t > active_s]:
                     del _ACTIVE[name]
 
 
-def _active(name: str, now: float) -> bool:
-    return now - _ACTIVE.get(name, float("-inf")) <= ACTIVE_S
+def _active(name: str, now: float, active_s: float) -> bool:
+    return now - _ACTIVE.get(name, float("-inf")) <= active_s
 
 
 def _upload_bytes(folder: Path) -> int:
@@ -78,7 +75,7 @@ def _mb(n: int) -> str:
 def _make_room(s, name: str, address: str | None, need: int) -> str | None:
     """Reserve ``need`` bytes for home ``name`` (under ``_LOCK``), evicting the oldest datasets of
     visitors who have gone if the space is full; the refusal naming the cap otherwise."""
-    now = time.time()
+    now, caps = time.time(), s.limits.datasets
     homes = sorted((p for p in s.uploads.iterdir() if p.is_dir() and p.name != name),
                    key=lambda p: p.stat().st_mtime) if s.uploads.is_dir() else []
     held = {p: _visitor(p) for p in homes}
@@ -86,23 +83,22 @@ def _make_room(s, name: str, address: str | None, need: int) -> str | None:
     if address is not None:
         mine = sum(m["bytes"] for m in held.values() if m.get("address") == address) \
             + sum(b for a, b in reserved if a == address)
-        if mine + need > ADDRESS_MAX_BYTES:
+        if mine + need > caps.per_address_bytes:
             return (f"**Upload refused:** datasets uploaded from your address already take {_mb(mine)} and this one "
-                    f"needs up to {_mb(need)}; the limit is {_mb(ADDRESS_MAX_BYTES)} per address, whatever the number "
+                    f"needs up to {_mb(need)}; the limit is {_mb(caps.per_address_bytes)} per address, whatever the number "
                     "of sessions. Close another tab's session (its dataset goes with it), or use the sample.")
     used = sum(m["bytes"] for m in held.values()) + sum(b for _, b in reserved)
-    with s.manager.lock:  # the job table changes under other requests' threads
-        busy = {j.owner[:16] for j in s.manager.jobs.values() if j.live and j.owner}
+    busy = {o[:16] for o in s.manager.live_owners()}
     for home in homes:
-        if used + need <= UPLOADS_MAX_BYTES:
+        if used + need <= caps.total_bytes:
             break
-        if home.name not in busy and home.name not in _RESERVED and not _active(home.name, now):
+        if home.name not in busy and home.name not in _RESERVED and not _active(home.name, now, caps.active_s):
             shutil.rmtree(home, ignore_errors=True)
             used -= held[home]["bytes"]
-    if used + need > UPLOADS_MAX_BYTES:
+    if used + need > caps.total_bytes:
         return (f"**Upload refused:** the server's space for uploaded datasets is full ({_mb(used)} held by visitors "
                 f"still here or runs in progress; this dataset needs up to {_mb(need)}, and the limit is "
-                f"{_mb(UPLOADS_MAX_BYTES)} in all, one dataset per visitor). Try again later, or use the sample.")
+                f"{_mb(caps.total_bytes)} in all, one dataset per visitor). Try again later, or use the sample.")
     _RESERVED[name] = (address, need)
     return None
 
@@ -110,7 +106,7 @@ def _make_room(s, name: str, address: str | None, need: int) -> str | None:
 def upload_dataset(session: Any, file, request: gr.Request = None):
     """A visitor's dataset archive: checked before decoding, extracted into this session's folder,
     within the space per session, per client address and in all."""
-    from app.archives import ArchiveError, ArchiveLimits, extract_dataset, inspect_archive
+    from app.archives import ArchiveError, extract_dataset, inspect_archive
     from app.data import DataError
     session = session_of(session)
     s = studio()
@@ -123,9 +119,9 @@ def upload_dataset(session: Any, file, request: gr.Request = None):
     home = s.uploads / name
     shutil.rmtree(home, ignore_errors=True)  # one uploaded dataset per session: a visitor holds at most one
     session = {**session, "upload": None}
-    runfolder.reap_old(s.uploads, UPLOAD_MAX_AGE_S)  # sessions Gradio forgot without a callback
+    runfolder.reap_old(s.uploads, s.limits.datasets.max_age_s)  # sessions Gradio forgot without a callback
     path = Path(file if isinstance(file, str) else file.name)
-    limits = s.upload_limits or ArchiveLimits()
+    limits = s.limits.archive
     try:
         report = inspect_archive(path, limits)   # headers only: what extraction may write, at most
         need = sum(img.size for img in report.images)

@@ -14,8 +14,10 @@ public names, for scripts and tests (``from app.ui import handlers as ui``):
 - ``pictures.py``: the models run on a picture: retrieval and feature maps
 - ``api.py``: the scripting API, a thin layer over the functions above
 
-Settings and state (``UPLOADS_MAX_BYTES``, ``CHART_SECONDS``, the locks …) are not re-exported:
-read or patch them in the module that holds them, which is the one that reads them.
+Every handler the page wires (``layout.py``) is re-exported here; ``tests/test_limits.py`` checks it,
+so a new handler cannot be left out. The caps are the studio's (``studio().limits``, an
+:class:`app.limits.Limits`: configure a smaller one with ``configure(limits=…)``); other state
+(``CHART_SECONDS``, the locks …) is not re-exported: read it in the module that holds it.
 """
 from __future__ import annotations
 

@@ -6,16 +6,15 @@ endpoints for scripts and agents have stable names (``start``, ``status``, ``can
 """
 from __future__ import annotations
 
-import os
-
 from pathlib import Path
 
 import gradio as gr
 
-from app import library
+from app import library, settings
 from app.config import ASSETS, PRESETS, preset
 from . import api, datasets, pictures, results, runs, sessions, views
 from .form import CONTROL_KEYS, FIELDS, Field, choices, param_specs, shipped_teachers, values_from
+from .keys import server_secret
 from .learn import LEARN_MD
 from .onnx_export import export_onnx, onnx_choices
 from .studio import studio
@@ -149,7 +148,7 @@ def retrieval_tab(examples: list[str]) -> dict:
             if examples:
                 gr.Examples(examples=[[e] for e in examples], inputs=[out["upload"]], label="Or pick an example")
             out["metric"] = gr.Radio(["cosine", "euclidean"], value="cosine", label="Distance")
-            out["k"] = gr.Slider(1, 16, step=1, value=8, label="Neighbours per model")
+            out["k"] = gr.Slider(1, studio().limits.retrieval.max_k, step=1, value=8, label="Neighbours per model")
             out["ret_btn"] = gr.Button("Retrieve", variant="primary")
         with gr.Column(scale=2):
             out["query_img"] = gr.Image(label="Query", height=160, interactive=False)
@@ -209,7 +208,7 @@ def build_app() -> gr.Blocks:
     vals = start_values()
     examples = sorted(str(p) for p in (ASSETS / "examples").glob("*.jpg"))
     # Gradio's usage analytics: off on a public server unless INDISTILL_ANALYTICS=1 (locally Gradio's default)
-    analytics = os.environ.get("INDISTILL_ANALYTICS") == "1" if ctx.public else None
+    analytics = settings.read("INDISTILL_ANALYTICS") if ctx.public else None
     with gr.Blocks(title="InDistill Studio", delete_cache=(600, 3600), analytics_enabled=analytics) as demo:
         session = gr.State(None, time_to_live=24 * 3600, delete_callback=sessions.end_session)
         stored = gr.BrowserState(None, storage_key="indistill-studio-session", secret=browser_key())
@@ -312,19 +311,5 @@ def browser_key() -> str:
 
     Not a secret: Gradio hands it to every page, which encrypts in the browser. What protects a
     run is the session secret inside (128 random bits, checked by its digest on the server)."""
-    import secrets
-    path = studio().runs_root / ".browser-key"
-    try:
-        key = path.read_text().strip()
-        if len(key) >= 16:
-            return key
-    except OSError:
-        pass
-    key = secrets.token_hex(16)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(key)
-    except OSError:
-        pass
-    return key
+    return server_secret(studio().runs_root, ".browser-key", 16).hex()
 

@@ -13,14 +13,16 @@ import importlib.util
 import os
 import threading
 
+from app import settings
 from app.config import ASSETS
 
 from . import views
 from .layout import build_app
 from .studio import studio
-from .uploads import UploadCaps, UploadGuard, UploadLedger, refuse_url_inputs
+from .uploads import UploadGuard, UploadLedger, refuse_url_inputs
 
 __all__ = ["build_app", "launch"]
+LOCAL_SESSIONS, LOCAL_MAX_FILE_MB = 10000, 500   # a local server's bounds (public: limits.server)
 
 
 def _warm_up_plotting() -> None:
@@ -29,15 +31,15 @@ def _warm_up_plotting() -> None:
                        "schedules": {}})
 
 
-def mcp_wanted(public: bool) -> bool:
+def mcp_wanted(public: bool, env: dict | None = None) -> bool:
     """Serve the API as MCP tools? ``INDISTILL_MCP=1``/``0`` decides; otherwise on locally when
     ``gradio[mcp]`` is installed (requirements-mcp.txt) and off on a public server."""
-    setting = os.environ.get("INDISTILL_MCP")
+    setting = settings.read("INDISTILL_MCP", env)
     installed = importlib.util.find_spec("mcp") is not None
-    if setting == "1" and not installed:
+    if setting and not installed:
         print("INDISTILL_MCP=1 but the mcp package is missing: pip install -r requirements-mcp.txt; MCP is off.")
-    if setting in ("0", "1"):
-        return setting == "1" and installed
+    if setting is not None:
+        return setting and installed
     return not public and installed
 
 
@@ -60,7 +62,7 @@ def launch(**kwargs):
         from app.device import cpu_cores
         os.environ.setdefault("INDISTILL_TRAIN_THREADS", str(max(1, cpu_cores() - 1)))
     demo = build_app()
-    ledger = UploadLedger(UploadCaps()) if s.public else None
+    ledger = UploadLedger(s.limits.upload_route) if s.public else None
     refuse_url_inputs(demo, claimed=ledger.claim if ledger else None)
     demo.upload_ledger = ledger  # who holds what in Gradio's upload cache (public mode), for tests and benches
     if ledger is not None:
@@ -68,8 +70,9 @@ def launch(**kwargs):
     demo.queue(default_concurrency_limit=8)
     demo.launch(server_name=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"),
                 server_port=int(os.environ.get("GRADIO_SERVER_PORT", "7860")),
-                max_file_size="50mb" if s.public else "500mb", allowed_paths=[str(ASSETS)],
-                blocked_paths=[str(s.runs_root)], footer_links=["api", "gradio"],
-                state_session_capacity=2000 if s.public else 10000,  # ~0.3 MB each: sessions stay bounded
+                max_file_size=f"{s.limits.server.max_file_mb if s.public else LOCAL_MAX_FILE_MB}mb",
+                allowed_paths=[str(ASSETS)], blocked_paths=[str(s.runs_root)], footer_links=["api", "gradio"],
+                # ~0.3 MB each: sessions stay bounded
+                state_session_capacity=s.limits.server.session_capacity if s.public else LOCAL_SESSIONS,
                 css=views.APP_CSS, **{"mcp_server": mcp_wanted(s.public), **kwargs})
     return demo

@@ -1,5 +1,6 @@
 """The models run on a picture: retrieval (Retrieval tab: predicted class and nearest database
-images per model) and feature maps (Pruning tab), with the built models cached per run.
+images per model) and feature maps (Pruning tab), with the built models cached per run (the
+studio's :class:`app.ui.studio.ModelCache`, ``limits.retrieval.model_sets`` of them).
 """
 from __future__ import annotations
 
@@ -14,12 +15,11 @@ from app.config import ASSETS, SAMPLE_DATA
 
 from . import views
 from .form import shipped_teachers
-from .sessions import _access, _folder, session_of
-from .studio import _LOCK, _MODEL_SETS, shown
+from .sessions import access, folder_of, session_of
+from .studio import shown, studio
 from .uploads import UploadError, load_upload
 
 _BUILD_LOCK = threading.Lock()
-MAX_MODEL_SETS = 3
 
 
 class NotVisible(LookupError):
@@ -30,9 +30,9 @@ def model_set(session: dict):
     """Models to query: the visible run's checkpoints when it has any, else the shipped teachers (LRU-cached);
     :class:`NotVisible` for a run this session may not see."""
     from .inspect import ModelSet
-    folder = _folder(session)
+    folder = folder_of(session)
     if folder is None and session.get("run"):
-        raise NotVisible(_access(session)[2] or f"No run `{session['run']}` on this server.")
+        raise NotVisible(access(session)[2] or f"No run `{session['run']}` on this server.")
     data_cfg = ((folder.read_results() or {}).get("config") or {}).get("data") if folder is not None else None
     if data_cfg and folder.checkpoint("teacher").is_file():   # a folder not yet written (or evicted): no networks
         try:
@@ -46,16 +46,7 @@ def model_set(session: dict):
                                             for t in shipped_teachers().values()},
                                            {"dataset": "folder", "data_dir": str(SAMPLE_DATA)})
     with _BUILD_LOCK:  # one build at a time: concurrent requests for the same run wait and share it
-        with _LOCK:
-            if key in _MODEL_SETS:
-                _MODEL_SETS.move_to_end(key)
-                return _MODEL_SETS[key]
-        made = make()
-        with _LOCK:
-            _MODEL_SETS[key] = made
-            while len(_MODEL_SETS) > MAX_MODEL_SETS:
-                _MODEL_SETS.popitem(last=False)
-        return made
+        return studio().models.get(key, make)
 
 
 SHORT = {"teacher": "T", "aux": "Aux", "baseline": "Base", "kd": "KD", "indistill": "InD"}
@@ -77,16 +68,18 @@ def _label_from_name(file, classes: list[str]) -> int | None:
 def retrieve(file, session: Any, metric: str, k):
     """Predicted class and nearest database images for each model; messages for bad uploads."""
     session = session_of(session)
+    limits = studio().limits
     try:
-        picture, notes = load_upload(file)
+        picture, notes = load_upload(file, limits.picture)
     except UploadError as exc:
         return None, f"**{exc}**", []
+    top_k = limits.retrieval.max_k
     try:
         k = int(k)
     except (TypeError, ValueError, OverflowError):  # OverflowError: k = inf
-        return picture, "**Neighbours per model must be a whole number from 1 to 16.**", []
-    if not 1 <= k <= 16:
-        return picture, f"**Neighbours per model must be 1 to 16; got {k}.**", []
+        return picture, f"**Neighbours per model must be a whole number from 1 to {top_k}.**", []
+    if not 1 <= k <= top_k:
+        return picture, f"**Neighbours per model must be 1 to {top_k}; got {k}.**", []
     metric = metric if metric in ("cosine", "euclidean") else "cosine"
     try:
         ms = model_set(session)
@@ -125,7 +118,7 @@ def feature_maps(example: str, session: Any):
     the student after warm-up, side by side, every channel shown."""
     from .inspect import feature_grid, load_model, stage_maps, to_input
     session = session_of(session)
-    folder = _folder(session)
+    folder = folder_of(session)
     maps = ((folder.read_results() or {}) if folder else {}).get("channel_maps")
     if not maps or folder is None:
         return "", "Feature maps need a run with InDistill: start one in the Train tab."

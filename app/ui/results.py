@@ -18,12 +18,9 @@ from app.config import ConfigError, ExperimentConfig
 
 from . import views
 from .form import CONTROL_KEYS, config_from, values_from
-from .runs import _admit
-from .sessions import _folder, _view, results_of, session_of
-from .studio import MAX_IMPORT_BYTES, shown, studio
-
-SCRATCH_MAX_AGE_S = 600
-DOWNLOAD_MAX_BYTES = 200 * 10 ** 6   # student checkpoints offered as downloads, per run
+from .runs import admit
+from .sessions import folder_of, results_of, session_of, view_of
+from .studio import shown, studio
 
 
 # ---------------------------------------------------------------- scratch folders and downloads
@@ -31,21 +28,22 @@ DOWNLOAD_MAX_BYTES = 200 * 10 ** 6   # student checkpoints offered as downloads,
 def _scratch_dir() -> Path:
     """A fresh folder for files handed to Gradio (it copies them to its cache); old ones are reaped."""
     s = studio()
-    runfolder.reap_old(s.scratch, SCRATCH_MAX_AGE_S)
+    runfolder.reap_old(s.scratch, s.limits.export.kept_s)
     path = s.scratch / secrets.token_hex(8)
     path.mkdir(parents=True)
     return path
 
 
-def _version_dir(kind: str, version: str) -> Path:
-    """The scratch folder for one version of a download (``kind``: run, onnx), reaped with the others."""
+def version_dir(kind: str, version: str) -> Path:
+    """The scratch folder for one version of a download (``kind``: run, onnx; not made here), reaped with
+    the others after ``limits.export.kept_s``."""
     import hashlib
     s = studio()
-    runfolder.reap_old(s.scratch, SCRATCH_MAX_AGE_S)
+    runfolder.reap_old(s.scratch, s.limits.export.kept_s)
     return s.scratch / f"{kind}-{hashlib.sha1(version.encode()).hexdigest()[:16]}"
 
 
-def _fill_once(out: Path, build) -> None:
+def fill_once(out: Path, build) -> None:
     """``build(folder)`` in a temporary folder, then renamed to ``out`` (a request that got there first
     keeps its copy); a failed build leaves nothing behind."""
     tmp = out.parent / f"tmp-{secrets.token_hex(6)}"
@@ -63,12 +61,13 @@ def _fill_once(out: Path, build) -> None:
 
 def _downloads(folder: runfolder.RunFolder, results: dict) -> tuple[list[str], str]:
     """Copies of the run's results and student checkpoints for Gradio to serve; one copy per run version
-    (reused while fresh), checkpoints only while they fit ``DOWNLOAD_MAX_BYTES``."""
-    out = _version_dir("run", f"{folder.id}:{folder.results.stat().st_mtime_ns}")
+    (reused while fresh), checkpoints only while they fit ``limits.export.download_max_bytes``."""
+    cap = studio().limits.export.download_max_bytes
+    out = version_dir("run", f"{folder.id}:{folder.results.stat().st_mtime_ns}")
     ckpts = folder.student_checkpoints()
     size = sum(p.stat().st_size for p in ckpts)
-    note = "" if size <= DOWNLOAD_MAX_BYTES else \
-        f"Student checkpoints ({size / 1e6:.0f} MB) are over the {DOWNLOAD_MAX_BYTES / 1e6:.0f} MB download limit: results only."
+    note = "" if size <= cap else \
+        f"Student checkpoints ({size / 1e6:.0f} MB) are over the {cap / 1e6:.0f} MB download limit: results only."
     names = ["results.json", "results.csv"] + ([p.name for p in ckpts] if not note else [])
     def build(tmp: Path) -> None:
         public_results = {k: v for k, v in results.items() if k != "run_dir"}
@@ -77,7 +76,7 @@ def _downloads(folder: runfolder.RunFolder, results: dict) -> tuple[list[str], s
         for p in ckpts if not note else ():
             shutil.copyfile(p, tmp / p.name)
     if not out.is_dir():
-        _fill_once(out, build)
+        fill_once(out, build)
     os.utime(out)
     return [str(out / n) for n in names], note
 
@@ -85,7 +84,7 @@ def _downloads(folder: runfolder.RunFolder, results: dict) -> tuple[list[str], s
 def compare(session: Any):
     """Comparison table, scatter, and downloads (copies handed out per request to whoever may see the run)."""
     session = session_of(session)
-    folder = _folder(session)
+    folder = folder_of(session)
     results = (folder.read_results() or {}) if folder else {}
     rows = views.compare_rows(results)
     files, note = [], ""
@@ -100,7 +99,7 @@ def compare(session: Any):
 def info_views(session: Any):
     """Per-layer information curves, the final divergence table, and the Fig. 2 / Fig. 4 analogues."""
     session = session_of(session)
-    snap, results = _view(session)[0], results_of(session)
+    snap, results = view_of(session)[0], results_of(session)
     return (views.info_flow_figure(snap, results), views.divergence_rows(snap, results),
             views.feature_mse_figure(snap), views.flow_divergence_figure(snap))
 
@@ -134,11 +133,12 @@ def import_config(session: Any, file):
         if not file:
             raise ConfigError("no file given")
         path = Path(file if isinstance(file, str) else file.name)
-        if path.stat().st_size > MAX_IMPORT_BYTES:
-            raise ConfigError(f"the file is {path.stat().st_size:,} bytes; the limit is {MAX_IMPORT_BYTES:,}")
+        cap = studio().limits.server.import_max_bytes
+        if path.stat().st_size > cap:
+            raise ConfigError(f"the file is {path.stat().st_size:,} bytes; the limit is {cap:,}")
         cfg = ExperimentConfig.from_dict(json.loads(path.read_text()))
         if studio().public:
-            _admit(cfg, session)
+            admit(cfg, session)
     except RecursionError:
         return fail + ["Import failed: the JSON is nested too deeply. Expected a configuration exported here or a "
                        "run folder's config.json."]

@@ -22,7 +22,7 @@ from app.runner import JobRefused
 
 from . import datasets, views
 from .form import CONTROL_KEYS, config_from, param_specs, values_from
-from .sessions import _access, _view, address_of_request, open_run_in, owner, remembered, session_of
+from .sessions import access, address_of_request, open_run_in, owner, remembered, session_of, view_of
 from .studio import shown, studio
 
 LOG_TAIL = 80
@@ -36,14 +36,17 @@ def _plan_for(session: dict, values: tuple) -> tuple[ExperimentConfig, Plan, pol
     if len(values) != len(CONTROL_KEYS):
         raise ConfigError(f"expected {len(CONTROL_KEYS)} control values, got {len(values)}")
     cfg = config_from(dict(zip(CONTROL_KEYS, values)), s.context(session))
-    return (cfg, *_admit(cfg, session))
+    return (cfg, *admit(cfg, session))
 
 
-def _admit(cfg: ExperimentConfig, session: dict) -> tuple[Plan, policy.Estimate | None]:
-    """Plan the config; in public mode also the server's rules and the budget."""
+def admit(cfg: ExperimentConfig, session: dict) -> tuple[Plan, policy.Estimate | None]:
+    """(plan, estimate): the config planned, and in public mode checked against the server's rules and
+    budget (estimate None locally); ConfigError names what is wrong. The Start button, ``/start``, grids
+    and imported configurations all pass here."""
     s = studio()
+    budget = s.limits.budget
     if s.public:  # size caps first: planning builds the networks (a wide auxiliary teacher can take GBs)
-        problems = policy.network_problems(cfg, s.budget)
+        problems = policy.network_problems(cfg, budget)
         if problems:
             raise ConfigError("not allowed on this public server:\n  - " + "\n  - ".join(problems))
     plan = make_plan(cfg)
@@ -51,14 +54,14 @@ def _admit(cfg: ExperimentConfig, session: dict) -> tuple[Plan, policy.Estimate 
     if not s.public:
         return plan, None
     allowed = policy.base_allowed_data() | ({Path(session["upload"]).resolve()} if session.get("upload") else set())
-    problems = policy.admit(cfg, allowed, s.budget)
+    problems = policy.admit(cfg, allowed, budget)
     if problems:
         raise ConfigError("not allowed on this public server:\n  - " + "\n  - ".join(problems))
     try:
         est = policy.estimate(cfg, plan, *policy.dataset_size(cfg))
     except (OSError, ValueError) as exc:
         raise ConfigError(f"cannot size the dataset: {exc}") from None
-    problems = policy.check_budget(cfg, est, s.budget)
+    problems = policy.check_budget(cfg, est, budget)
     if problems:
         raise ConfigError("over the public budget:\n  - " + "\n  - ".join(problems))
     return plan, est
@@ -80,7 +83,7 @@ def check(session: Any, *values) -> tuple[str, dict, object, str]:
     verdict = views.verdict_markdown(plan)
     if est is not None:
         verdict += (f"\n\nEstimated run time: **{est.minutes:.1f} min** on this server "
-                    f"(public limit {studio().budget.max_minutes:g} min).")
+                    f"(public limit {studio().limits.budget.max_minutes:g} min).")
     return "", gr.update(interactive=True), views.timeline_figure(plan), verdict
 
 
@@ -106,7 +109,7 @@ def apply_preset(name: str, session: Any = None):
 
 # ---------------------------------------------------------------- jobs
 
-def _submit(session: dict, cfg: ExperimentConfig, est, grid=None, request: Any = None):
+def submit(session: dict, cfg: ExperimentConfig, est, grid=None, request: Any = None):
     """(job, joined): the run queued for this session, or, when sharing is on and a live run has the very
     same configuration (never one reading a visitor's upload), that run joined. Public caps count the
     session and its client address."""
@@ -118,7 +121,7 @@ def _submit(session: dict, cfg: ExperimentConfig, est, grid=None, request: Any =
     me, address = owner(session), address_of_request(request)
     settings = {"estimate_s": est.seconds if est is not None else None, "address": address,
                 # public mode: enforced while it runs, not only estimated
-                "limit_s": s.budget.max_minutes * 60 if s.public else None}
+                "limit_s": s.limits.budget.max_minutes * 60 if s.public else None}
     if grid:
         job, joined = s.manager.submit_grid(cfg, *grid, owner=me, **settings), False
     elif s.sharing and not private:
@@ -145,7 +148,7 @@ def start(session: Any, *values, request: Any = None):
     datasets.mark_active(session)
     try:
         cfg, plan, est = _plan_for(session, values)
-        job, joined = _submit(session, cfg, est, request=request)
+        job, joined = submit(session, cfg, est, request=request)
     except (ConfigError, JobRefused) as exc:
         return session, remembered(session), shown(f"Not started: {exc}")
     session = {**session, "run": job.id}
@@ -170,7 +173,7 @@ def run_grid(session: Any, a_text: str, b_text: str, epochs, *values, request: A
             cfg = cfg.with_overrides({"student.epochs": epochs})
         a_values, b_values = parse_values(str(a_text or ""), "a values"), parse_values(str(b_text or ""), "b values")
         est = _grid_estimate(cfg, a_values, b_values, session) if studio().public else None
-        job, _ = _submit(session, cfg, est, grid=(a_values, b_values), request=request)
+        job, _ = submit(session, cfg, est, grid=(a_values, b_values), request=request)
     except (ConfigError, JobRefused) as exc:
         return session, remembered(session), shown(f"Grid not started: {exc}")
     session = {**session, "run": job.id}
@@ -188,10 +191,10 @@ def _grid_estimate(cfg: ExperimentConfig, a_values: list[float], b_values: list[
     if not all(0 <= a <= 10 for a in a_values) or not all(-3 <= b <= 5 for b in b_values):
         raise ConfigError("grid values: a must be 0 to 10 and b −3 to 5 on a public server (as on the sliders)")
     grid = CurriculumGrid(cfg, a_values, b_values, studio().runs_root / "unused")
-    cells = [_admit(c, session)[1] for c in grid.configs]
+    cells = [admit(c, session)[1] for c in grid.configs]
     est = policy.Estimate(sum(c.seconds for c in cells), max(c.step_mb for c in cells), cells[0].train_images,
                           fixed_seconds=sum(c.fixed_seconds for c in cells))
-    problems = policy.check_budget(cfg.with_overrides({"seeds": 1}), est, studio().budget)
+    problems = policy.check_budget(cfg.with_overrides({"seeds": 1}), est, studio().limits.budget)
     if problems:
         raise ConfigError(f"the grid's {len(cells)} runs together are over the public budget: " + "; ".join(problems))
     return est
@@ -249,7 +252,7 @@ def tick_status(session: Any, seen):
     version = _version(session)
     if version == seen and version is not None:
         return (gr.skip(),) * 5 + (seen,)
-    snap, refusal = _view(session)
+    snap, refusal = view_of(session)
     live = bool(snap) and snap["state"] in runfolder.LIVE_STATES
     own = bool(snap) and not snap.get("read_only")
     status = views.status_markdown(snap) if snap or not refusal else refusal
@@ -272,7 +275,7 @@ def tick_charts(session: Any, seen):
     same_run = seen is not None and run_of(seen) == run_of(version) and seen[1] == version[1]
     if seen is not None and (version == seen[:2] or (same_run and time.time() - seen[2] < CHART_SECONDS)):
         return (gr.skip(),) * 3 + (seen,)
-    snap = _view(session)[0]
+    snap = view_of(session)[0]
     return (views.loss_figure(snap), views.accuracy_figure(snap),
             views.channel_figure((snap or {}).get("channel_maps")) if not same_run else gr.skip(),
             (*version, time.time()))
@@ -281,7 +284,7 @@ def tick_charts(session: Any, seen):
 def status_dict(session: Any) -> dict:
     """The run on show as plain data (the ``status`` API endpoint)."""
     session = session_of(session)
-    job, results, refusal = _access(session)
+    job, results, refusal = access(session)
     if job is not None:  # live or recent: read the job's facts without copying its curves
         out, me = job.summary(), owner(session)
         return {**out, "read_only": me not in job.holders if job.live else job.owner != me,

@@ -9,8 +9,8 @@ joined it by starting the very same configuration (:meth:`app.runner.JobManager.
 can follow it live; each of them can only leave it (the run stops when the last one leaves).
 Anyone with its id (the share link) can open it read-only once it has ended. Caps count a
 visitor by session and by client address (:func:`address_of_request`).
-Handlers read the run on show through :func:`_view` and :func:`_folder`, which apply that
-rule (:func:`_access`).
+Handlers read the run on show through :func:`view_of` and :func:`folder_of`, which apply that
+rule (:func:`access`).
 """
 from __future__ import annotations
 
@@ -75,12 +75,12 @@ def restore(stored: Any, query_run: str | None = None) -> tuple[dict, str]:
     if query_run:
         session, message = open_run_in(session, query_run)
         return session, message
-    if session["run"] and _view(session)[1]:
+    if session["run"] and view_of(session)[1]:
         session["run"] = None
     return session, session["run"] or ""
 
 
-def _access(session: dict):
+def access(session: dict):
     """(job in memory | None, results on disk | None, refusal): the ownership rule, applied once.
 
     A live run is visible only to its owner and the sessions that joined it; an ended run to anyone with its id."""
@@ -102,9 +102,10 @@ def _access(session: dict):
     return None, results, ""
 
 
-def _view(session: dict) -> tuple[dict | None, str]:
-    """(snapshot, refusal) of the run on show, if this session may see it."""
-    job, results, refusal = _access(session)
+def view_of(session: dict) -> tuple[dict | None, str]:
+    """(snapshot, refusal) of the run on show, if this session may see it (:func:`access`); the snapshot
+    says whether it is read-only for this session and whether the session joined it."""
+    job, results, refusal = access(session)
     if job is not None:
         snap = job.snapshot()
         me = owner(session)
@@ -116,9 +117,9 @@ def _view(session: dict) -> tuple[dict | None, str]:
     return None, refusal
 
 
-def _folder(session: dict) -> runfolder.RunFolder | None:
-    """The run folder on show, if this session may see it."""
-    job, results, _ = _access(session)
+def folder_of(session: dict) -> runfolder.RunFolder | None:
+    """The run folder on show, if this session may see it (:func:`access`); a shipped run's in the library."""
+    job, results, _ = access(session)
     if job is None and results is None:
         return None
     if results is not None and results.get("library"):
@@ -130,7 +131,7 @@ def _folder(session: dict) -> runfolder.RunFolder | None:
 
 
 def results_of(session: Any) -> dict:
-    folder = _folder(session_of(session))
+    folder = folder_of(session_of(session))
     return (folder.read_results() or {}) if folder is not None else {}
 
 
@@ -140,7 +141,7 @@ def open_run_in(session: dict, run_id: Any) -> tuple[dict, str]:
     except runfolder.RunIdError as exc:
         return session, f"Not opened: {exc}."
     trial = {**session, "run": run_id}
-    snap, refusal = _view(trial)
+    snap, refusal = view_of(trial)
     if snap is None:
         return session, f"Not opened: {refusal}"
     return trial, f"Opened run `{run_id}`" + (" (read-only)." if snap.get("read_only") else ".")

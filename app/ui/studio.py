@@ -1,10 +1,11 @@
 """Server-wide settings and state: the :class:`Studio` (the job manager, public mode and its
-budget, the caps per client address, sharing and the unit store, folders), its one instance
-(:func:`studio`, replaced by :func:`configure`), and :func:`shown`, which hides server paths
-from a public visitor's messages.
+caps (:class:`app.limits.Limits`), sharing and the unit store, folders, the cache of built
+retrieval models), its one instance (:func:`studio`, read from the environment through
+:class:`app.settings.Settings`, replaced by :func:`configure`), and :func:`shown`, which hides
+server paths from a public visitor's messages.
 
-The handlers' shared state lives here and only here: the studio and its lock, and the cache
-of built retrieval models that :func:`configure` empties (:func:`app.ui.pictures.model_set` fills it).
+The handlers' shared state lives here and only here, on the studio: :func:`configure` gives a fresh
+one (an empty model cache included).
 """
 from __future__ import annotations
 
@@ -14,21 +15,20 @@ import threading
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from app import public as policy
-from app import runfolder
+from app import settings
 from app.config import ASSETS
+from app.limits import Limits
 from app.runner import JobManager
 
 from .form import FormContext
 
-MAX_IMPORT_BYTES = 64 * 1024   # an imported configuration file, or the API's overrides
-
 
 def sharing_wanted(env: dict | None = None) -> bool:
     """Join identical runs and reuse stored units? ``INDISTILL_SHARING`` (default on; ``0`` off)."""
-    return (os.environ if env is None else env).get("INDISTILL_SHARING", "1").strip() != "0"
+    return settings.read("INDISTILL_SHARING", env)
 
 
 def unit_store(root: Path):
@@ -40,33 +40,51 @@ def unit_store(root: Path):
     return UnitStore(root)
 
 
+class ModelCache:
+    """The least recently used built model sets (retrieval, feature maps), at most ``size``, keyed by run."""
+
+    def __init__(self, size: int) -> None:
+        self.size, self.lock, self.items = size, threading.Lock(), OrderedDict()
+
+    def get(self, key: Any, make: Callable[[], Any]) -> Any:
+        """The cached value of ``key``, else ``make()`` cached (the oldest dropped past ``size``)."""
+        with self.lock:
+            if key in self.items:
+                self.items.move_to_end(key)
+                return self.items[key]
+        made = make()
+        with self.lock:
+            self.items[key] = made
+            while len(self.items) > self.size:
+                self.items.popitem(last=False)
+        return made
+
+
 @dataclass
 class Studio:
-    """Server-wide settings and state: the job manager, public mode and its budget, the caps per
-    client address (public mode), sharing (joined runs, the unit store), folders."""
+    """Server-wide settings and state: the job manager, public mode and its caps (``limits``: the
+    queue's, the budget, uploads, pictures, retrieval, exports, retention), sharing (joined runs, the
+    unit store), folders, the cache of built models."""
 
     runs_root: Path
     public: bool = False
-    max_jobs: int = 1
-    budget: policy.Budget = field(default_factory=policy.Budget)
-    upload_limits: Any = None
-    max_queue: int = 30
-    max_live_per_address: int = 2            # live runs one client address may have, whatever its keys
-    max_queue_minutes_per_address: float = 30.0
+    limits: Limits = field(default_factory=Limits)
     sharing: bool = field(default_factory=sharing_wanted)
     manager: JobManager = field(init=False)
     store: Any = field(init=False)           # UnitStore | None: None when sharing is off
     scratch: Path = field(init=False)
     uploads: Path = field(init=False)
+    models: ModelCache = field(init=False)   # built retrieval models (app.ui.pictures.model_set)
 
     def __post_init__(self) -> None:
         self.runs_root = Path(self.runs_root).resolve()
-        public = self.public
-        self.manager = JobManager(self.max_jobs, self.runs_root, max_queue=self.max_queue if public else None,
-                                  max_queue_s=self.budget.max_queue_minutes * 60 if public else None,
-                                  retention=runfolder.Retention() if public else None,
-                                  max_live_per_address=self.max_live_per_address if public else None,
-                                  max_queue_s_per_address=self.max_queue_minutes_per_address * 60 if public else None)
+        public, queue = self.public, self.limits.queue
+        self.manager = JobManager(queue.max_jobs, self.runs_root, max_queue=queue.max_queue if public else None,
+                                  max_queue_s=self.limits.budget.max_queue_minutes * 60 if public else None,
+                                  retention=self.limits.retention if public else None,
+                                  max_live_per_address=queue.max_runs_per_address if public else None,
+                                  max_queue_s_per_address=queue.max_queue_minutes_per_address * 60 if public else None)
+        self.models = ModelCache(self.limits.retrieval.model_sets)
         self.store = unit_store(self.runs_root / ".units") if self.sharing else None
         import tempfile
         self.scratch = Path(tempfile.gettempdir()) / f"indistill-scratch-{os.getpid()}"
@@ -89,28 +107,35 @@ class Studio:
 
 _STUDIO: Studio | None = None
 _LOCK = threading.Lock()
-_MODEL_SETS: OrderedDict = OrderedDict()   # built retrieval models, least recently used first
+
+
+def from_settings(found: settings.Settings) -> Studio:
+    """The studio the environment describes (:meth:`app.settings.Settings.from_env`)."""
+    return Studio(found.runs_root, public=found.public, limits=found.limits, sharing=found.sharing)
 
 
 def studio() -> Studio:
+    """The server's studio, made from the environment on first use."""
     global _STUDIO
     with _LOCK:
         if _STUDIO is None:
-            _STUDIO = Studio(Path(os.environ.get("INDISTILL_RUNS", "runs")), public=policy.is_public(),
-                             max_jobs=int(os.environ.get("INDISTILL_MAX_JOBS", "1")),
-                             max_queue=int(os.environ.get("INDISTILL_MAX_QUEUE", "30")),
-                             max_live_per_address=int(os.environ.get("INDISTILL_MAX_RUNS_PER_ADDRESS", "2")),
-                             max_queue_minutes_per_address=float(
-                                 os.environ.get("INDISTILL_MAX_QUEUE_MINUTES_PER_ADDRESS", "30")))
+            _STUDIO = from_settings(settings.Settings.from_env())
         return _STUDIO
 
 
-def configure(**settings) -> Studio:
-    """Replace the server settings (tests, the load benchmark)."""
+def reset() -> None:
+    """Forget the studio: the next :func:`studio` reads the environment again (tests)."""
     global _STUDIO
     with _LOCK:
-        _STUDIO = Studio(**settings)
-        _MODEL_SETS.clear()
+        _STUDIO = None
+
+
+def configure(**fields) -> Studio:
+    """Replace the server's studio (tests, benches): ``configure(runs_root=…, public=True,
+    limits=Limits().changed(queue={"max_queue": 2}))``."""
+    global _STUDIO
+    with _LOCK:
+        _STUDIO = Studio(**fields)
     return _STUDIO
 
 

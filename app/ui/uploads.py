@@ -5,8 +5,10 @@
 - No input fetches a URL: :func:`refuse_url_inputs` stops Gradio from downloading the URL of any
   ``FileData`` a caller sends (page, plain HTTP API or MCP), with :data:`URL_REFUSED` as the answer.
 - Gradio's upload route (public mode): :class:`UploadGuard` caps the bytes each client address and
-  all clients together hold in Gradio's upload cache (:class:`UploadCaps`), and the
+  all clients together hold in Gradio's upload cache (:class:`app.limits.UploadCaps`), and the
   :class:`UploadLedger` deletes what no event handler took within minutes.
+
+The caps are the studio's (``limits.picture``, ``limits.upload_route``: :mod:`app.limits`).
 """
 from __future__ import annotations
 
@@ -24,11 +26,10 @@ from typing import Any, Callable
 
 from PIL import Image, UnidentifiedImageError
 
+from app.limits import PictureCaps, UploadCaps
+
 from .visitors import address_of
 
-MAX_BYTES = 25 * 1024 * 1024
-MAX_PIXELS = 20_000_000
-ACCEPTED = "a JPEG, PNG, WebP, BMP or GIF picture under 25 MB and 20 megapixels"
 URL_REFUSED = "this server never downloads a URL: upload the file itself"
 MB = 1_000_000
 _URL = re.compile(r"^\s*[a-z][a-z0-9+.-]*://", re.IGNORECASE)
@@ -48,26 +49,34 @@ def _named(path: Any) -> str:
     return repr(text if len(text) <= 80 else text[:77] + "...")
 
 
-def load_upload(path: str | Path | None) -> tuple[Image.Image, list[str]]:
-    """The upload as an RGB image plus notes on what was converted; UploadError if unusable."""
+def accepted(caps: PictureCaps = PictureCaps()) -> str:
+    """What a picture may be, as the refusals say it."""
+    return (f"a JPEG, PNG, WebP, BMP or GIF picture under {caps.max_bytes / 1024 ** 2:g} MB and "
+            f"{caps.max_pixels / 1e6:g} megapixels")
+
+
+
+def load_upload(path: str | Path | None, caps: PictureCaps = PictureCaps()) -> tuple[Image.Image, list[str]]:
+    """The upload as an RGB image plus notes on what was converted; UploadError naming ``caps`` if unusable."""
+    wanted = accepted(caps)
     if not path:
-        raise UploadError(f"No picture yet: upload {ACCEPTED}, or pick an example.")
+        raise UploadError(f"No picture yet: upload {wanted}, or pick an example.")
     if is_url(path):
-        raise UploadError(f"The picture {_named(path)} is a URL; {URL_REFUSED} ({ACCEPTED}).")
+        raise UploadError(f"The picture {_named(path)} is a URL; {URL_REFUSED} ({wanted}).")
     path = Path(path)
     try:
         size = os.path.getsize(path)
     except OSError:
         raise UploadError(f"The picture {path.name!r} was not found (it may have expired): upload a picture "
-                          f"file ({ACCEPTED}), or pick an example.") from None
-    if size > MAX_BYTES:
-        raise UploadError(f"{path.name} is {size / 1e6:.1f} MB; please upload {ACCEPTED}.")
+                          f"file ({wanted}), or pick an example.") from None
+    if size > caps.max_bytes:
+        raise UploadError(f"{path.name} is {size / 1e6:.1f} MB; please upload {wanted}.")
     notes = []
     try:
         with Image.open(path) as img:
             w, h = img.size
-            if w * h > MAX_PIXELS:
-                raise UploadError(f"{path.name} is {w}×{h} ({w * h / 1e6:.1f} megapixels); please upload {ACCEPTED}.")
+            if w * h > caps.max_pixels:
+                raise UploadError(f"{path.name} is {w}×{h} ({w * h / 1e6:.1f} megapixels); please upload {wanted}.")
             frames = getattr(img, "n_frames", 1)
             if frames > 1:
                 notes.append(f"animated ({frames} frames): using the first frame")
@@ -85,7 +94,7 @@ def load_upload(path: str | Path | None) -> tuple[Image.Image, list[str]]:
     except UploadError:
         raise
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
-        raise UploadError(f"{path.name} is not a readable picture ({type(exc).__name__}); please upload {ACCEPTED}.") from None
+        raise UploadError(f"{path.name} is not a readable picture ({type(exc).__name__}); please upload {wanted}.") from None
     return rgb, notes
 
 
@@ -140,25 +149,6 @@ def refuse_url_inputs(demo, claimed: Callable[[str], None] | None = None) -> Non
 
 # ---------------------------------------------------------------- Gradio's upload route, capped
 
-@dataclass(frozen=True)
-class UploadCaps:
-    """Gradio's upload cache on a public server.
-
-    - ``per_client_bytes`` 200 MB held per client address (four 50 MB dataset archives).
-    - ``total_bytes`` 2,000 MB held by all clients together.
-    - ``per_client_files`` 1,000 files held per client address.
-    - ``unclaimed_s`` 300 s: an uploaded file that no event took by then is deleted (files an
-      event took stay under Gradio's own ``delete_cache`` rule, an hour).
-    - ``sweep_s`` 30 s between sweeps.
-    """
-
-    per_client_bytes: int = 200 * MB
-    total_bytes: int = 2000 * MB
-    per_client_files: int = 1000
-    unclaimed_s: float = 300.0
-    sweep_s: float = 30.0
-
-
 @dataclass
 class _Held:
     size: int
@@ -184,7 +174,8 @@ def _key(path: str) -> str:
 
 
 class UploadLedger:
-    """Who holds which files of Gradio's upload cache, within :class:`UploadCaps`."""
+    """Who holds which files of Gradio's upload cache, within :class:`app.limits.UploadCaps` (files an
+    event took stay under Gradio's own ``delete_cache`` rule, an hour)."""
 
     def __init__(self, caps: UploadCaps = UploadCaps(), folder: str | Path | None = None) -> None:
         from gradio.utils import get_upload_folder

@@ -11,19 +11,17 @@ from __future__ import annotations
 
 import hashlib
 import ipaddress
-import os
 from typing import Any
+
+from app import settings
 
 LOCAL = "local"          # no request (a script calling the handlers, the CLI, a test)
 
 
 def behind_proxy(env: dict | None = None) -> bool:
-    """Trust ``X-Forwarded-For``? On a Space (``SPACE_ID``), or when ``INDISTILL_TRUST_PROXY=1``."""
-    env = os.environ if env is None else env
-    flag = env.get("INDISTILL_TRUST_PROXY", "").strip().lower()
-    if flag in ("0", "false", "no", "off"):
-        return False
-    return flag in ("1", "true", "yes", "on") or bool(env.get("SPACE_ID"))
+    """Trust ``X-Forwarded-For``? On a Space (``SPACE_ID``), or when ``INDISTILL_TRUST_PROXY=1``
+    (:func:`app.settings.behind_proxy`)."""
+    return settings.behind_proxy(env)
 
 
 def _canonical(text: str) -> str | None:
