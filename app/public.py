@@ -103,8 +103,8 @@ class CostModel:
     engine_image_s: float = 20e-6   # per training image: crop, flip, normalise
     pair_s: float = 1.2e-7          # retrieval: one query × database pair, per metric (5.8 s for 512 × 50k × 2)
     mi_flops_per_s: float = 30e9    # information estimates: Gram matrices of the information batch
-    unit_s: float = 0.1             # per unit: checkpoint, results, bookkeeping
-    run_s: float = 0.3              # per run: plan, data from the cache, results
+    unit_s: float = 0.02            # per unit: checkpoint, results, bookkeeping
+    run_s: float = 0.05             # per run: plan, data from the cache, results
     decode_s: float = 150e-6        # decoding one image (×(size/32)² when resized)
     threads_speedup: float = 1.0    # over the table's one thread (two threads: about 1.7)
     margin: float = 1.15            # over the table's best-of-repeats timings: a shared server is rarely quiet

@@ -14,6 +14,7 @@ is 2 either way). ``--json`` prints the rows as JSON.
 
     .venv/bin/python bench/calibrate.py --json                 # every architecture, batches 2 8 32 128 512
     .venv/bin/python bench/calibrate.py --arch resnet32x4 --batch 2 124
+    .venv/bin/python bench/calibrate.py --arch cnn_8_16_32 --batch 2 --steps 300   # the engine's per-step cost
     .venv/bin/python bench/calibrate.py --measure --write
 """
 from __future__ import annotations
@@ -126,8 +127,8 @@ def tiny_config(arch: str, batch: int, cache: Path, steps: int = 2):
         "eval.latency_runs": 5, "eval.info_batch": 32, "device": "cpu", "equal_epochs": False})
 
 
-def check(arch: str, batch: int, cache: Path, runs_root: Path) -> dict:
-    cfg = tiny_config(arch, batch, cache)
+def check(arch: str, batch: int, cache: Path, runs_root: Path, steps: int = 2) -> dict:
+    cfg = tiny_config(arch, batch, cache, steps)
     est = public.estimate_config(cfg)
     load_dataset(cfg.data)     # decoded once into the cache, outside the timing (as a server's warm cache)
     t, cpu = time.perf_counter(), time.process_time()
@@ -135,7 +136,7 @@ def check(arch: str, batch: int, cache: Path, runs_root: Path) -> dict:
     wall, measured = time.perf_counter() - t, time.process_time() - cpu
     if results.get("status") != "finished":
         raise RuntimeError(f"{arch} at batch {batch}: {results.get('status')} {results.get('error', '')}")
-    return {"arch": arch, "batch": batch, "train_images": est.train_images, "estimate_s": round(est.seconds, 2),
+    return {"arch": arch, "batch": batch, "steps": steps, "train_images": est.train_images, "estimate_s": round(est.seconds, 2),
             "measured_s": round(measured, 2), "wall_s": round(wall, 2), "ratio": round(est.seconds / measured, 2)}
 
 
@@ -143,6 +144,7 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--arch", nargs="*", default=list(MODELS), help="architectures (default: all the page offers)")
     p.add_argument("--batch", nargs="*", type=int, default=list(BATCHES))
+    p.add_argument("--steps", type=int, default=2, help="training steps of each run (one epoch each)")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.add_argument("--dry", action="store_true", help="print the estimates only (no runs)")
     p.add_argument("--measure", action="store_true", help="measure the per-architecture table instead")
@@ -157,15 +159,16 @@ def main(argv=None) -> int:
     rows = []
     if args.dry:
         with tempfile.TemporaryDirectory() as tmp:
-            est = {f"{a}@{b}": round(public.estimate_config(tiny_config(a, b, Path(tmp))).seconds, 1)
+            est = {f"{a}@{b}": round(public.estimate_config(tiny_config(a, b, Path(tmp), args.steps)).seconds, 1)
                    for a in args.arch for b in args.batch}
         print(json.dumps({"estimates_s": est, "total_s": round(sum(est.values()), 1)}, indent=1))
         return 0
     with tempfile.TemporaryDirectory() as tmp:
         for arch in args.arch:
             for batch in args.batch:
-                row = check(arch, batch, Path(tmp) / "cache", Path(tmp) / "runs")
+                row = check(arch, batch, Path(tmp) / "cache", Path(tmp) / "runs", args.steps)
                 rows.append(row)
+                print(json.dumps(row), file=sys.stderr, flush=True)   # progress: a row at a time
                 if not args.json:
                     print(f"{arch:14s} batch {batch:4d}: estimated {row['estimate_s']:8.1f} s, measured "
                           f"{row['measured_s']:8.1f} CPU s ({row['wall_s']:.1f} s wall), ratio {row['ratio']:.2f}",

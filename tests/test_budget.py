@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from app import public
-from app.augment import EVAL_BATCH_FLOPS, BatchStream, eval_batch_for
+from app.augment import EVAL_BATCH, EVAL_BATCH_FLOPS, BatchStream, eval_batch_for
 from app.config import preset
 from app.data import Dataset, Split
 from app.device import Runtime
@@ -92,7 +92,7 @@ def test_evaluation_batches_of_a_large_network_are_small_and_of_a_small_one_larg
     size = batch_size_for(big, images)
     flops = public._net_cost("resnet32x4", 10, 1.0, 64)[0]
     assert 1 <= size and size * flops <= EVAL_BATCH_FLOPS < (size + 1) * flops
-    assert eval_batch_for(1e6) == 512
+    assert eval_batch_for(1e6) == EVAL_BATCH
 
 
 def _data(n: int = 64, size: int = 32) -> Dataset:
