@@ -2,14 +2,15 @@
 API session keys (:mod:`app.ui.api`) and the key of the browser-stored session (:mod:`app.ui.layout`).
 
 :func:`server_secret` is the one way to get one: random once, written whole and owner-only (0600),
-created once even when threads or processes ask at the same time, and a missing, emptied or
-damaged file replaced by a new secret (never used weak).
+created once even when threads or processes ask at the same time (a lock on the folder), and a
+missing, emptied or damaged file replaced by a new secret (never used weak).
 """
 from __future__ import annotations
 
 import os
 import secrets
 import threading
+from contextlib import contextmanager
 from pathlib import Path
 
 _CACHE: dict[Path, bytes] = {}
@@ -25,34 +26,44 @@ def _read(path: Path, nbytes: int) -> bytes | None:
     return key if len(key) == nbytes else None
 
 
+@contextmanager
+def _folder_lock(folder: Path):
+    """Hold an exclusive lock on ``folder`` (``flock``: threads and processes alike wait their turn)."""
+    try:
+        import fcntl
+    except ImportError:   # not POSIX: the process's own lock is all there is
+        yield
+        return
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)   # closing releases the lock
+
+
 def read_or_create(path: Path, nbytes: int) -> bytes:
     """The secret of ``nbytes`` random bytes kept in ``path``, made there if it is missing or damaged.
 
-    A new secret is written whole to a scratch file (0600) and then linked to ``path``, which fails if
-    another thread or process got there first: then theirs is read, so everyone uses one secret. A
-    damaged file is replaced (``os.replace``)."""
+    Made under a lock on the folder, so of threads or processes asking at once one makes it and the
+    others read it; written whole to a scratch file (0600), then renamed into place."""
     found = _read(path, nbytes)
     if found is not None:
         return found
     path.parent.mkdir(parents=True, exist_ok=True)
-    key = secrets.token_bytes(nbytes)
-    scratch = path.with_name(f".{path.name}.{secrets.token_hex(6)}")
-    with os.fdopen(os.open(scratch, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as fh:
-        fh.write(key.hex())
-    try:
-        if path.exists():          # damaged: replaced whole
-            os.replace(scratch, path)
-            return key
+    with _folder_lock(path.parent):
+        found = _read(path, nbytes)   # made by whoever held the lock before
+        if found is not None:
+            return found
+        key = secrets.token_bytes(nbytes)
+        scratch = path.with_name(f".{path.name}.{secrets.token_hex(6)}")
         try:
-            os.link(scratch, path)   # atomic, and only if no one made it meanwhile
-        except FileExistsError:
-            return _read(path, nbytes) or read_or_create(path, nbytes)
-        except OSError:              # a file system without hard links
+            with os.fdopen(os.open(scratch, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as fh:
+                fh.write(key.hex())
             os.replace(scratch, path)
-            return _read(path, nbytes) or key
+        finally:
+            scratch.unlink(missing_ok=True)
         return key
-    finally:
-        scratch.unlink(missing_ok=True)
 
 
 def server_secret(root: Path, name: str, nbytes: int) -> bytes:
