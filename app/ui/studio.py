@@ -64,7 +64,11 @@ class ModelCache:
 class Studio:
     """Server-wide settings and state: the job manager, public mode and its caps (``limits``: the
     queue's, the budget, uploads, pictures, retrieval, exports, retention), sharing (joined runs, the
-    unit store), folders, the cache of built models."""
+    unit store), folders, the cache of built models.
+
+    The queue's and retention caps and the model cache's size are handed to the job manager and the
+    cache when the studio is made (:func:`configure` a new one to change them); the handlers read the
+    other caps from ``limits`` on each call."""
 
     runs_root: Path
     public: bool = False
