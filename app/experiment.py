@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import statistics
 import threading
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -25,7 +24,6 @@ from models import build_model
 
 from . import distributed
 from . import events as ev
-from . import stats
 from .augment import BatchStream, steps_per_epoch
 from .checkpoint import CheckpointError, atomic_save, load_checkpoint, load_into, save_model
 from .config import ConfigError, ExperimentConfig, resolve_path
@@ -42,14 +40,14 @@ from .plan import Plan, make_plan, stage2_loss
 from .profile import profile, time_together
 from .pruning import PrunedTargets, make_targets, plan_pruning
 from .recipe import LRSchedule, UnitOptim, resolve_recipe, unit_optim
-from .runfolder import RunFolder, new_run_id, read_json, unit_name, write_json
+from . import results as rs
+from .results import STUDENT_PHASES, RunResults, UnitKey
+from .runfolder import RunFolder, new_run_id, read_json, write_json
 from .schedule import SegmentPlan
 from .train import WARMUP_KINDS, CancelledError, LoopContext, Taps, run_segments, segment_for, steps_for
 from .unitstore import UnitStore, StoredUnit, file_digest, tensors_digest, unit_key
 
-STUDENT_PHASES = ("baseline", "kd", "indistill")
 # the paired differences reported: (A, B) → B − A, the arms sharing seeds and test images
-COMPARISONS = (("baseline", "kd"), ("kd", "indistill"))
 
 
 @dataclass
@@ -107,7 +105,7 @@ class Experiment:
         self.dist = distributed.from_env()  # torchrun ranks; rank 0 alone writes and emits
         self.emit = (emit or (lambda e: None)) if self.dist.main else (lambda e: None)
         self.cancel = cancel or threading.Event()
-        self.results: dict = {}
+        self.results: RunResults = {}
         self.resume_note = ""
         if resume:
             folder = RunFolder(self.run_dir)
@@ -147,10 +145,9 @@ class Experiment:
 
     def unit_done(self, phase: str, seed: int | None) -> bool:
         """Recorded in results.json and its checkpoint loads (checked once; a bad one is re-run)."""
-        entry = self.results.get("phases", {}).get(phase, {})
-        key = "single" if seed is None else str(seed)
-        name = unit_name(phase, seed)
-        if key not in entry.get("units", {}):
+        unit = UnitKey(phase, seed)
+        name = unit.name
+        if rs.unit_of(self.results, unit) is None:
             return False
         if name not in self._verified:
             try:
@@ -158,13 +155,13 @@ class Experiment:
                 self._verified[name] = True
             except CheckpointError as exc:
                 self._verified[name] = False
-                entry["units"].pop(key, None)
+                self.results["phases"][phase]["units"].pop(unit.slot, None)
                 self.log(f"resume: {name} is recorded as done but its checkpoint does not load ({exc}); "
                          "re-running that unit")
         return self._verified[name]
 
     def selected(self, phase: str, seed: int) -> bool:
-        return self.only is None or unit_name(phase, seed) in self.only
+        return self.only is None or UnitKey(phase, seed).name in self.only
 
     def release(self) -> None:
         """Drop the dataset and evaluation batch (a finished job keeps only its results)."""
@@ -349,7 +346,7 @@ class Experiment:
         for phase, schedule in self.plan.schedules.items():
             per_seed = sum(steps_for(p.epochs, spe) for p in schedule)
             total += per_seed * sum(self.selected(phase, s) and not self.unit_done(phase, s)
-                                    and unit_name(phase, s) not in reused for s in range(self.cfg.seeds))
+                                    and UnitKey(phase, s).name not in reused for s in range(self.cfg.seeds))
         return total
 
     @property
@@ -368,7 +365,7 @@ class Experiment:
     def run_unit(self, u: Unit) -> nn.Module:
         """build → stream → started → run → evaluate → save → record; a finished unit is reloaded,
         a unit the store holds is taken from it (:meth:`reuse`), a trained one is stored."""
-        name = unit_name(u.phase, u.seed)
+        name = UnitKey(u.phase, u.seed).name
         model = self.build(u.arch, u.width, u.seed or 0)
         if self.unit_done(u.phase, u.seed):
             load_into(model, load_checkpoint(self.ckpt(name)), f"{name} (resumed)")
@@ -406,7 +403,7 @@ class Experiment:
         units += [self.plan_unit(phase, seed) for seed in range(self.cfg.seeds) for phase in self.plan.schedules
                   if self.selected(phase, seed)]
         for u in units:
-            name = unit_name(u.phase, u.seed)
+            name = UnitKey(u.phase, u.seed).name
             self.unit_keys[name] = unit_key(self.unit_spec(u))
             if not self.unit_done(u.phase, u.seed) and self.store.has(self.unit_keys[name], self.scope):
                 self.planned_reuse.add(name)
@@ -485,7 +482,7 @@ class Experiment:
         """Record a stored unit as this run's: its result (curves included) with ``reused_from``,
         the events a finished unit emits, its checkpoint in this run folder; no training steps."""
         self.check_cancel()
-        name, seed = unit_name(u.phase, u.seed), u.seed or 0
+        name, seed = UnitKey(u.phase, u.seed).name, u.seed or 0
         result = stored.result | {"reused_from": {"run": stored.run_id, "unit": stored.unit_name},
                                   "test_data": self.results["data"]["test_data"], "unit_key": stored.key}
         costs = self.results.setdefault("costs", {})
@@ -545,7 +542,7 @@ class Experiment:
 
             def after_segment(index: int, _seg) -> None:  # keep the student as the warm-up left it
                 if index == last_warm and self.dist.main:
-                    save_model(model, self.ckpt(unit_name(u.phase, u.seed) + "-warmup"),
+                    save_model(model, self.ckpt(UnitKey(u.phase, u.seed).name + "-warmup"),
                                self.meta(u.arch, u.width, f"{u.phase}-warmup", u.seed, None))
             return run_segments(model, stream, segments, loop,
                                 self._epoch_callback(model, history, u.phase, self.trains_classifier(u)),
@@ -553,10 +550,7 @@ class Experiment:
 
     # ------------------------------------------------------------ results
     def _record(self, phase: str, seed: int | None, result: dict) -> None:
-        entry = self.results["phases"].setdefault(phase, {"units": {}})
-        entry["units"]["single" if seed is None else str(seed)] = result
-        if seed is None:
-            entry.update({k: v for k, v in result.items() if k != "history"})
+        rs.record_unit(self.results, UnitKey(phase, seed), result)
         self.save_results()
         self.emit(ev.PhaseResult(phase, seed, result))
 
@@ -626,7 +620,7 @@ class Experiment:
                         metrics["flow_divergence"] = round(flow_divergence(metrics["info_flow"], ref), 5)
             # the epoch's mean training losses (the curves a re-opened run can still draw; under distributed
             # training, rank 0's share of the batches) and its last segment
-            history.append({"epoch": epoch, **metrics, **({"train_loss": losses, "segment": segment} if losses else {})})
+            history.append(rs.epoch_record(epoch, metrics, {"train_loss": losses, "segment": segment} if losses else None))
             return metrics
         return on_epoch
 
@@ -739,67 +733,13 @@ class Experiment:
                 unit.update(results["costs"][unit["cost_key"]])
 
     def aggregate(self, phase: str) -> None:
-        """Over seeds: accuracy and mAP as mean ± sd with a 95 % interval (Wilson for one seed's
-        accuracy, the bootstrap over queries for one seed's mAP, a t-interval for several);
-        cost is the architecture's one figure."""
+        """The phase over its seeds (:func:`app.results.aggregate`), its costs filled first; saved."""
         self.fill_costs(phase)
-        entry = self.results["phases"][phase]
-        units = [entry["units"][str(s)] for s in range(self.cfg.seeds) if str(s) in entry["units"]]
-        if not units:
-            return
-        first = units[0]
-        accs = [u["test_acc"] for u in units]
-        acc = stats.seeds_summary(accs, first.get("test_images"))
-        entry.update({k: v for k, v in first.items()
-                      if k not in ("history", "retrieval", "test_acc", "info_flow", "correct", "test_acc_ci",
-                                   "reused_from", "unit_key")})
-        entry.update({"test_acc": acc["mean"], "test_acc_std": acc["sd"], "test_acc_seeds": accs,
-                      "test_acc_ci": acc["ci"], "test_acc_ci_method": acc["method"],
-                      "train_seconds": statistics.fmean(u["train_seconds"] for u in units)})
-        if "retrieval" in first:
-            entry["retrieval"] = {}
-            for metric in first["retrieval"]:
-                rs = [u["retrieval"][metric] for u in units]
-                maps_ = [r["map"] for r in rs]
-                m = stats.seeds_summary(maps_)
-                ci, method = (m["ci"], m["method"]) if len(rs) > 1 else \
-                    (rs[0].get("map_ci"), f"bootstrap over {rs[0].get('queries', 0):,} queries, 1 seed")
-                entry["retrieval"][metric] = {
-                    "map": m["mean"], "map_std": m["sd"], "map_seeds": maps_, "map_ci": ci, "map_ci_method": method,
-                    "map_reference": statistics.fmean(r.get("map_reference", r["map"]) for r in rs),
-                    "map_reference_query_batch": rs[0].get("map_reference_query_batch"),
-                    "precision_at_100": statistics.fmean(r.get("precision_at_100", 0.0) for r in rs),
-                    "pr_curve": {"recall": rs[0]["pr_curve"]["recall"],
-                                 "precision": [statistics.fmean(c) for c in zip(*(r["pr_curve"]["precision"] for r in rs))]}}
-        if "info_flow" in first:
-            entry["info_flow"] = [statistics.fmean(v) for v in zip(*(u["info_flow"] for u in units))]
+        phases = self.results["phases"]
+        phases[phase] = rs.aggregate(phases[phase], self.cfg.seeds)
         self.save_results()
 
     def compare(self) -> None:
-        """``results["comparisons"]``: B − A for KD − baseline and InDistill+KD − KD, on test
-        accuracy and on each retrieval mAP, per seed, with a 95 % interval and a verdict."""
-        phases, out = self.results["phases"], []
-        for a, b in COMPARISONS:
-            if a not in phases or b not in phases:
-                continue
-            seeds = [str(s) for s in range(self.cfg.seeds) if str(s) in phases[a]["units"] and str(s) in phases[b]["units"]]
-            ua, ub = [phases[a]["units"][s] for s in seeds], [phases[b]["units"][s] for s in seeds]
-            if not seeds:
-                continue
-            one = len(seeds) == 1
-            if all(u.get("classifier_trained", True) for u in ua + ub):  # an untrained classifier's accuracy is not compared
-                items = (stats.unpack_bits(ua[0]["correct"], ua[0]["test_images"]),
-                         stats.unpack_bits(ub[0]["correct"], ub[0]["test_images"])) if one and "correct" in ua[0] \
-                    else (None, None)
-                d = stats.paired_difference([u["test_acc"] for u in ua], [u["test_acc"] for u in ub],
-                                            a_items=items[0], b_items=items[1], kind="correct")
-                out.append({"a": a, "b": b, "metric": "test_acc"} | d)
-            for metric in (ua[0].get("retrieval") or {}):
-                ra, rb = [u["retrieval"][metric] for u in ua], [u["retrieval"][metric] for u in ub]
-                aps = (stats.unpack_unit(ra[0]["ap"]), stats.unpack_unit(rb[0]["ap"])) if one and "ap" in ra[0] \
-                    else (None, None)
-                d = stats.paired_difference([r["map"] for r in ra], [r["map"] for r in rb],
-                                            a_items=aps[0], b_items=aps[1], kind="ap")
-                out.append({"a": a, "b": b, "metric": f"map_{metric}"} | d)
-        self.results["comparisons"] = out
+        """``results["comparisons"]`` (:func:`app.results.compare`); saved."""
+        self.results["comparisons"] = rs.compare(self.results["phases"], self.cfg.seeds)
         self.save_results()

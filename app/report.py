@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Callable
 
 from . import events as ev
+from . import render
 from .config import SHIPPED_PREFIX, ConfigError, ExperimentConfig, preset
 from .profile import ratio_text, timing_note
 from .runfolder import RunFolder, read_json, resolve, snapshot_from_results, write_json
@@ -272,7 +273,6 @@ def arm_table(results: dict) -> tuple[list[str], list[list[str]]]:
     """Per phase: test accuracy mean ± sd, its 95 % interval and method (– where the arm trains no
     classifier), seeds; cosine mAP with its interval, its reference-code form, top-100 precision;
     Euclidean mAP."""
-    from .ui import views
     head = ["phase", "test acc %", "± sd", "95 % interval", "interval", "seeds", "mAP cos %", "mAP 95 % interval",
             "mAP cos, reference form %", "P@100 cos %", "mAP Eucl. %", "epochs"]
     rows = []
@@ -283,7 +283,7 @@ def arm_table(results: dict) -> tuple[list[str], list[list[str]]]:
         m = (r.get("retrieval") or {}).get("cosine") or {}
         e = (r.get("retrieval") or {}).get("euclidean") or {}
         acc = [_pct(r["test_acc"]), _pct(r.get("test_acc_std")), _interval(r.get("test_acc_ci")),
-               r.get("test_acc_ci_method", "Wilson")] if views.has_accuracy(r) else \
+               r.get("test_acc_ci_method", "Wilson")] if render.has_accuracy(r) else \
             ["– (no classifier trained)", "–", "–", "–"]
         rows.append([arm_label(results, phase), *acc, str(len(r.get("test_acc_seeds") or [1])),
                      _pct(m.get("map")), _interval(m.get("map_ci")), _pct(m.get("map_reference")),
@@ -365,10 +365,9 @@ def _html_table(head: list[str], rows: list[list[str]]) -> str:
 
 def pair_figures(results: dict) -> list:
     """The information curves and the Fig. 2 / Fig. 4 analogues of one pair (plotly figures)."""
-    from .ui import views
     snap = snapshot_from_results("report", results)
-    return [views.info_flow_figure(snap, results), views.feature_mse_figure(snap), views.flow_divergence_figure(snap),
-            views.scatter_figure(results)]
+    return [render.info_flow_figure(snap, results), render.feature_mse_figure(snap), render.flow_divergence_figure(snap),
+            render.scatter_figure(results)]
 
 
 def csv_rows(pair: str, results: dict) -> list[dict]:
@@ -437,7 +436,6 @@ def _arms_section(results: dict, md: list, body: list) -> list:
 
 def _grid_section(grid: dict, status: str | None, md: list, body: list) -> list:
     """The grid's table (Fig. 5 analogue), marked when unfinished; returns its figures."""
-    from .ui import views
     head, table = grid_table(grid)
     cells = len(grid.get("cells", []))
     partial = "" if status == "finished" else f" **Unfinished ({status}): {cells} runs recorded so far.**"
@@ -448,7 +446,7 @@ def _grid_section(grid: dict, status: str | None, md: list, body: list) -> list:
     md += ["### Curriculum grid (Fig. 5 analogue)", "", note + partial, "", _md(head, table), ""]
     body.append("<h3>Curriculum grid (Fig. 5 analogue)</h3>" + f"<p>{html.escape(note + partial.replace('**', ''))}</p>"
                 + _html_table(head, table))
-    return list(views.grid_figures(grid))
+    return list(render.grid_figures(grid))
 
 
 def write_report(s: Study, root: Path) -> dict[str, Path]:

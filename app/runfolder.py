@@ -25,11 +25,13 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
+from .results import LIVE_STATES  # noqa: F401 (the states of a live run, named here for the folder's readers)
+from .results import read_results as typed_results, snapshot, to_json
+
 CONFIG, RESULTS, OWNER, CHECKPOINTS = "config.json", "results.json", "owner.json", "checkpoints"
 MAX_ID_LENGTH = 80
 ID_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_-]{0,79}$")
 ACCEPTED_ID = "lower-case letters, digits, '-' and '_', at most 80 characters (as shown in the status line)"
-LIVE_STATES = ("queued", "running")
 
 
 class RunIdError(ValueError):
@@ -117,10 +119,12 @@ class RunFolder:
         return self.checkpoints / f"{unit}.pt"
 
     def read_results(self) -> dict | None:
-        return read_json(self.results)
+        """The run's :class:`app.results.RunResults`, or None when missing or unreadable."""
+        raw = read_json(self.results)
+        return None if raw is None else typed_results(raw)
 
     def write_results(self, results: dict) -> None:
-        write_json(results, self.results)
+        write_json(to_json(results), self.results)
 
     def set_owner(self, secret: str, address: str | None = None) -> None:
         """Record who made the run: the digest of the session's secret and, when known, the digest
@@ -157,51 +161,9 @@ class RunFolder:
         return total
 
 
-def unit_name(phase: str, seed: int | None) -> str:
-    """Checkpoint name of a unit: ``teacher``, ``aux``, or ``<phase>-s<seed>``."""
-    return phase if seed is None else f"{phase}-s{seed}"
-
-
-# per-epoch history fields a snapshot's ``eval`` series carry besides epoch and accuracy
-EVAL_FIELDS = ("info_flow", "feature_mse", "flow_divergence")
-
-
-def eval_series(history: list[dict]) -> dict:
-    """A unit's per-epoch history as the snapshot's series: epoch, acc (or, for a unit that trains no
-    classifier, map: its probe's retrieval mAP) and :data:`EVAL_FIELDS`."""
-    return {"epoch": [r.get("epoch") for r in history], "acc": [r.get("eval_acc") for r in history],
-            "map": [r.get("eval_map") for r in history]} | {
-        k: [r.get(k) for r in history] for k in EVAL_FIELDS}
-
-
-def epoch_loss_series(history: list[dict]) -> dict:
-    """A unit's per-epoch mean training losses (``history[].train_loss``) in the shape of a live
-    loss series (``{step, epoch, segment, losses: {name: [mean or None]}}``), one point per epoch."""
-    rows = [r for r in history if isinstance(r.get("train_loss"), dict)]
-    names = sorted({n for r in rows for n in r["train_loss"]})
-    return {"step": [r["epoch"] for r in rows], "epoch": [r["epoch"] for r in rows],
-            "segment": [r.get("segment", "") for r in rows], "stride": 1,
-            "losses": {n: [r["train_loss"].get(n) for r in rows] for n in names}}
-
-
 def snapshot_from_results(run_id: str, results: dict) -> dict:
     """The read-only snapshot of a run that no live job holds (finished, or left by a restart)."""
-    state = results.get("status", "finished")
-    note = f"re-opened run {run_id}"
-    if state in LIVE_STATES:
-        state, note = "interrupted", f"run {run_id} was interrupted (the server restarted); finished phases are kept"
-    evals, series = {}, {}
-    for phase, entry in (results.get("phases") or {}).items():
-        for seed, unit in (entry.get("units") or {}).items():
-            h, key = unit.get("history", []), f"{phase}/{0 if seed == 'single' else seed}"
-            evals[key] = eval_series(h)
-            if any("train_loss" in r for r in h):  # runs recorded before per-epoch losses have none
-                series[key] = epoch_loss_series(h)
-    return {"id": run_id, "state": state, "phase": None, "segment": None, "series": series, "eval": evals,
-            "schedules": {}, "results": results.get("phases", {}), "channel_maps": results.get("channel_maps"),
-            "flow_reference": results.get("flow_reference"),
-            "log": [note], "progress": 1.0, "queue_position": 0, "eta_s": None, "data": results.get("data"),
-            "error": results.get("error"), "read_only": True}
+    return snapshot(run_id, results)
 
 
 @dataclass(frozen=True)

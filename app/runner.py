@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from . import events as ev
+from . import results as rs
 from . import runfolder
 from .config import ExperimentConfig
 from .experiment import Experiment
@@ -172,8 +173,10 @@ class Job:
         self.submitted = time.time()
         self.started: float | None = None
         self.series: dict[str, LossSeries] = {}
+        # the live facts a snapshot lays over the run's record (:func:`app.results.snapshot`)
         self.view: dict = {"phase": None, "seed": None, "segment": None, "epoch": 0, "eval": {},
-                           "segments": {}, "channel_maps": None, "results": {}, "error": None, "schedules": {}}
+                           "segments": {}, "error": None, "schedules": {}}
+        self.record: rs.RunResults = {}   # what the run has recorded so far: phases, maps, comparisons, grid
         if grid is not None:
             run_dir = Path(runs_root) / runfolder.new_run_id(f"grid-{cfg.name}")
             self.experiment = CurriculumGrid(cfg, grid[0], grid[1], run_dir, emit=self.apply, cancel=self.cancel_event)
@@ -302,42 +305,37 @@ class Job:
 
     def _phase_started(self, v: dict, e: ev.PhaseStarted) -> None:
         v.update(phase=e.phase, seed=e.seed, epoch=0, segment=None)
-        key = f"{e.phase}/{e.seed}"
+        key = rs.UnitKey(e.phase, e.seed).series
         v["schedules"][key] = e.schedule
         self.series[key] = LossSeries()
         v["segments"][key] = []
-        v["eval"][key] = runfolder.eval_series([])
+        v["eval"][key] = rs.eval_series()
 
     def _layer_switch(self, v: dict, e: ev.LayerSwitch) -> None:
         v["segment"] = e.name
-        v["segments"][f"{e.phase}/{e.seed}"].append({"name": e.name, "step": e.step})
+        v["segments"][rs.UnitKey(e.phase, e.seed).series].append({"name": e.name, "step": e.step})
 
     def _step(self, v: dict, e: ev.StepLoss) -> None:
-        self.series[f"{e.phase}/{e.seed}"].add(e.step, e.epoch, e.segment, e.losses)
+        self.series[rs.UnitKey(e.phase, e.seed).series].add(e.step, e.epoch, e.segment, e.losses)
         v["epoch"] = e.epoch
 
     def _epoch(self, v: dict, e: ev.EpochMetrics) -> None:
-        r = v["eval"][f"{e.phase}/{e.seed}"]
-        r["epoch"].append(e.epoch)
-        r["acc"].append(e.metrics.get("eval_acc"))
-        r["map"].append(e.metrics.get("eval_map"))
-        for k in runfolder.EVAL_FIELDS:
-            r[k].append(e.metrics.get(k))
+        rs.add_epoch(v["eval"][rs.UnitKey(e.phase, e.seed).series], {"epoch": e.epoch, **e.metrics})
 
     def _channel_maps(self, v: dict, e: ev.ChannelMaps) -> None:
-        v["channel_maps"] = {"pruned_arch": e.pruned_arch, "stages": e.stages}
+        self.record["channel_maps"] = {"pruned_arch": e.pruned_arch, "stages": e.stages}
         self.maps_revision += 1
 
+    def _keep_record(self, results: dict) -> None:
+        """A copy of what the run has recorded (its thread goes on changing the original)."""
+        self.record = {k: copy.deepcopy(results[k]) for k in self.RECORD if k in results}
+
     def _phase_result(self, v: dict, e: ev.PhaseResult) -> None:
-        v["results"] = copy.deepcopy(self.experiment.results.get("phases", {}))
+        self._keep_record(self.experiment.results)
 
     def _finished(self, v: dict, e: ev.Finished) -> None:
         self.state = "finished"
-        v["results"] = copy.deepcopy(e.results.get("phases", {}))
-        if "grid" in e.results:
-            v["grid"] = copy.deepcopy(e.results["grid"])
-        if "comparisons" in e.results:
-            v["comparisons"] = copy.deepcopy(e.results["comparisons"])
+        self._keep_record(e.results)
 
     def _failed(self, v: dict, e: ev.Failed) -> None:
         self.state, v["error"] = "failed", e.message
@@ -345,6 +343,7 @@ class Job:
     def _cancelled(self, v: dict, e: ev.Cancelled) -> None:
         self.state = "cancelled"
 
+    RECORD = ("phases", "comparisons", "grid", "channel_maps", "flow_reference")
     _REDUCERS = {ev.PhaseStarted: _phase_started, ev.LayerSwitch: _layer_switch, ev.StepLoss: _step,
                  ev.EpochMetrics: _epoch, ev.ChannelMaps: _channel_maps, ev.PhaseResult: _phase_result,
                  ev.Finished: _finished, ev.Failed: _failed, ev.Cancelled: _cancelled}
@@ -352,7 +351,7 @@ class Job:
     def last_step(self) -> tuple[str, int, float] | None:
         """(phase unit, step, total loss) of the newest logged step, read without a snapshot."""
         with self.lock:
-            key = f"{self.view['phase']}/{self.view['seed']}"
+            key = rs.UnitKey(self.view["phase"], self.view["seed"]).series if self.view["phase"] else None
             s = self.series.get(key)
             point = s.last() if s else None
         if not point or "total" not in point["losses"]:
@@ -391,26 +390,25 @@ class Job:
         last = self.last_step()
         with self.lock:
             _, _, _, frac, eta = self._progress(wait_s)
-            results = {p: {"test_acc": r.get("test_acc"), "test_acc_std": r.get("test_acc_std")}
-                       for p, r in self.view["results"].items() if isinstance(r, dict) and "test_acc" in r}
-            return {"run": self.id, "state": self.state, "progress": round(frac, 4), "queue_position": position,
-                    "eta_s": None if eta is None else round(eta, 1), "phase": self.view["phase"],
-                    "step": last[1] if last else None, "loss": last[2] if last else None, "results": results,
-                    "error": self.view["error"], "following": len(self.holders)}
+            light = {"id": self.id, "state": self.state, "progress": round(frac, 4), "queue_position": position,
+                     "eta_s": None if eta is None else round(eta, 1), "phase": self.view["phase"],
+                     "results": self.record.get("phases"), "error": self.view["error"]}
+            return rs.status(light, last) | {"following": len(self.holders)}
 
     def snapshot(self) -> dict:
         """A JSON-ready copy of the job's state, safe to read from any thread."""
         queue_position, wait_s = self.manager.queue_place(self) if self.manager else (0, 0.0)
         with self.lock:
             done, total, elapsed, frac, eta = self._progress(wait_s)
-            snap = copy.deepcopy(self.view)
-            snap["series"] = {k: s.to_dict() for k, s in self.series.items()}
-            snap.update(id=self.id, state=self.state, steps_done=done, steps_total=total,
+            live = copy.deepcopy(self.view)
+            live["series"] = {k: s.to_dict() for k, s in self.series.items()}
+            live.update(state=self.state, steps_done=done, steps_total=total,
                         progress=round(frac, 4), elapsed_s=round(elapsed, 1), eta_s=None if eta is None else round(eta, 1),
                         queue_position=queue_position, queue_wait_s=round(wait_s, 1), following=len(self.holders),
                         estimate_s=None if self.estimate_s is None else round(self.estimate_s, 1),
-                        log=list(self.log), config=self.cfg.to_dict(), data=self.experiment.results.get("data"), read_only=False)
-            return snap
+                        log=list(self.log), config=self.cfg.to_dict(),
+                        data=copy.deepcopy(self.experiment.results.get("data")))
+            return rs.snapshot(self.id, copy.deepcopy(self.record), live)
 
 
 class JobManager:

@@ -26,7 +26,8 @@ from typing import Callable, Collection, Sequence
 from . import events as ev
 from .config import ConfigError, ExperimentConfig
 from .plan import make_plan
-from .runfolder import CONFIG, RESULTS, RunFolder, unit_name, write_json
+from .results import UnitKey, read_results, unit_of, units
+from .runfolder import CONFIG, RESULTS, RunFolder, write_json
 
 BACKENDS = ("local", "ray")
 CHECKPOINT_KEYS = ("teacher.checkpoint", "indistill.aux_checkpoint")
@@ -234,12 +235,11 @@ def absorb(cfg: ExperimentConfig, folder: RunFolder, out: Output, only: Collecti
         results = theirs
     else:  # the task's cost figures are dropped: measured beside other tasks; the merge measures them
         results = folder.read_results() or {}
-        for phase, entry in theirs.get("phases", {}).items():
-            for key, unit in entry.get("units", {}).items():
-                if unit_name(phase, None if key == "single" else int(key)) in only:
-                    mine = results.setdefault("phases", {}).setdefault(phase, {"units": {}})
-                    mine["units"][key] = unit  # tasks end in any order; the units stay in seed order
-                    mine["units"] = dict(sorted(mine["units"].items(), key=lambda kv: int(kv[0]) if kv[0].isdigit() else -1))
+        for key, unit in units(read_results(theirs)):
+            if key.name in only:
+                mine = results.setdefault("phases", {}).setdefault(key.phase, {"units": {}})
+                mine["units"][key.slot] = unit  # tasks end in any order; the units stay in seed order
+                mine["units"] = dict(sorted(mine["units"].items(), key=lambda kv: int(kv[0]) if kv[0].isdigit() else -1))
     results.update({"config": cfg.to_dict(), "run_dir": str(folder.path)})
     folder.write_results(results)
     return results
@@ -261,9 +261,8 @@ def run_experiments(backend: RayBackend, runs: Sequence[tuple[ExperimentConfig, 
 
 def pending_units(cfg: ExperimentConfig, results: dict) -> list[str]:
     """Student units of ``cfg`` not yet recorded in ``results``, in the local backend's order."""
-    recorded = results.get("phases", {})
-    return [unit_name(phase, seed) for phase in make_plan(cfg).schedules for seed in range(cfg.seeds)
-            if str(seed) not in recorded.get(phase, {}).get("units", {})]
+    return [UnitKey(phase, seed).name for phase in make_plan(cfg).schedules for seed in range(cfg.seeds)
+            if unit_of(results, UnitKey(phase, seed)) is None]
 
 
 def run_units(backend: RayBackend, runs: Sequence[tuple[ExperimentConfig, Path]], *,

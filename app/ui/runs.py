@@ -18,6 +18,7 @@ from app import public as policy
 from app import runfolder
 from app.config import ConfigError, ExperimentConfig, preset
 from app.plan import Plan, make_plan
+from app.results import last_step, status as run_status
 from app.runner import JobRefused
 
 from . import datasets, views
@@ -292,10 +293,5 @@ def status_dict(session: Any) -> dict:
     if results is None:
         return {"run": session.get("run"), "state": None, "message": refusal or "no run yet"}
     snap = runfolder.snapshot_from_results(session["run"], results)  # the one read of results.json
-    last = views.last_step(snap)
-    phases = {p: {"test_acc": r.get("test_acc"), "test_acc_std": r.get("test_acc_std")}
-              for p, r in (snap.get("results") or {}).items() if isinstance(r, dict) and "test_acc" in r}
-    return {"run": snap["id"], "state": snap["state"], "read_only": bool(snap.get("read_only")),
-            "progress": snap.get("progress"), "queue_position": snap.get("queue_position"), "eta_s": snap.get("eta_s"),
-            "phase": snap.get("phase"), "step": last[1] if last else None, "loss": last[2] if last else None,
-            "results": phases, "error": shown(snap.get("error") or "") or None}
+    out = run_status(snap, last_step(snap))  # the same summary as a live job's (app.results.status)
+    return {**out, "read_only": bool(snap.get("read_only")), "error": shown(out["error"] or "") or None}
