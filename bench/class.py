@@ -15,10 +15,11 @@ lesson runs twice, on two fresh servers: ``INDISTILL_SHARING=1`` (identical runs
 taken from the store) and ``0``. Before each lesson one warm-up run and one timed solo run (each
 with its own weight decay, so they share no unit with the lesson) give "one run's time".
 
-Per step: ``last_s`` (from the step's first press until the last visitor has a result),
-``median_wait_s`` (a visitor's press to their result, the median visitor), ``joined``, ``runs``
-(distinct runs), ``units_asked`` (every visitor's units: a joined visitor asks for the run's units)
-and ``units_trained`` (each distinct run's units once, less those its results record as reused:
+Per step: ``last_s`` (from the step's first press until the last visitor has a result; it holds
+the ``--spread`` of the presses and up to one poll ``--interval``), ``median_wait_s`` (a visitor's
+press to their result, the median visitor), ``start_answer_max_s`` (the slowest ``/start``
+answer), ``joined``, ``runs`` (distinct runs), ``units_asked`` (every visitor's units: a joined
+visitor asks for the run's units) and ``units_trained`` (each distinct run's units once, less those its results record as reused:
 ``results["reuse"]["reused"]`` or a unit's ``reused_from``). ``ratios`` are off ÷ on.
 
 ``workshop`` projects the same figures for the real preset: the runs of each measured step, in
@@ -118,7 +119,7 @@ async def press(visitor: Visitor, preset: str, overrides: dict, at: float, deadl
     out: dict = {"pressed": time.time()}
     try:
         started = await visitor.start(preset, overrides)
-        out["message"] = started.get("message")
+        out["answered"], out["message"] = time.time(), started.get("message")
         if not started.get("run"):
             out["error"] = started.get("message") or "no run"
             return out
@@ -143,6 +144,8 @@ def step_report(name: str, t0: float, outs: list[dict], server: Server) -> dict:
     return {"step": name, "visitors": len(outs), "served": len(done), "lost": len(outs) - len(done),
             "last_s": round(max(o["ended_at"] for o in done) - t0, 1) if done else None,
             "median_wait_s": round(statistics.median(o["ended_at"] - o["pressed"] for o in done), 1) if done else None,
+            "start_answer_max_s": round(max(o["answered"] - o["pressed"] for o in outs if "answered" in o), 1)
+            if any("answered" in o for o in outs) else None,
             "joined": sum(bool(o.get("joined")) for o in outs), "runs": len(runs),
             "units_asked": sum(len(asked_units(runs.get(o["run"]))) for o in outs if o.get("run")),
             "units_trained": sum(len(trained_units(r)) for r in runs.values()),
