@@ -1,4 +1,5 @@
-"""The app for ``bench/load.py``: ``app.py`` in public mode, with the ``/status`` handler timed.
+"""The app for the public-mode benches (``bench/load.py``, ``bench/class.py``, started by
+``bench/public_http.py``): ``app.py`` in public mode, with the ``/status`` handler timed.
 
 Each call's own time in the server (the handler, from its arguments to its answer) is kept
 in memory and written as JSON to ``$INDISTILL_LOAD_TIMES`` when the process is asked to stop
