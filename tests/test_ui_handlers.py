@@ -266,3 +266,16 @@ def test_feature_maps_of_an_earlier_run_are_cleared_when_another_run_is_on_show(
 def gr_skip():
     import gradio as gr
     return gr.skip()
+
+
+def test_compare_says_so_when_the_runs_files_vanish_while_read(monkeypatch):
+    """Retention may delete a run folder between reading its results and copying its files:
+    the Compare tab shows the table and a note, not an error."""
+    from app import runfolder
+    session, _ = ui.open_run_in(ui.session_of(None), "cpu-cnn")
+
+    def gone(self):
+        raise FileNotFoundError(self.path / "checkpoints")
+    monkeypatch.setattr(runfolder.RunFolder, "student_checkpoints", gone)
+    table, _, files, note = ui.compare(session)
+    assert table["value"] and files == [] and "not on this server" in note

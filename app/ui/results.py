@@ -89,7 +89,10 @@ def compare(session: Any):
     rows = views.compare_rows(results)
     files, note = [], ""
     if results.get("phases") and folder is not None:
-        files, note = _downloads(folder, results)
+        try:
+            files, note = _downloads(folder, results)
+        except OSError:  # the folder was removed (retention) or not yet written while it was read
+            files, note = [], "The run's files are not on this server (any more): no downloads."
     note = " ".join(x for x in (views.compare_note(results), note) if x) if rows else \
         "No results yet: finished phases appear here (Train tab)."
     return gr.update(value=rows, headers=views.COMPARE_HEADERS), views.scatter_figure(results), files, note
