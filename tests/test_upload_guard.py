@@ -291,3 +291,23 @@ def test_a_run_folder_without_checkpoints_gives_no_models(tmp_path):
     from app.ui.inspect import ModelSet, load_if_there
     assert ModelSet.from_run(tmp_path / "evicted-run", {}).models == []
     assert load_if_there(tmp_path / "checkpoints" / "teacher.pt", "teacher") is None
+
+
+def test_an_mcp_agent_sends_its_picture_as_a_data_url(server):
+    """What retrieve's description tells an agent to do works: the picture inline, base64."""
+    pytest.importorskip("mcp")
+    import asyncio
+    import base64
+
+    from mcp import ClientSession
+    from mcp.client.streamable_http import streamablehttp_client
+    inline = "data:image/jpeg;base64," + base64.b64encode(CAT.read_bytes()).decode()
+
+    async def agent():
+        async with streamablehttp_client(f"{server.url}/gradio_api/mcp/") as (read, write, _):
+            async with ClientSession(read, write) as mcp:
+                await mcp.initialize()
+                return await mcp.call_tool("retrieve", {"picture": inline, "k": 3, "metric": "cosine"})
+    text = " ".join(getattr(c, "text", "") for c in asyncio.run(agent()).content)
+    answer = json.loads(text)
+    assert answer["neighbours"] and URL_REFUSED not in answer["message"], answer

@@ -172,7 +172,7 @@ def retrieve(picture, k: float = 8, metric: str = "cosine", run_id: str = "", se
     """Predicted class and the k nearest training pictures for a picture, for each network of a run.
 
     Args:
-        picture: PICTURE_RULE.
+        picture: PICTURE_RULE, sent with the call (an MCP agent sends it as a data: URL, base64). A http(s) URL is refused: the server never fetches one.
         k: neighbours per network, 1 to MAX_K.
         metric: cosine or euclidean.
         run_id: the run whose networks to use (once it has checkpoints); empty: with a session_key, its live run, else the shipped teachers.
