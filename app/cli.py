@@ -27,6 +27,7 @@ from .checkpoint import CheckpointError
 from .export import ExportError
 from .losses import LOSSES
 from .profile import ratio_text, timing_note
+from .results import RunResults, measured_phases
 from .runfolder import RunIdError, new_run_id
 from .sweep import SweepError
 
@@ -144,13 +145,10 @@ class Progress:
         print(text, file=sys.stderr, flush=True)
 
 
-def results_table(results: dict) -> str:
+def results_table(results: RunResults) -> str:
     rows = [("phase", "test acc", "± sd", "95% interval", "mAP cos", "params", "MFLOPs", "CPU ms b1", "× teacher",
              "train s")]
-    for phase in ("teacher", "aux", "baseline", "kd", "indistill"):
-        r = results.get("phases", {}).get(phase)
-        if not r or "test_acc" not in r:
-            continue
+    for phase, r in measured_phases(results):
         m = r.get("retrieval", {}).get("cosine", {}).get("map")
         ci = r.get("test_acc_ci")
         rows.append((phase, f"{r['test_acc'] * 100:.2f}", f"{r.get('test_acc_std', 0) * 100:.2f}",

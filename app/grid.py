@@ -26,6 +26,7 @@ from models import MODELS
 from .pairing import spec_of
 from .plan import make_plan
 from .recipe import resolve_recipe
+from .results import RunResults, UnitKey, eval_series, unit_of
 from .runfolder import RunFolder, read_json
 from .schedule import curriculum_epochs
 from .train import CancelledError
@@ -76,7 +77,7 @@ class CurriculumGrid:
             problems += [f"{m} a={a:g} b={b:g}: {p}" for p in make_plan(c).problems]
         if problems:
             raise ConfigError("grid cells that cannot run:\n  - " + "\n  - ".join(problems))
-        self.results: dict = {"grid": {"a": a_values, "b": b_values, "total_epochs": self.total, "cells": []},
+        self.results: RunResults = {"grid": {"a": a_values, "b": b_values, "total_epochs": self.total, "cells": []},
                               "status": "queued", "run_dir": str(self.run_dir), "phases": {}}
         self.current: Experiment | None = None
         self.finished_cells = 0
@@ -179,7 +180,8 @@ class CurriculumGrid:
         if "aux" in out["phases"] and not self.aux_ckpt:
             self.aux_ckpt = str(folder.checkpoint("aux"))
         ind = out["phases"]["indistill"]
-        unit = ind["units"]["0"]
+        unit = unit_of(out, UnitKey("indistill", 0))
+        curves = eval_series(unit.get("history", []))
         schedule = out["schedule"]["indistill"]
         self.results["grid"]["cells"].append({
             "mode": mode, "a": a, "b": b, "test_acc": ind["test_acc"], "test_acc_ci": ind.get("test_acc_ci"),
@@ -187,8 +189,7 @@ class CurriculumGrid:
             "warmup_epochs": sum(p["epochs"] for p in schedule if p["kind"] != "kd"),
             "kd_epochs": sum(p["epochs"] for p in schedule if p["kind"] == "kd"),
             "total_epochs": sum(p["epochs"] for p in schedule),
-            "info_flow": [h.get("info_flow") for h in unit.get("history", [])],
-            "epochs": [h["epoch"] for h in unit.get("history", [])]})
+            "info_flow": curves["info_flow"], "epochs": curves["epoch"]})
         for shared in ("teacher", "aux"):
             if shared in out["phases"] and shared not in self.results["phases"]:
                 self.results["phases"][shared] = out["phases"][shared]

@@ -11,6 +11,7 @@ import copy
 from pathlib import Path
 
 from .config import ASSETS, recorded_config
+from .results import units
 from .runfolder import ID_PATTERN, RunFolder, RunIdError, resolve, write_json, read_json
 
 ROOT = ASSETS / "library"
@@ -61,9 +62,8 @@ def ship(run_dir: str | Path, run_id: str, root: Path | None = None) -> Path:
     if not results or results.get("status") != "finished":
         raise ValueError(f"{run_dir} holds no finished run")
     results = copy.deepcopy(results)
-    for entry in results.get("phases", {}).values():
-        for unit in entry.get("units", {}).values():
-            unit["history"] = downsample(unit.get("history", []))
+    for _, unit in units(results):
+        unit["history"] = downsample(unit.get("history", []))
     results.pop("run_dir", None)   # the library is read from any checkout: no machine path goes in
     results["config"] = recorded_config(results.get("config") or {})
     dest = RunFolder(resolve(_root(root), run_id))

@@ -11,9 +11,8 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from app.profile import ratio_text, timing_note
-from app.results import STUDENT_PHASES, UnitKey
+from app.results import PHASES, STUDENT_PHASES, PhaseResults, RunResults, Snapshot, UnitKey, measured_phases
 
-PHASES = ("teacher", "aux", "baseline", "kd", "indistill")
 LABELS = {"teacher": "Teacher", "aux": "Auxiliary teacher", "baseline": "Baseline (CE)", "kd": "KD",
           "indistill": "InDistill + KD"}
 COLORS = {"teacher": "#6b7280", "aux": "#a855f7", "baseline": "#f59e0b", "kd": "#3b82f6", "indistill": "#10b981"}
@@ -30,19 +29,19 @@ def empty_figure(title: str, note: str) -> go.Figure:
 
 
 
-def _reopened(snap: dict | None) -> bool:
+def _reopened(snap: Snapshot | None) -> bool:
     """An ended run read from disk or the library (no live job): its per-step curves are gone (runs
     recorded since per-epoch losses were kept show those instead)."""
     return bool(snap) and snap.get("read_only") and snap.get("state") not in ("queued", "running") \
         and not snap.get("series")
 
 
-def _no_curves(snap: dict | None, title: str, kept_none: str, not_yet: str) -> go.Figure:
+def _no_curves(snap: Snapshot | None, title: str, kept_none: str, not_yet: str) -> go.Figure:
     """The empty chart of a run without these curves: an ended run that kept none, or one before its first."""
     return empty_figure(title, kept_none if _reopened(snap) else not_yet)
 
 
-def loss_figure(snap: dict | None) -> go.Figure:
+def loss_figure(snap: Snapshot | None) -> go.Figure:
     """Loss by component, one panel per phase unit, curriculum segments shaded and labelled."""
     series = (snap or {}).get("series", {})
     keys = [k for k in series if series[k]["step"]]
@@ -81,7 +80,7 @@ def _unit_title(key: str) -> str:
     return LABELS.get(unit.phase, unit.phase) + (f" — seed {unit.label_seed}" if unit.phase in STUDENT_PHASES else "")
 
 
-def _segment_spans(snap: dict, key: str, row: int) -> tuple[list[dict], list[dict]]:
+def _segment_spans(snap: Snapshot, key: str, row: int) -> tuple[list[dict], list[dict]]:
     """The unit's schedule segments as shaded spans and labels of its panel (plain dicts, set on the
     figure once: ``add_vrect`` per segment made most of a redraw's cost)."""
     schedule = snap.get("schedules", {}).get(key, [])
@@ -98,7 +97,7 @@ def _segment_spans(snap: dict, key: str, row: int) -> tuple[list[dict], list[dic
     return shapes, labels
 
 
-def accuracy_figure(snap: dict | None) -> go.Figure:
+def accuracy_figure(snap: Snapshot | None) -> go.Figure:
     ev = (snap or {}).get("eval", {})
     keys = [k for k in ev if ev[k]["epoch"]]
     if not keys:
@@ -165,14 +164,14 @@ def _fmt_ci(mean: float | None, ci: list | None, sd: float | None = None, scale:
     return text + (f" [{ci[0] * scale:.1f}, {ci[1] * scale:.1f}]" if mean is not None and ci else "")
 
 
-def _latency(r: dict, key: str = "latency_ms_cpu_b1", busy: bool = False) -> str:
+def _latency(r: PhaseResults, key: str = "latency_ms_cpu_b1", busy: bool = False) -> str:
     if key not in r:
         return "–"
     sp = r.get(key + "_spread")
     return f"{r[key]:.3f}" + (f" [{sp['q1']:.3f}–{sp['q3']:.3f}]" if sp else "") + (" (busy)" if busy else "")
 
 
-def _ratio(r: dict, reference: str | None) -> str:
+def _ratio(r: PhaseResults, reference: str | None) -> str:
     """The per-round latency ratio to the teacher, '×median [q1, q3]'; '1 (reference)' for the
     teacher's architecture; '–' for a run recorded before architectures were timed together."""
     text = ratio_text(r.get("latency_ratio_cpu_b1"))
@@ -187,12 +186,12 @@ NAMES = {("baseline", "kd"): "KD − baseline", ("kd", "indistill"): "InDistill+
 METRIC_NAMES = {"test_acc": "accuracy", "map_cosine": "mAP (cosine)", "map_euclidean": "mAP (Euclidean)"}
 
 
-def measured_on(results: dict | None) -> str:
+def measured_on(results: RunResults | None) -> str:
     """The data test accuracies were measured on, e.g. 'test split, 1,000 images (…)'; '' for older runs."""
     return ((results or {}).get("data") or {}).get("test_data", "")
 
 
-def difference_lines(results: dict | None) -> list[str]:
+def difference_lines(results: RunResults | None) -> list[str]:
     """One line per paired difference: 'KD − baseline, accuracy: +1.70 points [−0.7, +4.1] — within noise (…)'."""
     lines = []
     for c in (results or {}).get("comparisons") or []:
@@ -205,7 +204,7 @@ def difference_lines(results: dict | None) -> list[str]:
     return lines
 
 
-def compare_note(results: dict | None) -> str:
+def compare_note(results: RunResults | None) -> str:
     """Which data the figures come from, how to read the intervals, and the paired differences."""
     where = measured_on(results)
     if not where:
@@ -218,21 +217,17 @@ def compare_note(results: dict | None) -> str:
     return note + ("\n\n" + "  \n".join(diffs) if diffs else "")
 
 
-def has_accuracy(r: dict) -> bool:
+def has_accuracy(r: PhaseResults) -> bool:
     """Whether a phase's accuracy means something: the reference's PKT arms never train their
     classifier (no cross-entropy, PKT on the embedding), so theirs is chance."""
     return "test_acc" in r and r.get("classifier_trained", True)
 
 
-def compare_rows(results: dict | None) -> list[list]:
-    phases = (results or {}).get("phases", {})
+def compare_rows(results: RunResults | None) -> list[list]:
     timed = (results or {}).get("latency") or {}
     busy = bool((timed.get("cpu") or {}).get("busy"))
     rows = []
-    for p in PHASES:
-        r = phases.get(p)
-        if not r or "test_acc" not in r:
-            continue
+    for p, r in measured_phases(results):
         ret = r.get("retrieval", {})
         cos, euc = ret.get("cosine", {}), ret.get("euclidean", {})
         acc = _fmt_ci(r["test_acc"], r.get("test_acc_ci"), r.get("test_acc_std")) if has_accuracy(r) \
@@ -256,16 +251,13 @@ RESULTS_CSV_COMPARISON = ["comparison", "metric", "diff", "diff_ci_low", "diff_c
                           "method"]
 
 
-def results_csv(results: dict) -> str:
+def results_csv(results: RunResults) -> str:
     """One header for both kinds of row: a phase row fills the phase columns, a paired
     difference (``comparison`` = "b - a") the comparison columns; the others stay empty."""
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=RESULTS_CSV_PHASE + RESULTS_CSV_COMPARISON, restval="")
     w.writeheader()
-    for p in PHASES:
-        r = results.get("phases", {}).get(p)
-        if not r or "test_acc" not in r:
-            continue
+    for p, r in measured_phases(results):
         ret = r.get("retrieval", {})
         cos = ret.get("cosine", {})
         ci, mci = r.get("test_acc_ci") or ["", ""], cos.get("map_ci") or ["", ""]
@@ -296,11 +288,10 @@ def _err(value: float, ci: list | None, scale: float = 100.0) -> dict | None:
                 thickness=1.5, width=4)
 
 
-def scatter_figure(results: dict | None) -> go.Figure:
+def scatter_figure(results: RunResults | None) -> go.Figure:
     """Accuracy (95 % interval as a vertical bar) vs CPU latency (interquartile range as a
     horizontal bar); models of one architecture share one latency figure."""
-    phases = (results or {}).get("phases", {})
-    pts = [(p, phases[p]) for p in PHASES if p in phases and has_accuracy(phases[p])]
+    pts = [(p, r) for p, r in measured_phases(results) if has_accuracy(r)]
     if not pts:
         return empty_figure("Accuracy vs latency", "results appear when phases finish")
     fig = go.Figure()
@@ -329,7 +320,7 @@ def scatter_figure(results: dict | None) -> go.Figure:
 
 # ---------------------------------------------------------------- Retrieval
 
-def pr_figure(results: dict | None, metric: str = "cosine") -> go.Figure:
+def pr_figure(results: RunResults | None, metric: str = "cosine") -> go.Figure:
     phases = (results or {}).get("phases", {})
     fig = go.Figure()
     for p in PHASES:
@@ -349,13 +340,13 @@ def pr_figure(results: dict | None, metric: str = "cosine") -> go.Figure:
 
 # ---------------------------------------------------------------- Information flow
 
-def _teacher_flow(snap: dict | None, results: dict | None) -> list[float] | None:
+def _teacher_flow(snap: Snapshot | None, results: RunResults | None) -> list[float] | None:
     """The teacher's per-layer information, from results.json or else the live snapshot."""
     phases = (results or {}).get("phases") or (snap or {}).get("results") or {}
     return phases.get("teacher", {}).get("info_flow")
 
 
-def info_flow_figure(snap: dict | None, results: dict | None = None) -> go.Figure:
+def info_flow_figure(snap: Snapshot | None, results: RunResults | None = None) -> go.Figure:
     """Per-layer information I(layer; labels) over epochs for each student, and the teacher's."""
     ev = (snap or {}).get("eval", {})
     keys = [k for k in ev if any(f for f in ev[k]["info_flow"]) and UnitKey.from_series(k).seed == 0
@@ -385,7 +376,7 @@ def info_flow_figure(snap: dict | None, results: dict | None = None) -> go.Figur
     return fig
 
 
-def divergence_rows(snap: dict | None, results: dict | None = None) -> list[list]:
+def divergence_rows(snap: Snapshot | None, results: RunResults | None = None) -> list[list]:
     """Mean |I_student − I_teacher| over layers at each student's last epoch (lower = closer flow)."""
     ev = (snap or {}).get("eval", {})
     t_flow = _teacher_flow(snap, results)
@@ -426,11 +417,11 @@ def _seed_mean(evals: dict, phase: str, field: str) -> tuple[list, list, int]:
     return epochs, mean, len(runs)
 
 
-def _reference_name(snap: dict | None) -> str:
+def _reference_name(snap: Snapshot | None) -> str:
     return ((snap or {}).get("flow_reference") or {}).get("network", "the pruned teacher").split(",")[0]
 
 
-def feature_mse_figure(snap: dict | None) -> go.Figure:
+def feature_mse_figure(snap: Snapshot | None) -> go.Figure:
     """InDistill's Fig. 2 analogue: per layer, over epochs, the MSE between the student's stage
     output and the pruned network's kept channels on a fixed validation batch, KD vs InDistill+KD
     (mean over the seeds recorded)."""
@@ -456,7 +447,7 @@ def feature_mse_figure(snap: dict | None) -> go.Figure:
     return fig
 
 
-def flow_divergence_figure(snap: dict | None) -> go.Figure:
+def flow_divergence_figure(snap: Snapshot | None) -> go.Figure:
     """The paper's Fig. 4 analogue: teacher–student information-flow divergence per epoch
     (Passalis et al. 2020), KD vs InDistill+KD, mean over the seeds recorded."""
     evals = (snap or {}).get("eval", {})

@@ -21,6 +21,7 @@ from . import events as ev
 from . import render
 from .config import SHIPPED_PREFIX, ConfigError, ExperimentConfig, preset
 from .profile import ratio_text, timing_note
+from .results import RunResults, measured_phases, phase_units
 from .runfolder import RunFolder, read_json, resolve, snapshot_from_results, write_json
 
 ARMS = ("baseline", "kd", "indistill")
@@ -190,7 +191,7 @@ def partial_results(run_dir: Path) -> dict:
             shutil.copyfile(getattr(pair, name), getattr(scratch, name))
         exp = Experiment(run_dir=scratch.path, resume=True)
         for phase in exp.plan.schedules:
-            if exp.results.get("phases", {}).get(phase, {}).get("units"):
+            if any(phase_units(phase, exp.results["phases"].get(phase))):
                 exp.aggregate(phase)
         exp.compare()
         return exp.results
@@ -258,7 +259,7 @@ LOSS_NAMES = {"pkt_indistill": "PKT", "pkt": "PKT", "kd": "Hinton KD", "dkd": "D
               "rkd": "RKD"}
 
 
-def arm_label(results: dict, phase: str) -> str:
+def arm_label(results: RunResults, phase: str) -> str:
     """``phase`` with what it trained, e.g. ``kd (PKT alone)`` under the reference procedure."""
     proc = results.get("procedure") or {}
     loss = proc.get("stage2_loss")
@@ -269,17 +270,14 @@ def arm_label(results: dict, phase: str) -> str:
     return f"{phase} ({name} alone)" if phase == "kd" else f"{phase} (InDistill + {name})"
 
 
-def arm_table(results: dict) -> tuple[list[str], list[list[str]]]:
+def arm_table(results: RunResults) -> tuple[list[str], list[list[str]]]:
     """Per phase: test accuracy mean ± sd, its 95 % interval and method (– where the arm trains no
     classifier), seeds; cosine mAP with its interval, its reference-code form, top-100 precision;
     Euclidean mAP."""
     head = ["phase", "test acc %", "± sd", "95 % interval", "interval", "seeds", "mAP cos %", "mAP 95 % interval",
             "mAP cos, reference form %", "P@100 cos %", "mAP Eucl. %", "epochs"]
     rows = []
-    for phase in ("teacher", "aux") + ARMS:
-        r = results.get("phases", {}).get(phase)
-        if not r or "test_acc" not in r:
-            continue
+    for phase, r in measured_phases(results):
         m = (r.get("retrieval") or {}).get("cosine") or {}
         e = (r.get("retrieval") or {}).get("euclidean") or {}
         acc = [_pct(r["test_acc"]), _pct(r.get("test_acc_std")), _interval(r.get("test_acc_ci")),
@@ -307,7 +305,7 @@ def released_table(released: dict) -> tuple[list[str], list[list[str]]]:
     return head, rows
 
 
-def difference_table(results: dict) -> tuple[list[str], list[list[str]]]:
+def difference_table(results: RunResults) -> tuple[list[str], list[list[str]]]:
     head = ["difference", "metric", "mean (points)", "95 % interval", "verdict", "method"]
     rows = [[f"{arm_label(results, c['b'])} − {arm_label(results, c['a'])}", c["metric"], f"{c['diff'] * 100:+.2f}",
              _interval(c.get("ci"), True),
@@ -315,7 +313,7 @@ def difference_table(results: dict) -> tuple[list[str], list[list[str]]]:
     return head, rows
 
 
-def cost_table(results: dict) -> tuple[list[str], list[list[str]]]:
+def cost_table(results: RunResults) -> tuple[list[str], list[list[str]]]:
     """Per architecture: params, FLOPs, CPU latency (median [IQR]) and its per-round ratio to the
     teacher's (median [IQR], when timed together); per phase: mean training seconds."""
     head = ["network", "params", "MFLOPs", "CPU ms (batch 1, median [IQR])", "× teacher (per round, median [IQR])",
@@ -363,19 +361,19 @@ def _html_table(head: list[str], rows: list[list[str]]) -> str:
             + "".join("<tr>" + cells("td", r) + "</tr>" for r in rows) + "</tbody></table>")
 
 
-def pair_figures(results: dict) -> list:
+def pair_figures(results: RunResults) -> list:
     """The information curves and the Fig. 2 / Fig. 4 analogues of one pair (plotly figures)."""
     snap = snapshot_from_results("report", results)
     return [render.info_flow_figure(snap, results), render.feature_mse_figure(snap), render.flow_divergence_figure(snap),
             render.scatter_figure(results)]
 
 
-def csv_rows(pair: str, results: dict) -> list[dict]:
+def csv_rows(pair: str, results: RunResults) -> list[dict]:
     """Long format: one row per unit, per phase aggregate, per paired difference."""
     rows = []
     for phase, entry in (results.get("phases") or {}).items():
-        for seed, u in (entry.get("units") or {}).items():
-            rows.append({"pair": pair, "row": "unit", "name": phase, "seed": seed, "metric": "test_acc",
+        for key, u in phase_units(phase, entry):
+            rows.append({"pair": pair, "row": "unit", "name": phase, "seed": key.slot, "metric": "test_acc",
                          "value": u.get("test_acc"), "ci_low": (u.get("test_acc_ci") or [None])[0],
                          "ci_high": (u.get("test_acc_ci") or [None, None])[1], "n": u.get("test_images"),
                          "verdict": "", "train_seconds": u.get("train_seconds")})
@@ -408,7 +406,7 @@ def grid_csv_rows(pair: str, grid: dict) -> list[dict]:
     return rows
 
 
-def _arms_section(results: dict, md: list, body: list) -> list:
+def _arms_section(results: RunResults, md: list, body: list) -> list:
     """The arms' tables (accuracy, paired differences, cost) and figure notes; returns the figures."""
     data = results.get("data", {})
     where = (f"Test accuracy on the {data.get('test_data', 'test split')}; trained on {data.get('train', 0):,} "

@@ -30,6 +30,7 @@ from typing import Any, Iterator, Mapping, TypedDict
 from . import stats
 
 LIVE_STATES = ("queued", "running")
+PHASES = ("teacher", "aux", "baseline", "kd", "indistill")   # in the order a run trains and a table shows them
 STUDENT_PHASES = ("baseline", "kd", "indistill")
 COMPARISONS = (("baseline", "kd"), ("kd", "indistill"))
 SINGLE = "single"   # the slot of a unit trained once per run (teacher, aux)
@@ -153,6 +154,33 @@ class Comparison(TypedDict, total=False):
     verdict: str
 
 
+class GridCell(TypedDict, total=False):
+    """One run of the a × b curriculum grid, or a control (``mode``: curriculum, joint, off)."""
+
+    mode: str
+    a: float
+    b: float
+    warmup_epochs: float
+    kd_epochs: float
+    total_epochs: float
+    test_acc: float
+    test_acc_ci: list[float]
+    test_images: int
+    correct: str
+    info_flow: list             # the InDistill student's per-epoch information (its eval series)
+    epochs: list[float]
+
+
+class GridResults(TypedDict, total=False):
+    """``results.json: grid``: the axes, the total epochs T, the cells and each cell minus the control."""
+
+    a: list[float]
+    b: list[float]
+    total_epochs: float
+    cells: list[GridCell]
+    comparisons: list[dict]     # a Comparison of one cell with its mode, a and b
+
+
 class RunResults(TypedDict, total=False):
     """``results.json`` of one run."""
 
@@ -173,7 +201,7 @@ class RunResults(TypedDict, total=False):
     channel_maps: dict
     flow_reference: dict
     reuse: dict
-    grid: dict
+    grid: GridResults
 
 
 class Snapshot(TypedDict, total=False):
@@ -192,7 +220,7 @@ class Snapshot(TypedDict, total=False):
     schedules: dict[str, list]
     results: dict[str, PhaseResults]
     comparisons: list[Comparison]
-    grid: dict
+    grid: GridResults
     channel_maps: dict | None
     flow_reference: dict | None
     data: dict | None
@@ -232,8 +260,13 @@ def to_json(results: RunResults) -> dict:
 def units(results: Mapping) -> Iterator[tuple[UnitKey, UnitResult]]:
     """Every recorded unit with its key, phase by phase."""
     for phase, entry in (results.get("phases") or {}).items():
-        for slot, unit in ((entry or {}).get("units") or {}).items():
-            yield UnitKey.from_slot(phase, slot), unit
+        yield from phase_units(phase, entry)
+
+
+def phase_units(phase: str, entry: Mapping | None) -> Iterator[tuple[UnitKey, UnitResult]]:
+    """The recorded units of one phase with their keys."""
+    for slot, unit in ((entry or {}).get("units") or {}).items():
+        yield UnitKey.from_slot(phase, slot), unit
 
 
 def unit_of(results: Mapping, key: UnitKey) -> UnitResult | None:
@@ -252,6 +285,15 @@ def seed_units(entry: Mapping, seeds: int) -> dict[str, UnitResult]:
     """The phase's units of seeds 0 … ``seeds`` − 1 that are recorded, by slot."""
     recorded = entry.get("units") or {}
     return {str(s): recorded[str(s)] for s in range(seeds) if str(s) in recorded}
+
+
+def measured_phases(results: Mapping | None) -> Iterator[tuple[str, PhaseResults]]:
+    """The phases with a test accuracy recorded, in :data:`PHASES` order (what every results table lists)."""
+    phases = (results or {}).get("phases") or {}
+    for phase in PHASES:
+        entry = phases.get(phase)
+        if entry and "test_acc" in entry:
+            yield phase, entry
 
 
 def phase_accuracies(phases: Mapping) -> dict[str, dict]:

@@ -328,7 +328,9 @@ class Job:
 
     def _keep_record(self, results: dict) -> None:
         """A copy of what the run has recorded (its thread goes on changing the original)."""
-        self.record = {k: copy.deepcopy(results[k]) for k in self.RECORD if k in results}
+        record = {k: copy.deepcopy(results[k]) for k in self.RECORD if k in results}
+        record.setdefault("channel_maps", self.record.get("channel_maps"))  # a grid's come only as events
+        self.record = record
 
     def _phase_result(self, v: dict, e: ev.PhaseResult) -> None:
         self._keep_record(self.experiment.results)

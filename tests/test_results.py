@@ -148,3 +148,14 @@ def test_the_report_imports_neither_gradio_nor_the_ui():
             "print(len(figures), bad); sys.exit(1 if bad or len(figures) != 4 else 0)")
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_channel_maps_from_an_event_stay_on_show_after_a_unit_is_recorded(tmp_path):
+    """A grid forwards its cells' channel maps as events only (its own results hold none): the live
+    snapshot keeps them once a unit's result comes in."""
+    job = _job(tmp_path)
+    job.apply(ev.ChannelMaps("cnn_8_16_32", [{"stage": 0, "kept": [1], "norms": [0.1, 0.2], "teacher_channels": 2}]))
+    job.experiment.results = {"phases": {"teacher": {"units": {"single": {"history": []}}}}}
+    job.apply(ev.PhaseResult("teacher", None, {"test_acc": 0.5, "train_seconds": 1.0}))
+    snap = job.snapshot()
+    assert snap["channel_maps"]["pruned_arch"] == "cnn_8_16_32" and list(snap["results"]) == ["teacher"]

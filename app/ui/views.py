@@ -19,7 +19,7 @@ from app.render import (COLORS, COMPARE_HEADERS, COMPARE_WIDTHS, KIND_COLORS, LA
                         accuracy_figure, channel_figure, compare_note, compare_rows, divergence_rows, empty_figure,
                         feature_mse_figure, flow_divergence_figure, grid_figures, has_accuracy, info_flow_figure,
                         loss_figure, pr_figure, results_csv, scatter_figure)
-from app.results import last_step
+from app.results import Snapshot, last_step
 from models import MODELS, build_model
 
 
@@ -121,7 +121,7 @@ def timeline_figure(plan: Plan) -> go.Figure:
 
 # ---------------------------------------------------------------- Train
 
-def status_markdown(snap: dict | None) -> str:
+def status_markdown(snap: Snapshot | None) -> str:
     if not snap:
         return "No run yet — press **Start**."
     state = snap["state"]
