@@ -101,7 +101,7 @@ class TeacherConfig:
 @dataclass
 class StudentConfig:
     arch: str = "resnet20"
-    epochs: float = 240.0             # stage-2 (KD + CE) epochs
+    epochs: float = 240.0             # stage-2 (KD + CE) epochs; every arm's total under budget=within
 
 
 @dataclass
@@ -121,7 +121,7 @@ class InDistillConfig:
     lr: float = 1e-3                  # Adam during warm-up (loss scales differ by layer)
     aux: str = "auto"                 # auto | on | off
     aux_width: float = 2.0
-    aux_epochs: float | None = None   # default: the student's stage-2 epochs
+    aux_epochs: float | None = None   # default: student.epochs
     aux_loss: str = "kd"              # studio procedure: the auxiliary teacher's KD loss
     aux_checkpoint: str | None = None  # load the auxiliary teacher instead of training it (the grid shares one)
     ratio_threshold: float = 4.0      # teacher/student width ratio above which auto uses an aux
@@ -175,7 +175,9 @@ class ExperimentConfig:
     phases: PhasesConfig = field(default_factory=PhasesConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     seeds: int = 1
-    equal_epochs: bool = True         # baseline/KD students get warm-up + KD epochs
+    budget: str = "added"             # what student.epochs counts (app.schedule): added (KD epochs, warm-up on
+                                      # top, every arm as long), within (every arm's total, warm-up included),
+                                      # unequal (KD epochs; only InDistill trains the warm-up longer)
     device: str = "auto"              # auto | cpu | cuda
     precision: str = "auto"           # auto | fp32 | bf16 (auto: bf16 autocast on CUDA, fp32 on the CPU)
     epochs_scale: float = 1.0
@@ -189,6 +191,14 @@ class ExperimentConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "ExperimentConfig":
+        """The config ``d`` describes; a config written before ``budget`` existed holds
+        ``equal_epochs`` instead and is read with the same schedules (:func:`budget_of_equal_epochs`)."""
+        if isinstance(d, dict) and LEGACY_EQUAL_EPOCHS in d:
+            d = dict(d)
+            budget = budget_of_equal_epochs(d.pop(LEGACY_EQUAL_EPOCHS))
+            if d.setdefault("budget", budget) != budget:
+                raise ConfigError(f"{LEGACY_EQUAL_EPOCHS} (the old setting, read as budget={budget!r}) contradicts "
+                                  f"budget={d['budget']!r}; give budget alone")
         return _build(cls, d, "")
 
     def copy(self) -> "ExperimentConfig":
@@ -199,11 +209,22 @@ class ExperimentConfig:
         pairs = items.items() if isinstance(items, dict) else (_split_pair(s) for s in items)
         d = self.to_dict()
         for key, value in pairs:
+            if key == LEGACY_EQUAL_EPOCHS:
+                key, value = "budget", budget_of_equal_epochs(value)
             _assign(d, key, value)
         return ExperimentConfig.from_dict(d)
 
     def scaled(self, epochs: float) -> float:
         return epochs * self.epochs_scale
+
+
+LEGACY_EQUAL_EPOCHS = "equal_epochs"   # the bool that ``budget`` replaced (old configs, studies, the library)
+
+
+def budget_of_equal_epochs(value: Any) -> str:
+    """The ``budget`` that the old ``equal_epochs`` setting meant: true → added (baseline and KD
+    as long as warm-up + KD), false → unequal."""
+    return "added" if _coerce(value, bool, LEGACY_EQUAL_EPOCHS) else "unequal"
 
 
 def _split_pair(item: str) -> tuple[str, str]:
@@ -295,7 +316,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "summary": "Shipped CNN 16/32/64 teacher → CNN 8/16/32 on the embedded CIFAR-10 sample; ~1.5 min on 2 CPU cores",
         "data.dataset": "folder", "data.data_dir": str(SAMPLE_DATA),
         "teacher.arch": "cnn_16_32_64", "teacher.checkpoint": SHIPPED_PREFIX + "teachers/cnn_16_32_64.pt",
-        "teacher.epochs": 0, "student.arch": "cnn_8_16_32", "student.epochs": 30,
+        "teacher.epochs": 0, "student.arch": "cnn_8_16_32", "student.epochs": 39, "budget": "within",
         "indistill.a": 1.0, "indistill.b": 0.5, "eval.latency_runs": 50, "data.val_per_class": 30,
     },
     "quick-cpu": {

@@ -71,8 +71,8 @@ class CurriculumGrid:
                 problems.append(f"{m} a={a:g} b={b:g}: the warm-up (Σ S_l = {warm:g} epochs) leaves no KD epochs of "
                                 f"the budget T = student.epochs = {self.total:g}; lower a or b, or raise student.epochs")
                 continue
-            c = base.with_overrides({"indistill.mode": m, "indistill.a": a, "indistill.b": b,
-                                     "student.epochs": self.total - warm, "name": f"grid-{i}"})
+            c = base.with_overrides({"indistill.mode": m, "indistill.a": a, "indistill.b": b, "budget": "added",
+                                     "student.epochs": self.total - warm, "name": f"grid-{i}"})  # KD: T − Σ S_l
             self.configs.append(c)
             problems += [f"{m} a={a:g} b={b:g}: {p}" for p in make_plan(c).problems]
         if problems:

@@ -16,7 +16,7 @@ from .device import PRECISIONS
 from .losses import EMBED_LOSSES, LOSSES, ParamError, resolve_params
 from .pairing import PairVerdict, assess_pair, spec_of
 from .recipe import REFERENCE_BASELINE, check_recipe, resolve_recipe
-from .schedule import WARMUP_MODES, SegmentPlan, check_curriculum, student_schedules
+from .schedule import WARMUP_MODES, SegmentPlan, check_budget, check_curriculum, student_schedules, warmup_epochs
 
 PROCEDURES = ("studio", "reference")
 
@@ -42,6 +42,7 @@ class Plan:
     student: ModelSpec | None = None
     verdict: PairVerdict | None = None
     schedules: dict[str, list[SegmentPlan]] = field(default_factory=dict)
+    warmup_epochs: float = 0.0   # Σ S_l of the InDistill arm, unscaled as student.epochs (0: no warm-up)
 
     @property
     def ok(self) -> bool:
@@ -127,8 +128,15 @@ def make_plan(cfg: ExperimentConfig) -> Plan:
     embed = resolve_recipe(cfg).embed
     if cfg.student.arch in MODELS and 16 <= size <= 256:
         plan.student = spec_of(cfg.student.arch, 10, 1.0, size)
+        n_segments = len(plan.student.stages) + (1 if embed else 0)
         if cfg.phases.indistill and ind.mode != "off":
-            p.extend(f"indistill: {msg}" for msg in check_curriculum(ind.a, ind.b, len(plan.student.stages), embed))
+            curriculum = check_curriculum(ind.a, ind.b, len(plan.student.stages), embed)
+            p.extend(f"indistill: {msg}" for msg in curriculum)
+            if not curriculum:
+                plan.warmup_epochs = warmup_epochs(len(plan.student.stages), ind.a, ind.b, ind.mode, embed)
+        p.extend(check_budget(cfg.budget, cfg.student.epochs, plan.warmup_epochs, ind.a, ind.b, n_segments))
+    else:
+        p.extend(check_budget(cfg.budget, cfg.student.epochs, 0.0, ind.a, ind.b, 1))
     if p:
         return plan
     plan.teacher = spec_of(cfg.teacher.arch, 10, 1.0, size)
@@ -143,7 +151,7 @@ def make_plan(cfg: ExperimentConfig) -> Plan:
     mode = ind.mode if cfg.phases.indistill else "off"
     recipe = resolve_recipe(cfg)
     plan.schedules = student_schedules(n_layers, cfg.student.epochs, stage2_loss(cfg)[0], a=ind.a, b=ind.b, mode=mode,
-                                       embed=recipe.embed, embed_loss=ind.embed_loss, equal_epochs=cfg.equal_epochs,
+                                       embed=recipe.embed, embed_loss=ind.embed_loss, budget=cfg.budget,
                                        scale=cfg.epochs_scale,
                                        baseline_epochs=REFERENCE_BASELINE["epochs"] if recipe.baseline == "reference"
                                        else None)

@@ -11,12 +11,20 @@ The InDistill warm-up learns layer l (1-based) for S_l = a + b·l epochs, shallo
 with MSE to the pruned teacher feature, then (optionally) the embedding with PKT; then
 stage 2 is the KD loss plus CE. ``joint`` learns all layers together for the same total
 (the paper's "without curriculum" ablation); ``off`` skips the warm-up.
+
+The *budget* rule (``ExperimentConfig.budget``) says what ``student.epochs`` means beside the
+warm-up: ``added`` — it is the KD epochs, the warm-up comes on top, and the baseline and KD
+arms train as long as the InDistill arm (KD + Σ S_l, so they depend on a and b); ``within`` —
+it is every arm's whole budget, the warm-up comes out of it and KD gets the rest (the
+curriculum grid's and the authors' rule: the baseline and KD arms do not depend on a and b);
+``unequal`` — it is the KD epochs of every arm, and the InDistill arm trains Σ S_l longer.
 """
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
 WARMUP_MODES = ("curriculum", "joint", "off")
+BUDGETS = ("added", "within", "unequal")
 
 
 @dataclass(frozen=True)
@@ -72,16 +80,52 @@ def warmup_phases(n_layers: int, a: float, b: float, mode: str, embed: bool, emb
     return phases
 
 
-def student_schedules(n_layers: int, kd_epochs: float, kd_loss: str, *, a: float, b: float, mode: str,
-                      embed: bool, embed_loss: str, equal_epochs: bool, scale: float = 1.0,
+def warmup_epochs(n_layers: int, a: float, b: float, mode: str, embed: bool) -> float:
+    """Σ S_l of the warm-up, unscaled (as ``student.epochs`` is given): 0 when mode is ``off``."""
+    if mode == "off":
+        return 0.0
+    return sum(v for v in curriculum_epochs(a, b, n_layers + (1 if embed else 0)) if v > 0)
+
+
+def check_budget(budget: str, epochs: float, warm: float, a: float, b: float, n_segments: int) -> list[str]:
+    """Problems with the budget rule: under ``within`` the warm-up (``warm`` = Σ S_l over
+    ``n_segments`` segments, unscaled) must leave KD epochs of ``epochs`` = student.epochs."""
+    if budget not in BUDGETS:
+        return [f"budget must be one of {', '.join(BUDGETS)} (what student.epochs counts beside the warm-up), "
+                f"got {budget!r}"]
+    if budget != "within" or warm < epochs:
+        return []
+    slope = b * n_segments * (n_segments + 1) / 2          # Σ b·l; Σ S_l = n·a + slope
+    a_below = (epochs - slope) / n_segments
+    lower = f"lower a below {a_below:g} (at b={b:g})" if a_below > 0 else "lower a and b"
+    return [f"budget=within: student.epochs = {epochs:g} is every arm's whole budget, but the InDistill warm-up "
+            f"alone takes Σ S_l = {warm:g} epochs (a={a:g}, b={b:g}), leaving no KD epochs; raise student.epochs "
+            f"above {warm:g} (e.g. {warm + epochs:g}: {warm:g} warm-up + {epochs:g} KD), {lower}, "
+            f"or set budget=added (the warm-up on top)"]
+
+
+def student_schedules(n_layers: int, epochs: float, kd_loss: str, *, a: float, b: float, mode: str,
+                      embed: bool, embed_loss: str, budget: str, scale: float = 1.0,
                       baseline_epochs: tuple[float, ...] | None = None) -> dict[str, list[SegmentPlan]]:
     """Schedules of the three student phases: ``baseline`` (CE), ``kd``, ``indistill``.
 
-    ``baseline_epochs``: the baseline's own CE stages (the reference recipe's 50 + 30, one
-    segment, hence one optimizer, per learning-rate stage) instead of the KD arms' total."""
+    ``epochs`` is ``student.epochs``, read by the ``budget`` rule (module docstring): the KD
+    epochs (``added``, ``unequal``) or every arm's total (``within``, checked first by
+    :func:`check_budget`). ``baseline_epochs``: the baseline's own CE stages (the reference
+    recipe's 50 + 30, one segment, hence one optimizer, per learning-rate stage) instead of
+    the KD arms' total."""
+    if budget not in BUDGETS:
+        raise ValueError(f"budget must be one of {', '.join(BUDGETS)}, got {budget!r}")
     warm = warmup_phases(n_layers, a, b, mode, embed, embed_loss, scale)
-    kd = kd_epochs * scale
-    total = kd + (sum(p.epochs for p in warm) if equal_epochs else 0.0)
+    warm_total = sum(p.epochs for p in warm)
+    if budget == "within":
+        total = epochs * scale
+        kd = total - warm_total
+        if kd <= 0:
+            raise ValueError(f"budget=within: the warm-up ({warm_total:g} epochs) leaves no KD epochs of {total:g}")
+    else:
+        kd = epochs * scale
+        total = kd + (warm_total if budget == "added" else 0.0)
     baseline = [SegmentPlan("CE", "ce", (), "ce", total)] if not baseline_epochs else \
         [SegmentPlan("CE" if i == 0 else f"CE (lr stage {i + 1})", "ce", (), "ce", e * scale)
          for i, e in enumerate(baseline_epochs)]
