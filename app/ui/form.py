@@ -18,6 +18,7 @@ from typing import Any
 from app.config import ASSETS, SAMPLE_DATA, ConfigError, ExperimentConfig
 from app.losses import LOSSES
 from app.recipe import PROCEDURE_RECIPES, resolve_recipe
+from app.schedule import BUDGETS
 from models import MODELS
 
 from . import views
@@ -79,11 +80,15 @@ FIELDS: list[Field] = [
           {"minimum": 0}, zero_is_none=True),
     Field("teacher_epochs", "teacher.epochs", "number", "Teacher epochs (if trained here)", "distill/training",
           {"minimum": 0}),
-    Field("student_epochs", "student.epochs", "number", "Student KD epochs (stage 2)", "distill/training",
+    Field("student_epochs", "student.epochs", "number", "Student epochs (KD epochs, or every arm's total: see Epoch "
+          "budget)", "distill/training",
           {"minimum": 0}),
     Field("seeds", "seeds", "slider", "Seeds", "distill/training", {"minimum": 1, "maximum": 5, "step": 1}),
-    Field("equal_epochs", "equal_epochs", "checkbox", "Equal-epoch control (baseline/KD train as long)",
-          "distill/training"),
+    Field("budget", "budget", "radio",
+          "Epoch budget — within: student epochs are every arm's total, the warm-up comes out of them and KD gets "
+          "the rest (baseline and KD do not depend on a, b); added: student epochs are KD epochs, the warm-up comes "
+          "on top and baseline/KD train as long; unequal: KD epochs for every arm, only InDistill trains longer",
+          "distill/training", {"choices": list(BUDGETS)}),
     Field("baseline", "phases.baseline", "checkbox", "Baseline student", "distill/training"),
     Field("kd", "phases.kd", "checkbox", "KD student", "distill/training"),
     Field("batch_size", "optim.batch_size", "int", "Batch size", "distill/training"),
