@@ -1,8 +1,8 @@
 """The unit store: a unit whose key is stored is taken instead of trained, and only then.
 
 Runs share one store (module fixture): the base run trains every arm; changing InDistill's
-a and b (same warm-up total) reuses the baseline and KD arms; changing the KD temperature
-reuses the baseline. Variants that must never hit are stopped at their first training step.
+a and b (freely: the workshop's budget is ``within``) reuses the baseline and KD arms;
+changing the KD temperature reuses the baseline. Variants that must never hit are stopped at their first training step.
 """
 from __future__ import annotations
 
@@ -26,9 +26,10 @@ from app.unitstore import UnitStore, unit_key
 from models import build_model
 
 TINY = {"device": "cpu", "data.train_per_class": 24, "data.test_per_class": 12, "data.val_per_class": 4,
-        "optim.batch_size": 32, "student.epochs": 2, "epochs_scale": 0.1, "eval.retrieval": False,
+        "optim.batch_size": 32, "student.epochs": 11, "epochs_scale": 0.1, "eval.retrieval": False,
         "eval.info_flow": False, "eval.latency_runs": 1, "eval.info_batch": 16}
 KD_ONLY = {"phases.baseline": False, "phases.indistill": False}
+NEW_AB = {"indistill.a": 2.0, "indistill.b": 0.0}   # Σ S_l = 4 × 2 = 8 (the workshop's a=1, b=0.5: 9)
 
 
 def tiny(cache: Path, **overrides):
@@ -62,14 +63,17 @@ def runs(tmp_path_factory):
     store = UnitStore(tmp / "units")
     base = tiny(cache)
     a = run(base, root, store)
-    ab = run(base.with_overrides({"indistill.a": 1.75, "indistill.b": 0.2}), root, store)  # Σ S_l stays 9
+    ab = run(base.with_overrides(NEW_AB), root, store)  # Σ S_l 9 → 8: the warm-up total moves too
     temp = run(base.with_overrides({"kd.params.T": 2.0}), root, store)
     plain = run(base, root)  # no store: every arm trained again
     return {"tmp": tmp, "cache": cache, "root": root, "store": store, "a": a, "ab": ab, "temp": temp, "plain": plain}
 
 
 def test_changing_a_and_b_retrains_only_the_indistill_arm(runs):
+    """The workshop's budget is ``within`` (every arm 11 epochs here, the warm-up Σ S_l = 9 out of
+    the InDistill arm's): a and b chosen freely leave the baseline's and KD's segments as they were."""
     a, ab = runs["a"], runs["ab"]
+    assert a.cfg.budget == "within" and [p.epochs for p in ab.plan.schedules["indistill"]][-1] == pytest.approx(0.3)
     assert a.results["reuse"] == {"reused": [], "trained": ["baseline-s0", "kd-s0", "indistill-s0"],
                                   "loaded": ["teacher"]}
     assert ab.results["reuse"] == {"reused": ["teacher", "baseline-s0", "kd-s0"], "trained": ["indistill-s0"],
@@ -89,6 +93,17 @@ def test_changing_a_and_b_retrains_only_the_indistill_arm(runs):
     assert {(c["a"], c["b"]) for c in ab.results["comparisons"]} == {("baseline", "kd"), ("kd", "indistill")}
     on_disk = json.loads((ab.run_dir / "results.json").read_text())
     assert on_disk["reuse"]["reused"] == ["teacher", "baseline-s0", "kd-s0"]
+
+
+def test_under_the_added_budget_a_and_b_retrain_every_arm(runs):
+    """The old rule (``added``: 2 KD epochs, the warm-up on top): the same segments as the base run, so every
+    unit is the stored one; but the baseline and KD arms train KD + Σ S_l, so new a and b retrain them."""
+    base, root, store = tiny(runs["cache"]), runs["root"], runs["store"]
+    old = base.with_overrides({"budget": "added", "student.epochs": 2})
+    assert stopped_at_first_training(old, root, store) == {
+        "reused": ["teacher", "baseline-s0", "kd-s0", "indistill-s0"], "trained_first": None, "status": "finished"}
+    assert stopped_at_first_training(old.with_overrides(NEW_AB), root, store) == {
+        "reused": ["teacher"], "trained_first": "baseline-s0", "status": "cancelled"}
 
 
 def test_changing_the_kd_temperature_retrains_kd_and_indistill_and_reuses_the_baseline(runs):
