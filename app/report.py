@@ -78,7 +78,7 @@ STUDIES: dict[str, Study] = {
     "smoke": Study(
         "smoke", "seconds: the shipped CNN 16/32/64 → CNN 8/16/32 on 12 images per class of the embedded sample, "
                  "2 seeds, one KD epoch (for the tests)",
-        (Pair("cnn", "workshop", {"student.epochs": 1, "indistill.a": 0.5, "indistill.b": 0.25},
+        (Pair("cnn", "workshop", {"budget": "added", "student.epochs": 1, "indistill.a": 0.5, "indistill.b": 0.25},
               "shipped CNN 16/32/64 → CNN 8/16/32", GridSpec((0.1,), (0.0,), 1)),),
         {"seeds": 2, "device": "cpu", "data.train_per_class": 12, "data.test_per_class": 4,
          "data.val_per_class": 3} | _SMALL_EVAL, needs_data_dir=False),
@@ -90,7 +90,7 @@ STUDIES: dict[str, Study] = {
                "evaluated on the full 10,000-image test set; 5 seeds; "
                "equal-epoch controls; 2 CPU cores",
         (Pair("cnn", "workshop", {"data.dataset": "cifar10", "teacher.checkpoint": _CNN_TEACHER,
-                                  "student.epochs": 6, "indistill.a": 1.0, "indistill.b": 0.5},
+                                  "budget": "added", "student.epochs": 6, "indistill.a": 1.0, "indistill.b": 0.5},
               "shipped CNN 16/32/64 (trained on all 50,000 images) → CNN 8/16/32", CPU_GRID),
          Pair("resnet", "quick-cpu", {"teacher.arch": "resnet20", "student.arch": "resnet8", "teacher.epochs": 15,
                                       "teacher.lr": 0.1, "student.epochs": 6, "indistill.a": 1.0,

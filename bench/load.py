@@ -33,7 +33,7 @@ from pathlib import Path
 
 from public_http import Sampler, Server, Visitor, follow, load_average, pct, visitor_address
 
-TINY = {"student.epochs": 0.5, "data.train_per_class": 12, "data.test_per_class": 3, "indistill.a": 0.25,
+TINY = {"budget": "added", "student.epochs": 0.5, "data.train_per_class": 12, "data.test_per_class": 3, "indistill.a": 0.25,
         "indistill.b": 0.0, "eval.latency_runs": 2, "eval.info_batch": 32, "seeds": 1}
 MAX_SESSIONS = 100
 

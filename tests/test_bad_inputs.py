@@ -13,7 +13,7 @@ from app.config import ASSETS, preset
 from app.ui import form
 from app.ui import handlers as ui
 
-TINY = {"student.epochs": 0.5, "data.train_per_class": 8, "data.test_per_class": 2, "indistill.a": 0.25,
+TINY = {"budget": "added", "student.epochs": 0.5, "data.train_per_class": 8, "data.test_per_class": 2, "indistill.a": 0.25,
         "indistill.b": 0.0, "eval.latency_runs": 2, "eval.info_batch": 16, "eval.retrieval": False}
 
 

@@ -36,7 +36,7 @@ def tiny(tmp_path_factory):
 def test_a_tiny_whole_experiment_runs_on_the_device(tmp_path, precision):
     cfg = preset("workshop").with_overrides({
         "device": DEVICE, "precision": precision, "data.train_per_class": 8, "data.test_per_class": 4,
-        "data.val_per_class": 2, "student.epochs": 1, "optim.batch_size": 16, "eval.latency_runs": 1,
+        "data.val_per_class": 2, "budget": "added", "student.epochs": 1, "optim.batch_size": 16, "eval.latency_runs": 1,
         "eval.info_batch": 16, "data.cache_dir": str(tmp_path / "cache")})
     res = Experiment(cfg, runs_root=tmp_path).run()
     assert res["status"] == "finished" and res["precision"] == precision
@@ -103,7 +103,7 @@ def test_a_device_trained_student_exports_to_onnx(tmp_path):
     from app.export import export_onnx
     cfg = preset("workshop").with_overrides({
         "device": DEVICE, "data.train_per_class": 8, "data.test_per_class": 4, "data.val_per_class": 2,
-        "student.epochs": 1, "optim.batch_size": 16, "eval.latency_runs": 1, "eval.retrieval": False,
+        "budget": "added", "student.epochs": 1, "optim.batch_size": 16, "eval.latency_runs": 1, "eval.retrieval": False,
         "eval.info_flow": False, "phases.kd": False, "phases.indistill": False, "data.cache_dir": str(tmp_path / "c")})
     res = Experiment(cfg, runs_root=tmp_path).run()
     ckpt = tmp_path / res["run_dir"].split("/")[-1] / "checkpoints" / "baseline-s0.pt"

@@ -222,7 +222,7 @@ def test_tiny_run_in_bf16_agrees_with_fp32(cache_dir, tmp_path, device):
                 losses.setdefault(e.phase, []).append(e.losses["total"])
         cfg = preset("workshop").with_overrides({
             "data.cache_dir": str(cache_dir), "data.train_per_class": 8, "data.test_per_class": 20, "device": device,
-            "precision": precision, "student.epochs": 1, "optim.batch_size": 20, "eval.retrieval": False,
+            "precision": precision, "budget": "added", "student.epochs": 1, "optim.batch_size": 20, "eval.retrieval": False,
             "eval.latency_runs": 1, "eval.info_batch": 32})
         results = Experiment(cfg, runs_root=tmp_path / precision, emit=emit).run()
         return results, losses
