@@ -145,8 +145,15 @@ class CurriculumGrid:
         results = folder.read_results() or {}
         if results.get("status") != "finished":
             return None
-        expected = json.loads(json.dumps(self.shared(self.configs[i]).to_dict(), default=str))
-        return results if read_json(folder.config) == expected else None  # settings changed: run it again
+        def canonical(cfg: ExperimentConfig) -> dict:  # through the reader: an older spelling reads the same
+            return json.loads(json.dumps(cfg.to_dict(), default=str))
+        saved = read_json(folder.config)
+        try:
+            same = saved is not None and canonical(ExperimentConfig.from_dict(saved)) == \
+                canonical(self.shared(self.configs[i]))
+        except ConfigError:
+            same = False
+        return results if same else None  # settings changed: run it again
 
     def _cells_here(self):
         for i, ((mode, a, b), cfg) in enumerate(zip(self.cells, self.configs)):

@@ -258,3 +258,20 @@ def test_each_epoch_records_its_mean_training_losses_for_a_reopened_run(cifar_jp
     assert results["phases"]["kd"]["units"]["0"]["history"][-1]["segment"] == "KD"
     figure = views.loss_figure(snapshot_from_results("tiny-1", results))
     assert {"total", "kd"} <= {t.name for t in figure.data}
+
+
+def test_a_grid_cell_saved_in_the_older_spelling_is_still_finished(cifar_jpeg, cache_dir, tmp_path):
+    """A cell folder written before ``budget`` replaced ``equal_epochs`` resumes as finished, not retrained;
+    a cell whose settings really differ is run again."""
+    from app.grid import CurriculumGrid
+    from app.runfolder import RunFolder, write_json
+    grid = CurriculumGrid(tiny(cifar_jpeg, cache_dir, **{"student.epochs": 3}), [0.25], [0.0], tmp_path / "grid")
+    saved = grid.shared(grid.configs[0]).to_dict()
+    legacy = {k: v for k, v in saved.items() if k != "budget"} | {"equal_epochs": saved["budget"] == "added"}
+    folder = RunFolder(grid.cell_dir(0))
+    folder.path.mkdir(parents=True)
+    write_json(legacy, folder.config)
+    folder.write_results({"status": "finished", "phases": {}})
+    assert grid.finished_cell(0) is not None
+    write_json(legacy | {"seeds": saved["seeds"] + 1}, folder.config)
+    assert grid.finished_cell(0) is None
