@@ -32,10 +32,8 @@ from typing import Any
 
 from . import events as ev
 from . import results as rs
-from . import runfolder
+from . import runfolder, worker
 from .config import ExperimentConfig
-from .experiment import Experiment
-from .grid import CurriculumGrid
 
 LOG_LINES = 300
 MAX_POINTS = 2000
@@ -147,13 +145,14 @@ class LossSeries:
 
 
 class Job:
-    """One experiment in its own thread; ``cancel()`` stops it within one training step."""
+    """One experiment driven by its own thread, trained there or in a worker process (:mod:`app.worker`);
+    ``cancel()`` stops it within one training step."""
 
     def __init__(self, cfg: ExperimentConfig | None, runs_root: str | Path, manager: "JobManager | None" = None,
                  resume_dir: str | Path | None = None, grid: tuple[list[float], list[float]] | None = None,
                  owner: str | None = None, estimate_s: float | None = None, limit_s: float | None = None,
                  address: str | None = None, joinable: bool = False, store: Any = None,
-                 scope: str | None = None) -> None:
+                 scope: str | None = None, backend: str | None = None) -> None:
         self.manager = manager
         self.owner = owner                 # digest of the owning session's secret (None: nobody's)
         self.address = address             # digest of the client address that started it (None: no request)
@@ -177,14 +176,14 @@ class Job:
         self.view: dict = {"phase": None, "seed": None, "segment": None, "epoch": 0, "eval": {},
                            "segments": {}, "error": None, "schedules": {}}
         self.record: rs.RunResults = {}   # what the run has recorded so far: phases, maps, comparisons, grid
-        if grid is not None:
-            run_dir = Path(runs_root) / runfolder.new_run_id(f"grid-{cfg.name}")
-            self.experiment = CurriculumGrid(cfg, grid[0], grid[1], run_dir, emit=self.apply, cancel=self.cancel_event)
-        elif resume_dir is not None:
-            self.experiment = Experiment(None, resume_dir, emit=self.apply, cancel=self.cancel_event, resume=True)
+        # where it trains (:func:`app.worker.backend`): a worker process, the job's thread relaying its
+        # events; or this job's thread (the unit store, with sharing on, is then the server's own)
+        spec = worker.JobSpec.of(cfg, runs_root, resume_dir, grid, store, scope)
+        self.backend = backend or worker.backend()
+        if self.backend == "process":
+            self.experiment = worker.WorkerRun(spec, emit=self.apply, cancel=self.cancel_event)
         else:
-            shared = {"store": store, "scope": scope} if store is not None else {}  # the unit store (sharing on)
-            self.experiment = Experiment(cfg, runs_root=runs_root, emit=self.apply, cancel=self.cancel_event, **shared)
+            self.experiment = spec.build(emit=self.apply, cancel=self.cancel_event, store=store)
         self.cfg = self.experiment.cfg
         self.join_key = config_digest(self.cfg) if joinable and grid is None and resume_dir is None else None
         self.id = self.experiment.run_dir.name

@@ -51,6 +51,8 @@ VARIABLES: dict[str, Variable] = {v.name: v for v in (
     Variable("INDISTILL_DATA_ROOT", "path", None, "a folder of datasets a public server offers"),
     Variable("INDISTILL_CACHE", "path", None, "the decoded-dataset cache (unset: ~/.cache/indistill)"),
     Variable("INDISTILL_TRAIN_THREADS", "int", 0, "CPU threads a training uses (0: every core)", minimum=0),
+    Variable("INDISTILL_WORKER", "text", None,
+             "where a run trains: process (a worker process) or thread (unset: process in public mode, else thread)"),
     Variable("INDISTILL_DATA_DIR", "path", None, "the CIFAR-10 JPEG copy the CLI and exports use"),
     Variable("INDISTILL_REFERENCE_MODELS", "path", None,
              "the authors' released models (unset: ../shared/reference/models beside the checkout)"),
