@@ -215,7 +215,7 @@ class Experiment:
         self.results.setdefault("phases", {})
         self.results.update({"config": self.cfg.to_dict(), "schedule": self.plan.schedule_dicts(),
                              "verdict": self.plan.verdict.to_dict() if self.plan.verdict else None,
-                             "status": "running", "run_dir": str(self.run_dir)})
+                             "status": "running", "run_dir": self.run_dir.name})  # relative: a folder can move
         phase = None
         try:
             self.rt: Runtime = resolve(self.cfg.device, self.cfg.precision)

@@ -78,7 +78,7 @@ class CurriculumGrid:
         if problems:
             raise ConfigError("grid cells that cannot run:\n  - " + "\n  - ".join(problems))
         self.results: RunResults = {"grid": {"a": a_values, "b": b_values, "total_epochs": self.total, "cells": []},
-                              "status": "queued", "run_dir": str(self.run_dir), "phases": {}}
+                              "status": "queued", "run_dir": self.run_dir.name, "phases": {}}
         self.current: Experiment | None = None
         self.finished_cells = 0
         self.teacher_ckpt, self.aux_ckpt = cfg.teacher.checkpoint, cfg.indistill.aux_checkpoint

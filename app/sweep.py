@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Callable, Collection, Sequence
 
 from . import events as ev
-from .config import ConfigError, ExperimentConfig
+from .config import ConfigError, ExperimentConfig, resolve_path
 from .plan import make_plan
 from .results import UnitKey, read_results, unit_of, units
 from .runfolder import CONFIG, RESULTS, RunFolder, write_json
@@ -213,7 +213,7 @@ def make_job(cfg: ExperimentConfig, folder: RunFolder, only: Collection[str] | N
     for unit in units:
         if folder.checkpoint(unit).is_file():
             files[folder.checkpoint(unit).relative_to(folder.path).as_posix()] = folder.checkpoint(unit).read_bytes()
-    inputs = {key: Path(_get(config, key)).read_bytes() for key in CHECKPOINT_KEYS if _get(config, key)}
+    inputs = {key: resolve_path(_get(config, key)).read_bytes() for key in CHECKPOINT_KEYS if _get(config, key)}
     return Job(config, files, inputs, None if only is None else sorted(only), label=label)
 
 
@@ -240,7 +240,7 @@ def absorb(cfg: ExperimentConfig, folder: RunFolder, out: Output, only: Collecti
                 mine = results.setdefault("phases", {}).setdefault(key.phase, {"units": {}})
                 mine["units"][key.slot] = unit  # tasks end in any order; the units stay in seed order
                 mine["units"] = dict(sorted(mine["units"].items(), key=lambda kv: int(kv[0]) if kv[0].isdigit() else -1))
-    results.update({"config": cfg.to_dict(), "run_dir": str(folder.path)})
+    results.update({"config": cfg.to_dict(), "run_dir": folder.path.name})
     folder.write_results(results)
     return results
 
