@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from .config import ASSETS, SAMPLE_DATA, ExperimentConfig
+from .config import ASSETS, SAMPLE_DATA, ExperimentConfig, resolve_path
 from .plan import Plan
 from .runfolder import slug
 
@@ -458,7 +458,7 @@ def admit(cfg: ExperimentConfig, allowed_data: set[Path], budget: Budget) -> lis
                         "your own (a .zip or .tar.gz of an ImageFolder tree); server paths are not accepted")
     for key, path in (("teacher.checkpoint", cfg.teacher.checkpoint),
                       ("indistill.aux_checkpoint", cfg.indistill.aux_checkpoint)):
-        if path and Path(path).resolve() not in shipped_teacher_files():  # no server path is ever opened
+        if path and resolve_path(path).resolve() not in shipped_teacher_files():  # no server path is ever opened
             problems.append(f"{key}: on a public server only the shipped teachers can be loaded "
                             f"({', '.join(sorted(p.stem for p in shipped_teacher_files())) or 'none shipped'})")
     if cfg.device == "cuda":

@@ -157,3 +157,17 @@ def test_a_copy_elsewhere_opens_every_shipped_library_run_in_every_view(clone, t
                                     "-k", "test_every_shipped_library_run_opens_in_every_view"])
     ids = sorted(p.name for p in (clone / "assets" / "library").iterdir() if (p / "results.json").is_file())
     assert done.returncode == 0 and f"{len(ids)} passed" in done.stdout, done.stdout[-4000:] + done.stderr[-2000:]
+
+
+def test_the_form_and_the_public_check_know_the_shipped_teacher_from_any_directory(tmp_path, monkeypatch):
+    """Presets record the shipped teacher as ``assets/…``: a server started outside the checkout still
+    shows it as the shipped teacher and admits it in public mode."""
+    from app import public
+    from app.config import SAMPLE_DATA, preset
+    from app.ui import form
+    monkeypatch.chdir(tmp_path)
+    cfg = preset("workshop")
+    assert cfg.teacher.checkpoint.startswith("assets/")
+    assert form.values_from(cfg)["teacher_weights"] != form.SCRATCH
+    problems = public.admit(cfg, {SAMPLE_DATA.resolve()}, public.Budget())
+    assert not [p for p in problems if "teacher.checkpoint" in p], problems

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from app.config import ASSETS, SAMPLE_DATA, ConfigError, ExperimentConfig
+from app.config import ASSETS, SAMPLE_DATA, ConfigError, ExperimentConfig, resolve_path
 from app.losses import LOSSES
 from app.recipe import PROCEDURE_RECIPES, resolve_recipe
 from app.schedule import BUDGETS
@@ -227,7 +227,7 @@ def values_from(cfg: ExperimentConfig, ctx: FormContext = FormContext()) -> dict
         out["dataset"], out["data_path"] = FOLDER_LABEL, d.data_dir or ""
     out["teacher_weights"] = SCRATCH
     for label, t in shipped_teachers().items():
-        if cfg.teacher.checkpoint and Path(cfg.teacher.checkpoint).resolve() == (ASSETS / t["file"]).resolve():
+        if cfg.teacher.checkpoint and resolve_path(cfg.teacher.checkpoint).resolve() == (ASSETS / t["file"]).resolve():
             out["teacher_weights"] = label
     names = loss_param_names(cfg.kd.loss)
     for i in range(MAX_PARAMS):
