@@ -14,12 +14,11 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import os
 import sys
 import time
 from pathlib import Path
 
-from . import distributed
+from . import distributed, settings
 from . import events as ev
 from .config import PRESETS, ConfigError, ExperimentConfig, preset
 from .data import DataError
@@ -64,8 +63,8 @@ def _config(args) -> ExperimentConfig:
     else:
         cfg = preset(args.preset)
     overrides: dict = {}
-    if args.data_dir is None and os.environ.get("INDISTILL_DATA_DIR") and not args.config:
-        args.data_dir = os.environ["INDISTILL_DATA_DIR"]
+    if args.data_dir is None and settings.data_dir() and not args.config:
+        args.data_dir = settings.data_dir()
     for key, attr in (("data.data_dir", "data_dir"), ("data.dataset", "dataset"), ("data.cache_dir", "cache_dir"),
                       ("data.train_per_class", "train_per_class"), ("data.test_per_class", "test_per_class"),
                       ("epochs_scale", "epochs_scale"), ("seeds", "seeds"), ("device", "device"),
@@ -206,7 +205,7 @@ def cmd_train_teacher(args) -> int:
         "teacher.arch": args.arch, "teacher.epochs": args.epochs, "teacher.lr": args.lr, "student.arch": args.arch,
         "phases.baseline": False, "phases.kd": False, "phases.indistill": False,  # the teacher phase only
         "eval.retrieval": False, "eval.info_flow": False})
-    data_dir = args.data_dir or os.environ.get("INDISTILL_DATA_DIR")
+    data_dir = args.data_dir or settings.data_dir()
     cfg = cfg.with_overrides({k: v for k, v in {"data.data_dir": data_dir, "data.dataset": args.dataset,
                                                  "data.train_per_class": args.train_per_class,
                                                  "data.test_per_class": args.test_per_class,
@@ -281,7 +280,7 @@ def cmd_report(args) -> int:
     from . import report
     s = report.study(args.study)
     if args.estimate:
-        minutes = report.estimate_minutes(s, args.data_dir or os.environ.get("INDISTILL_DATA_DIR") or "x")
+        minutes = report.estimate_minutes(s, args.data_dir or settings.data_dir() or "x")
         print(json.dumps({"study": s.name, "minutes_on_2_cpu_cores": minutes, "total": round(sum(minutes.values()), 1)}))
         return 0
     progress = _progress(args)
@@ -427,7 +426,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with contextlib.ExitStack() as args.stack:  # files a command opens (--events)
             return args.func(args)
-    except (ConfigError, DataError, CheckpointError, RunIdError, ExportError, SweepError) as exc:
+    except (ConfigError, DataError, CheckpointError, RunIdError, ExportError, SweepError, settings.SettingError) as exc:
         print("error: " + " ".join(str(exc).split()), file=sys.stderr)
         return 2
     finally:

@@ -12,13 +12,12 @@ from __future__ import annotations
 import csv
 import html
 import io
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
 from . import events as ev
-from . import render
+from . import render, settings
 from .config import SHIPPED_PREFIX, ConfigError, ExperimentConfig, preset
 from .profile import ratio_text, timing_note
 from .results import RunResults, measured_phases, phase_units
@@ -59,7 +58,7 @@ class Study:
 
     def configs(self, data_dir: str | None = None, cache_dir: str | None = None) -> list[tuple[Pair, ExperimentConfig]]:
         """Each pair's full configuration; ConfigError when the study needs data it wasn't given."""
-        data_dir = data_dir or os.environ.get("INDISTILL_DATA_DIR")
+        data_dir = data_dir or settings.data_dir()
         if self.needs_data_dir and not data_dir:
             raise ConfigError(f"study {self.name!r} needs the CIFAR-10 (JPEG copy): pass --data-dir or set "
                               "INDISTILL_DATA_DIR")

@@ -106,6 +106,12 @@ def behind_proxy(env: Mapping[str, str] | None = None) -> bool:
     return bool(read("SPACE_ID", env)) if flag is None else flag
 
 
+def data_dir(env: Mapping[str, str] | None = None) -> str | None:
+    """``INDISTILL_DATA_DIR`` as text (the CLI's and the report's default ``--data-dir``), or None."""
+    path = read("INDISTILL_DATA_DIR", env)
+    return str(path) if path else None
+
+
 def cache_dir(env: Mapping[str, str] | None = None) -> Path:
     """The decoded-dataset cache: ``INDISTILL_CACHE``, else ~/.cache/indistill."""
     return read("INDISTILL_CACHE", env) or Path.home() / ".cache" / "indistill"
