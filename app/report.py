@@ -368,18 +368,20 @@ def pair_figures(results: RunResults) -> list:
 
 
 def csv_rows(pair: str, results: RunResults) -> list[dict]:
-    """Long format: one row per unit, per phase aggregate, per paired difference."""
+    """Long format: one row per unit, per phase aggregate, per paired difference. The accuracy of a
+    classifier that was never trained (the reference's PKT arms) is left blank, as the views leave it."""
     rows = []
     for phase, entry in (results.get("phases") or {}).items():
+        shown = render.has_accuracy(entry)
         for key, u in phase_units(phase, entry):
+            ci = (u.get("test_acc_ci") or [None, None]) if shown else ["", ""]
             rows.append({"pair": pair, "row": "unit", "name": phase, "seed": key.slot, "metric": "test_acc",
-                         "value": u.get("test_acc"), "ci_low": (u.get("test_acc_ci") or [None])[0],
-                         "ci_high": (u.get("test_acc_ci") or [None, None])[1], "n": u.get("test_images"),
-                         "verdict": "", "train_seconds": u.get("train_seconds")})
+                         "value": u.get("test_acc") if shown else "", "ci_low": ci[0], "ci_high": ci[1],
+                         "n": u.get("test_images"), "verdict": "", "train_seconds": u.get("train_seconds")})
         if "test_acc" in entry:
-            ci = entry.get("test_acc_ci") or [None, None]
+            ci = (entry.get("test_acc_ci") or [None, None]) if shown else ["", ""]
             rows.append({"pair": pair, "row": "aggregate", "name": phase, "seed": "", "metric": "test_acc",
-                         "value": entry["test_acc"], "ci_low": ci[0], "ci_high": ci[1],
+                         "value": entry["test_acc"] if shown else "", "ci_low": ci[0], "ci_high": ci[1],
                          "n": len(entry.get("test_acc_seeds") or [1]), "verdict": "",
                          "train_seconds": entry.get("train_seconds")})
     for c in results.get("comparisons") or []:

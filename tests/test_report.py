@@ -228,3 +228,15 @@ def test_a_finished_pair_times_its_architectures_together(smoke):
             assert "cost_pending" not in r
     md = (smoke[0] / "report.md").read_text()
     assert "timed together at the end of the run, alternating over 2 rounds" in md
+
+
+def test_report_csv_leaves_an_untrained_classifiers_accuracy_blank():
+    """The reference's PKT arms train no classifier: their chance accuracy is not a figure (as in the views)."""
+    from app.report import csv_rows
+    unit = {"test_acc": 0.0667, "test_acc_ci": [0.06, 0.07], "test_images": 10000, "train_seconds": 1.0}
+    results = {"phases": {
+        "kd": {"units": {"0": unit}, "test_acc": 0.0667, "test_acc_ci": [0.06, 0.07], "classifier_trained": False},
+        "baseline": {"units": {"0": unit}, "test_acc": 0.0667, "test_acc_ci": [0.06, 0.07]}}}
+    rows = {(r["name"], r["row"]): r for r in csv_rows("p", results)}
+    assert rows[("kd", "unit")]["value"] == "" and rows[("kd", "aggregate")]["ci_low"] == ""
+    assert rows[("baseline", "unit")]["value"] == 0.0667 and rows[("baseline", "aggregate")]["ci_high"] == 0.07
