@@ -4,6 +4,7 @@ The shared copy is found through $INDISTILL_DATA_DIR, else ../shared/data/cifar1
 beside the checkout (where CI puts it)."""
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 from pathlib import Path
@@ -57,3 +58,33 @@ def image_folder(tmp_path) -> Path:
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "device: runs on $INDISTILL_TEST_DEVICE (bench/gpu_check.sh runs these on CUDA)")
+
+
+def free_port() -> int:
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def served_app(tmp_path_factory, **env):
+    """The app served in public mode on a free loopback port, with its own runs folder and data cache and
+    MCP on; ``env`` sets (or, with None, unsets) more variables for the server's life. Yields
+    ``(url, demo, runs)`` and restores the environment afterwards."""
+    from app.ui import handlers as ui
+    from app.ui.main import launch
+    env = {"INDISTILL_CACHE": str(tmp_path_factory.mktemp("cache")), "INDISTILL_MCP": "1",
+           "GRADIO_SERVER_PORT": str(free_port()), **env}
+    saved = {k: os.environ.get(k) for k in env}
+    for k, v in env.items():
+        os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
+    runs = tmp_path_factory.mktemp("runs")
+    ui.configure(runs_root=runs, public=True)
+    demo = launch(prevent_thread_lock=True, quiet=True)
+    try:
+        yield f"http://127.0.0.1:{env['GRADIO_SERVER_PORT']}/", demo, runs
+    finally:
+        demo.close()
+        for k, v in saved.items():
+            os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)

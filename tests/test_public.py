@@ -3,7 +3,6 @@ scripting API driven by two ``gradio_client`` sessions against a live server."""
 from __future__ import annotations
 
 import json
-import socket
 import time
 import urllib.error
 import urllib.request
@@ -18,6 +17,7 @@ from app.plan import make_plan
 from app.runner import JobManager, JobRefused, LossSeries
 from app.ui import form
 from app.ui import handlers as ui
+from conftest import served_app
 
 TINY = {"budget": "added", "student.epochs": 0.5, "data.train_per_class": 12, "data.test_per_class": 3, "indistill.a": 0.25,
         "indistill.b": 0.0, "eval.latency_runs": 2, "eval.info_batch": 32, "seeds": 1}
@@ -237,31 +237,11 @@ def test_the_job_table_is_bounded_and_finished_jobs_drop_their_data(tmp_path, mo
 
 # ---------------------------------------------------------------- the scripting API, two clients
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    import os
-    from app.ui.main import launch
-    runs = tmp_path_factory.mktemp("api-runs")
-    saved = {k: os.environ.get(k) for k in ("INDISTILL_CACHE", "INDISTILL_MCP", "GRADIO_SERVER_PORT")}
-    os.environ["INDISTILL_CACHE"] = str(tmp_path_factory.mktemp("api-cache"))
-    os.environ["INDISTILL_MCP"] = "1"  # off on a public server unless turned on: turned on here to test it
-    ui.configure(runs_root=runs, public=True)
-    port = free_port()
-    os.environ["GRADIO_SERVER_PORT"] = str(port)
-    demo = launch(prevent_thread_lock=True, quiet=True)
-    yield f"http://127.0.0.1:{port}/", runs
-    demo.close()
-    for k, v in saved.items():
-        if v is None:
-            os.environ.pop(k, None)
-        else:
-            os.environ[k] = v
+    """MCP is off on a public server unless turned on: turned on here to test it."""
+    with served_app(tmp_path_factory) as (url, _, runs):
+        yield url, runs
 
 
 def poll_until_ended(client, key, run, timeout=180) -> dict:

@@ -7,8 +7,6 @@ so the scheduler is tested by what starts when, not by timing."""
 from __future__ import annotations
 
 import json
-import os
-import socket
 import threading
 import time
 from types import SimpleNamespace
@@ -22,6 +20,7 @@ from app.experiment import Experiment
 from app.runner import Job, JobManager
 from app.ui import form
 from app.ui import handlers as ui
+from conftest import served_app
 
 TINY = {"budget": "added", "student.epochs": 0.5, "data.train_per_class": 12, "data.test_per_class": 3, "indistill.a": 0.25,
         "indistill.b": 0.0, "eval.latency_runs": 2, "eval.info_batch": 32, "seeds": 1}
@@ -271,31 +270,10 @@ def test_a_run_folder_read_while_missing_or_removed_is_empty(tmp_path):
 
 # ---------------------------------------------------------------- over HTTP and MCP
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    from app.ui.main import launch
-    keys = ("INDISTILL_CACHE", "INDISTILL_MCP", "GRADIO_SERVER_PORT", "INDISTILL_TRUST_PROXY", "SPACE_ID")
-    saved = {k: os.environ.get(k) for k in keys}
-    os.environ.update(INDISTILL_CACHE=str(tmp_path_factory.mktemp("cache")), INDISTILL_MCP="1")
-    os.environ.pop("INDISTILL_TRUST_PROXY", None)
-    os.environ.pop("SPACE_ID", None)
-    ui.configure(runs_root=tmp_path_factory.mktemp("runs"), public=True)
-    port = free_port()
-    os.environ["GRADIO_SERVER_PORT"] = str(port)
-    demo = launch(prevent_thread_lock=True, quiet=True)
-    yield f"http://127.0.0.1:{port}/"
-    demo.close()
-    for k, v in saved.items():
-        if v is None:
-            os.environ.pop(k, None)
-        else:
-            os.environ[k] = v
+    with served_app(tmp_path_factory, INDISTILL_TRUST_PROXY=None, SPACE_ID=None) as (url, _, _):
+        yield url
 
 
 def call(http, name: str, *data) -> dict:

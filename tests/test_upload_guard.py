@@ -20,7 +20,7 @@ from app.ui import datasets
 from app.ui import handlers as ui
 from app.limits import UploadCaps
 from app.ui.uploads import URL_REFUSED, UploadError, load_upload
-from conftest import make_image_folder
+from conftest import make_image_folder, served_app
 
 CAT = ASSETS / "examples" / "cat.jpg"
 
@@ -69,30 +69,13 @@ def fetching_gradio(monkeypatch):
 
 # ---------------------------------------------------------------- the served app, public mode
 
-def free_port() -> int:
-    import socket
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     """The app as a public server serves it, with MCP on, behind a trusted proxy (so a test can
     speak for several client addresses through ``X-Forwarded-For``) and its own upload cache."""
-    from app.ui.main import launch
-    keys = ("INDISTILL_CACHE", "INDISTILL_MCP", "GRADIO_SERVER_PORT", "GRADIO_TEMP_DIR", "INDISTILL_TRUST_PROXY")
-    saved = {k: os.environ.get(k) for k in keys}
     cache = tmp_path_factory.mktemp("gradio-cache")
-    os.environ.update(INDISTILL_CACHE=str(tmp_path_factory.mktemp("cache")), INDISTILL_MCP="1",
-                      GRADIO_TEMP_DIR=str(cache), INDISTILL_TRUST_PROXY="1", GRADIO_SERVER_PORT=str(free_port()))
-    ui.configure(runs_root=tmp_path_factory.mktemp("runs"), public=True)
-    demo = launch(prevent_thread_lock=True, quiet=True)
-    yield SimpleNamespace(url=f"http://127.0.0.1:{os.environ['GRADIO_SERVER_PORT']}", demo=demo,
-                          ledger=demo.upload_ledger, cache=cache)
-    demo.close()
-    for k, v in saved.items():
-        os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
+    with served_app(tmp_path_factory, GRADIO_TEMP_DIR=str(cache), INDISTILL_TRUST_PROXY="1") as (url, demo, _):
+        yield SimpleNamespace(url=url.rstrip("/"), demo=demo, ledger=demo.upload_ledger, cache=cache)
 
 
 def call(server, api: str, data: list, headers: dict | None = None) -> tuple[str, object]:
