@@ -30,11 +30,11 @@ import dataclasses
 import functools
 import json
 import math
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from . import settings
 from .config import ASSETS, SAMPLE_DATA, ExperimentConfig, resolve_path
 from .plan import Plan
 from .runfolder import slug
@@ -45,12 +45,8 @@ CIFAR_COUNTS = {"cifar10": (10, 5000, 1000), "cifar100": (100, 500, 100)}  # cla
 
 
 def is_public(env: dict | None = None) -> bool:
-    """Public unless told otherwise on a Space; off locally unless ``INDISTILL_PUBLIC=1``."""
-    env = os.environ if env is None else env
-    flag = env.get("INDISTILL_PUBLIC", "").strip().lower()
-    if flag in ("0", "false", "no", "off"):
-        return False
-    return flag in ("1", "true", "yes", "on") or bool(env.get("SPACE_ID"))
+    """Public unless told otherwise on a Space; off locally unless ``INDISTILL_PUBLIC=1`` (:func:`app.settings.public`)."""
+    return settings.public(env)
 
 
 @dataclass(frozen=True)
@@ -394,7 +390,8 @@ def check_budget(cfg: ExperimentConfig, est: Estimate, budget: Budget) -> list[s
 # ---------------------------------------------------------------- data the server offers
 
 def data_root() -> Path | None:
-    root = os.environ.get("INDISTILL_DATA_ROOT", "").strip()
+    """``INDISTILL_DATA_ROOT``: the folder whose datasets a public server offers by name."""
+    root = settings.read("INDISTILL_DATA_ROOT")
     return Path(root).expanduser().resolve() if root else None
 
 
