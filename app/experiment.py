@@ -44,7 +44,8 @@ from . import results as rs
 from .results import STUDENT_PHASES, RunResults, UnitKey
 from .runfolder import RunFolder, new_run_id, read_json, write_json
 from .schedule import SegmentPlan
-from .train import WARMUP_KINDS, CancelledError, LoopContext, Taps, run_segments, segment_for, steps_for
+from .train import (WARMUP_KINDS, CancelledError, LoopContext, Taps, cancel_points, run_segments, segment_for,
+                    steps_for)
 from .unitstore import UnitStore, StoredUnit, file_digest, tensors_digest, unit_key
 
 # the paired differences reported: (A, B) → B − A, the arms sharing seeds and test images
@@ -570,13 +571,14 @@ class Experiment:
 
     def _evaluate(self, model, arch: str, width: float, train_seconds: float, epochs: float, history: list) -> dict:
         e = self.cfg.eval
-        result = evaluate_model(model, self.data, self.rt, retrieval=e.retrieval, max_queries=e.max_queries,
-                                query_batch=e.query_batch, check=self.check_cancel)
-        result.update(self.cost(model, arch, width))
-        result.update({"arch": arch, "test_data": self.results["data"]["test_data"],
-                       "train_seconds": round(train_seconds, 3), "epochs": epochs, "history": history})
-        if e.info_flow:
-            result["info_flow"] = layer_information(model, self.info_batch, self.data, self.rt)
+        with cancel_points(self.cancel, model):  # a cancel lands within one layer, a large network's included
+            result = evaluate_model(model, self.data, self.rt, retrieval=e.retrieval, max_queries=e.max_queries,
+                                    query_batch=e.query_batch, check=self.check_cancel)
+            result.update(self.cost(model, arch, width))
+            result.update({"arch": arch, "test_data": self.results["data"]["test_data"],
+                           "train_seconds": round(train_seconds, 3), "epochs": epochs, "history": history})
+            if e.info_flow:
+                result["info_flow"] = layer_information(model, self.info_batch, self.data, self.rt)
         return result
 
     def flow_reference(self, pruned, targets: PrunedTargets) -> None:
@@ -584,7 +586,8 @@ class Experiment:
         student's stages are compared with, InDistill's Fig. 2, computed as the warm-up computes
         them) and their per-layer information (the reference of the information-flow
         divergence, Fig. 4), in ``results["flow_reference"]``."""
-        out, y = representations(pruned, self.info_batch, self.data, self.rt, raw=True)
+        with cancel_points(self.cancel, pruned):
+            out, y = representations(pruned, self.info_batch, self.data, self.rt, raw=True)
         reps = [f.float() for f in out.features] + [out.embedding.float()]
         self.flow_targets = [t.float() for t in targets.of(out)]
         role = "auxiliary teacher" if self.plan.use_aux else "teacher"

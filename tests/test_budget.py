@@ -200,3 +200,31 @@ def test_a_cancel_after_the_forward_pass_stops_the_backward_pass():
     with pytest.raises(CancelledError):
         run_segments(student, stream, [seg], _loop(cancel))
     assert all(p.grad is None for p in student.parameters())   # no backward operation finished
+
+
+def test_a_cancel_during_a_units_evaluation_stops_before_the_next_layer(tmp_path, monkeypatch):
+    """The unit's final evaluation runs inside the cancel points: once cancel is set, no further
+    layer of the evaluated network runs (a large teacher's evaluation batch is not waited for)."""
+    import torch
+
+    from app import experiment as exp_mod
+    from app.config import SAMPLE_DATA, preset
+    ran_after_cancel = []
+
+    def evaluation(model, data, rt, **_):
+        run.cancel.set()
+        hooks = [m.register_forward_hook(lambda *_: ran_after_cancel.append(1))
+                 for m in model.modules() if not list(m.children())]
+        try:
+            model(torch.zeros(2, 3, 32, 32))
+        finally:
+            for h in hooks:
+                h.remove()
+        return {"test_acc": 0.0}
+    monkeypatch.setattr(exp_mod, "evaluate_model", evaluation)
+    cfg = preset("workshop").with_overrides({
+        "data.data_dir": str(SAMPLE_DATA), "data.train_per_class": 4, "data.test_per_class": 2, "device": "cpu",
+        "phases.kd": False, "phases.indistill": False, "eval.retrieval": False, "data.val_per_class": 1})
+    run = exp_mod.Experiment(cfg, runs_root=tmp_path)
+    assert run.run()["status"] == "cancelled"
+    assert ran_after_cancel == []
