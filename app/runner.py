@@ -260,7 +260,7 @@ class Job:
         finally:
             if self.manager is not None:
                 self.manager.slot_freed(self)
-            self._done(ran)
+            self._done(ran and self.backend == "thread")  # a worker's memory went back with its process
 
     def _over_limit(self) -> None:
         """The public time cap: stop at the next step (or evaluation batch), keeping finished units."""

@@ -13,10 +13,13 @@ visitor and reports the RSS after each.
 
     python bench/load.py --json                # 30 visitors
     python bench/load.py --soak 50 --json      # 50 runs in a row
+    python bench/load.py --worker thread --json && python bench/load.py --worker process --json
 
 Prints one JSON object: sessions, served, lost, queue_wait_p50_s/p95_s, poll_p50_s/p95_s (as the
 clients saw them), server_poll_p50_ms/p95_ms (the status handler's own time in the server),
-rss_before_mb, rss_peak_mb, rss_after_mb (and the soak's RSS series), load_avg (the machine's
+rss_before_mb, rss_peak_mb, rss_after_mb (and the soak's RSS series), rss_children_peak_mb (the
+server's child processes together: a worker process training, its fork server), worker (where runs
+trained: ``--worker``, else the server's default, a worker process in public mode), load_avg (the machine's
 1/5/15-minute load averages at the end: other work on the cores slows the polls). ``rss_before_mb`` is taken
 after one warm-up run (the first run of a process loads torch's kernels, the shipped teacher and
 the data once); ``rss_cold_mb`` is the RSS before that run.
@@ -26,6 +29,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import sys
 import tempfile
 import time
@@ -99,7 +103,8 @@ def load(server: Server, sessions: int, timeout: float) -> dict:
             "poll_p50_s": pct(polls, 0.5), "poll_p95_s": pct(polls, 0.95), "polls": len(polls),
             "rss_cold_mb": round(cold, 1), "rss_before_mb": round(before, 1),
             "rss_peak_mb": round(max(sampler.peak, before), 1),
-            "rss_after_mb": round(server.rss(), 1), "errors": errors[:5], "load_avg": load_average(),
+            "rss_after_mb": round(server.rss(), 1), "rss_children_peak_mb": round(sampler.children_peak, 1),
+            "errors": errors[:5], "load_avg": load_average(),
             "warm_up_polls": warm_polls}
 
 
@@ -124,6 +129,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--sessions", type=int, default=30, help=f"simulated visitors (1–{MAX_SESSIONS})")
     p.add_argument("--soak", type=int, default=0, help="instead: this many runs in a row from one visitor")
     p.add_argument("--timeout", type=float, default=900, help="seconds before the benchmark gives up")
+    p.add_argument("--worker", choices=("process", "thread"),
+                   help="where runs train (INDISTILL_WORKER; default: the server's, a worker process in public mode)")
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
     if not 1 <= args.sessions <= MAX_SESSIONS:
@@ -131,7 +138,8 @@ def main(argv: list[str] | None = None) -> int:
     if not 0 <= args.soak <= 500:
         p.error("--soak must be 0 to 500")
     with tempfile.TemporaryDirectory(prefix="indistill-load-") as tmp:
-        server = Server(Path(tmp), max_queue=max(30, args.sessions), env={"INDISTILL_TRUST_PROXY": "1"})
+        env = {"INDISTILL_TRUST_PROXY": "1"} | ({"INDISTILL_WORKER": args.worker} if args.worker else {})
+        server = Server(Path(tmp), max_queue=max(30, args.sessions), env=env)
         try:
             out = soak(server, args.soak, args.timeout) if args.soak else load(server, args.sessions, args.timeout)
         finally:
@@ -140,6 +148,7 @@ def main(argv: list[str] | None = None) -> int:
             times = times[out.pop("warm_up_polls"):]
             ms = [t * 1000 for t in times]
             out.update(server_poll_p50_ms=pct(ms, 0.5), server_poll_p95_ms=pct(ms, 0.95), server_polls=len(times))
+    out["worker"] = args.worker or os.environ.get("INDISTILL_WORKER") or "default"
     print(json.dumps(out) if args.json else json.dumps(out, indent=2))
     return 0 if out.get("served") == (args.soak or args.sessions) else 1
 

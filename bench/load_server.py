@@ -5,6 +5,8 @@ Each call's own time in the server (the handler, from its arguments to its answe
 in memory and written as JSON to ``$INDISTILL_LOAD_TIMES`` when the process is asked to stop
 (SIGTERM), so the benchmark can set the server's time per poll beside what its clients saw.
 Not part of the app: the product's ``/status`` is untouched when this file is not the entry point.
+Its imports of the app stay under ``__main__``: a worker process (``app/worker.py``) imports this
+entry script again, and should not pay for Gradio.
 """
 from __future__ import annotations
 
@@ -18,8 +20,6 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from app.ui import api  # noqa: E402
 
 TIMES: list[float] = []
 _LOCK = threading.Lock()
@@ -44,6 +44,7 @@ def dump_and_exit(*_):
 
 
 if __name__ == "__main__":
+    from app.ui import api
     api.status = timed(api.status)  # read by app.ui.layout when it wires the endpoints
     signal.signal(signal.SIGTERM, dump_and_exit)
     from app.ui.main import launch

@@ -5,6 +5,7 @@ public-mode benches (``bench/load.py``, ``bench/class.py``).
 handler timed) on 127.0.0.1, a free port and a fresh runs folder; :class:`Visitor` is one
 browser's worth of HTTP (its own connection, optionally its own client address sent as
 ``X-Forwarded-For``, which the server reads when started with ``INDISTILL_TRUST_PROXY=1``);
+the server's environment is this process's (``INDISTILL_WORKER`` included) plus what ``env`` adds;
 :func:`follow` polls a run until it ends.
 """
 from __future__ import annotations
@@ -36,6 +37,26 @@ def rss_mb(pid: int) -> float:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1]) / 1024
     return 0.0
+
+
+def descendants(pid: int) -> list[int]:
+    """Every process below ``pid`` (its children, theirs, …), read from /proc."""
+    found, todo = [], [pid]
+    while todo:
+        parent = todo.pop()
+        try:
+            tasks = os.listdir(f"/proc/{parent}/task")
+        except OSError:
+            continue
+        for task in tasks:
+            try:
+                with open(f"/proc/{parent}/task/{task}/children") as fh:
+                    kids = [int(k) for k in fh.read().split()]
+            except OSError:
+                continue
+            found += kids
+            todo += kids
+    return found
 
 
 def pct(values: list[float], q: float) -> float | None:
@@ -85,6 +106,16 @@ class Server:
     def rss(self) -> float:
         return rss_mb(self.proc.pid)
 
+    def children_rss(self) -> float:
+        """The RSS of the server's child processes together (a worker process training, its fork server)."""
+        total = 0.0
+        for pid in descendants(self.proc.pid):
+            try:
+                total += rss_mb(pid)
+            except OSError:  # ended meanwhile
+                pass
+        return total
+
     def results(self, run_id: str) -> dict | None:
         """A run's ``results.json`` as the server wrote it (None while it has none)."""
         try:
@@ -101,15 +132,17 @@ class Server:
 
 
 class Sampler(threading.Thread):
-    """The server's peak RSS, sampled every 0.2 s until ``stop_flag`` is set."""
+    """The server's peak RSS, and its child processes' together, sampled every 0.2 s until
+    ``stop_flag`` is set."""
 
     def __init__(self, server: Server) -> None:
         super().__init__(daemon=True)
-        self.server, self.peak, self.stop_flag = server, 0.0, threading.Event()
+        self.server, self.peak, self.children_peak, self.stop_flag = server, 0.0, 0.0, threading.Event()
 
     def run(self) -> None:
         while not self.stop_flag.is_set():
             self.peak = max(self.peak, self.server.rss())
+            self.children_peak = max(self.children_peak, self.server.children_rss())
             time.sleep(0.2)
 
 
