@@ -14,12 +14,14 @@ visitor and reports the RSS after each.
     python bench/load.py --json                # 30 visitors
     python bench/load.py --soak 50 --json      # 50 runs in a row
     python bench/load.py --worker thread --json && python bench/load.py --worker process --json
+    python bench/load.py --worker process --session-hash --json   # visitors as browsers: one session each
 
 Prints one JSON object: sessions, served, lost, queue_wait_p50_s/p95_s, poll_p50_s/p95_s (as the
 clients saw them), server_poll_p50_ms/p95_ms (the status handler's own time in the server),
 rss_before_mb, rss_peak_mb, rss_after_mb (and the soak's RSS series), rss_children_peak_mb (the
 server's child processes together: a worker process training, its fork server), worker (where runs
-trained: ``--worker``, else the server's default, a worker process in public mode), load_avg (the machine's
+trained: ``--worker``, else the server's default, a worker process in public mode), session_hash (whether
+visitors sent one, as browsers do: ``--session-hash``), load_avg (the machine's
 1/5/15-minute load averages at the end: other work on the cores slows the polls). ``rss_before_mb`` is taken
 after one warm-up run (the first run of a process loads torch's kernels, the shipped teacher and
 the data once); ``rss_cold_mb`` is the RSS before that run.
@@ -47,11 +49,12 @@ def tiny(n: int) -> dict:
     return TINY | {"indistill.a": round(TINY["indistill.a"] + 0.001 * n, 3)}
 
 
-async def visit(url: str, n: int, deadline: float, delay: float = 0.0, interval: float = 1.0) -> dict:
+async def visit(url: str, n: int, deadline: float, delay: float = 0.0, interval: float = 1.0,
+                session_hash: bool = False) -> dict:
     """Visitor ``n``: start a tiny run, poll until it ends, leave; record waits and poll latencies."""
     await asyncio.sleep(delay)
     out: dict = {"polls": []}
-    visitor = Visitor(url, visitor_address(n))
+    visitor = Visitor(url, visitor_address(n), session_hash)
     try:
         t0 = time.time()
         started = await visitor.start("workshop", tiny(n), "")
@@ -80,17 +83,18 @@ def warm_up(server: Server, timeout: float) -> tuple[float, int]:
     return cold, len(out["polls"])
 
 
-async def crowd(url: str, sessions: int, deadline: float) -> list[dict]:
-    return await asyncio.gather(*(visit(url, i + 1, deadline, 0.05 * i) for i in range(sessions)))
+async def crowd(url: str, sessions: int, deadline: float, session_hash: bool) -> list[dict]:
+    return await asyncio.gather(*(visit(url, i + 1, deadline, 0.05 * i, session_hash=session_hash)
+                                  for i in range(sessions)))
 
 
-def load(server: Server, sessions: int, timeout: float) -> dict:
+def load(server: Server, sessions: int, timeout: float, session_hash: bool = False) -> dict:
     cold, warm_polls = warm_up(server, timeout)
     before = server.rss()
     sampler = Sampler(server)
     sampler.start()
     t0 = time.time()
-    outs = asyncio.run(crowd(server.url, sessions, t0 + timeout))
+    outs = asyncio.run(crowd(server.url, sessions, t0 + timeout, session_hash))
     wall = time.time() - t0
     time.sleep(3)
     sampler.stop_flag.set()
@@ -131,6 +135,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--timeout", type=float, default=900, help="seconds before the benchmark gives up")
     p.add_argument("--worker", choices=("process", "thread"),
                    help="where runs train (INDISTILL_WORKER; default: the server's, a worker process in public mode)")
+    p.add_argument("--session-hash", action="store_true",
+                   help="each visitor sends a session hash, as a browser or gradio_client does (without: a bare "
+                        "script, for which Gradio builds a session state per call)")
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
     if not 1 <= args.sessions <= MAX_SESSIONS:
@@ -141,7 +148,10 @@ def main(argv: list[str] | None = None) -> int:
         env = {"INDISTILL_TRUST_PROXY": "1"} | ({"INDISTILL_WORKER": args.worker} if args.worker else {})
         server = Server(Path(tmp), max_queue=max(30, args.sessions), env=env)
         try:
-            out = soak(server, args.soak, args.timeout) if args.soak else load(server, args.sessions, args.timeout)
+            if args.soak:
+                out = soak(server, args.soak, args.timeout)
+            else:
+                out = load(server, args.sessions, args.timeout, args.session_hash)
         finally:
             times = server.stop()
         if not args.soak:  # the handler's times in call order: the warm-up run's polls came first
@@ -149,6 +159,7 @@ def main(argv: list[str] | None = None) -> int:
             ms = [t * 1000 for t in times]
             out.update(server_poll_p50_ms=pct(ms, 0.5), server_poll_p95_ms=pct(ms, 0.95), server_polls=len(times))
     out["worker"] = args.worker or os.environ.get("INDISTILL_WORKER") or "default"
+    out["session_hash"] = args.session_hash
     print(json.dumps(out) if args.json else json.dumps(out, indent=2))
     return 0 if out.get("served") == (args.soak or args.sessions) else 1
 

@@ -150,18 +150,24 @@ class Visitor:
     """One browser's worth of HTTP: its own connection, the app's API, no Gradio client.
 
     ``address``: the client address this visitor stands for, sent as ``X-Forwarded-For`` (the
-    right-most entry is what a trusted proxy appended); None sends none."""
+    right-most entry is what a trusted proxy appended); None sends none. ``session_hash``: sent with
+    every call, as a browser and ``gradio_client`` do, so Gradio keeps one session state for the
+    visitor; without it (a bare script), Gradio builds a fresh one per call: the configuration of
+    every component of the page, ~15 ms of the server's CPU for a call whose handler takes 0.25 ms."""
 
-    def __init__(self, url: str, address: str | None = None) -> None:
+    def __init__(self, url: str, address: str | None = None, session_hash: bool = False) -> None:
+        import secrets
+
         import httpx
         headers = {"X-Forwarded-For": address} if address else {}
         self.url, self.address, self.key = url, address, ""
+        self.body = {"session_hash": secrets.token_hex(6)} if session_hash else {}
         self.http = httpx.AsyncClient(base_url=url + "gradio_api/", timeout=120, headers=headers,
                                       limits=httpx.Limits(max_connections=1))
 
     async def call(self, name: str, *data) -> dict:
         """A queued endpoint: join, then read its event stream to the ``complete`` event."""
-        event = (await self.http.post(f"call/{name}", json={"data": list(data)})).json()["event_id"]
+        event = (await self.http.post(f"call/{name}", json={"data": list(data)} | self.body)).json()["event_id"]
         async with self.http.stream("GET", f"call/{name}/{event}") as stream:
             kind = None
             async for line in stream.aiter_lines():
@@ -182,7 +188,7 @@ class Visitor:
 
     async def status(self, key: str, run: str) -> dict:
         """``/status`` is served without the queue: one request, one answer."""
-        answer = await self.http.post("run/status", json={"data": [key, run]})
+        answer = await self.http.post("run/status", json={"data": [key, run]} | self.body)
         answer.raise_for_status()
         return answer.json()["data"][0]
 
