@@ -17,6 +17,9 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 torch.set_num_threads(min(2, os.cpu_count() or 1))
+# runs train in the server's thread (some tests hold or patch training in-process); tests/test_worker.py
+# covers the worker process that a public server uses by default
+os.environ.setdefault("INDISTILL_WORKER", "thread")
 
 
 def shared_data_path() -> Path:

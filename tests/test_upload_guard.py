@@ -294,3 +294,18 @@ def test_an_mcp_agent_sends_its_picture_as_a_data_url(server):
     text = " ".join(getattr(c, "text", "") for c in asyncio.run(agent()).content)
     answer = json.loads(text)
     assert answer["neighbours"] and URL_REFUSED not in answer["message"], answer
+
+
+def test_api_polls_without_a_session_share_one_state_per_address(server):
+    """A script polling /run/status with no session_hash gets its address's one session state, not a
+    new whole-page state per call (Gradio's ~15 ms each); a body naming its session keeps it."""
+    from app.ui.api_session import shared_hash
+    holder = server.demo.state_holder
+    before = set(holder.session_data)
+    for address in ("203.0.113.1",) * 3 + ("203.0.113.2",) * 2:
+        answer = httpx.post(f"{server.url}/gradio_api/run/status", json={"data": ["", ""]},
+                            headers={"X-Forwarded-For": address}).json()
+        assert answer["data"][0]["state"] is None  # the status answer itself is unchanged
+    assert set(holder.session_data) - before == {shared_hash("203.0.113.1"), shared_hash("203.0.113.2")}
+    httpx.post(f"{server.url}/gradio_api/run/status", json={"data": ["", ""], "session_hash": "mine12345"})
+    assert "mine12345" in holder.session_data

@@ -13,11 +13,12 @@ import importlib.util
 import os
 import threading
 
-from app import settings
+from app import settings, worker
 from app.config import ASSETS
 
 from . import views
 from .layout import build_app
+from .api_session import ApiSessionPerAddress
 from .studio import studio
 from .uploads import UploadGuard, UploadLedger, refuse_url_inputs
 
@@ -55,6 +56,14 @@ def guarded_uploads(app_kwargs: dict | None, ledger: UploadLedger) -> dict:
     return app_kwargs
 
 
+def shared_api_sessions(app_kwargs: dict | None) -> dict:
+    """The server's FastAPI settings plus :class:`ApiSessionPerAddress` (API polls without a session)."""
+    from starlette.middleware import Middleware
+    app_kwargs = dict(app_kwargs or {})
+    app_kwargs["middleware"] = [*app_kwargs.get("middleware", []), Middleware(ApiSessionPerAddress)]
+    return app_kwargs
+
+
 def launch(**kwargs):
     threading.Thread(target=_warm_up_plotting, daemon=True).start()
     s = studio()
@@ -67,6 +76,9 @@ def launch(**kwargs):
     demo.upload_ledger = ledger  # who holds what in Gradio's upload cache (public mode), for tests and benches
     if ledger is not None:
         kwargs["app_kwargs"] = guarded_uploads(kwargs.get("app_kwargs"), ledger)
+    kwargs["app_kwargs"] = shared_api_sessions(kwargs.get("app_kwargs"))
+    if worker.backend() == "process":  # the fork server imports torch and the engine now, not at the first Start
+        threading.Thread(target=worker.prestart, daemon=True).start()
     demo.queue(default_concurrency_limit=8)
     demo.launch(server_name=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"),
                 server_port=int(os.environ.get("GRADIO_SERVER_PORT", "7860")),
