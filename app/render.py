@@ -11,7 +11,8 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from app.profile import ratio_text, timing_note
-from app.results import PHASES, STUDENT_PHASES, PhaseResults, RunResults, Snapshot, UnitKey, measured_phases
+from app.results import (PHASES, STUDENT_PHASES, PhaseResults, RunResults, Snapshot, UnitKey, measured_phases,
+                         units)
 
 LABELS = {"teacher": "Teacher", "aux": "Auxiliary teacher", "baseline": "Baseline (CE)", "kd": "KD",
           "indistill": "InDistill + KD"}
@@ -214,7 +215,25 @@ def compare_note(results: RunResults | None) -> str:
             "(Wilson for one seed's accuracy, a bootstrap over queries for one seed's mAP, a t-interval over "
             f"seeds); {timing_note((results or {}).get('latency'))}.")
     diffs = difference_lines(results)
-    return note + ("\n\n" + "  \n".join(diffs) if diffs else "")
+    reuse = reuse_note(results)
+    return note + ("\n\n" + "  \n".join(diffs) if diffs else "") + ("\n\n" + reuse if reuse else "")
+
+
+def reused_units(results: RunResults | None) -> list[tuple[UnitKey, dict]]:
+    """The units this run took from the unit store (trained earlier with the same settings), with
+    where they came from (``reused_from``: run and unit)."""
+    return [(key, u["reused_from"]) for key, u in units(results or {}) if isinstance(u.get("reused_from"), dict)]
+
+
+def reuse_note(results: RunResults | None) -> str:
+    """One line naming each reused unit and its run, or "" when every unit trained here."""
+    reused = reused_units(results)
+    if not reused:
+        return ""
+    named = ", ".join(f"{key.name} (from run `{src.get('run', '?')}`)" for key, src in reused)
+    return (f"Reused, not retrained: {named} — trained earlier on this server with exactly the settings these "
+            "units read (same data, networks, schedule, loss, seed, precision and engine), so their figures are "
+            "the same as a retrained unit's on this CPU.")
 
 
 def has_accuracy(r: PhaseResults) -> bool:

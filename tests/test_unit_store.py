@@ -221,3 +221,19 @@ def test_byte_caps_evict_and_the_unit_key_ignores_last_bit_float_noise(tmp_path)
     assert (store.get("a" * 64) is None) != (store.get("b" * 64, "someone") is None)  # one of the two went
     assert unit_key({"epochs": 0.1 * 3}) == unit_key({"epochs": 0.3})
     assert unit_key({"epochs": 0.3}) != unit_key({"epochs": 0.31})
+
+
+def test_the_page_says_which_units_were_reused_and_from_which_run():
+    """The Compare note names each reused unit and its run; the status line counts them."""
+    from app.render import compare_note, reuse_note
+    from app.ui.views import status_markdown
+    unit = {"test_acc": 0.5, "test_images": 10, "reused_from": {"run": "workshop-20261205-1200-abcd", "unit": "kd-s0"}}
+    results = {"phases": {"kd": {"units": {"0": unit}, "test_acc": 0.5, "test_data": "test split, 10 images"},
+                          "baseline": {"units": {"0": {"test_acc": 0.4}}}},
+               "data": {"test_data": "test split, 10 images", "train": 20}}
+    note = reuse_note(results)
+    assert "kd-s0 (from run `workshop-20261205-1200-abcd`)" in note and "baseline" not in note
+    assert compare_note(results).endswith(note)
+    snap = {"id": "r", "state": "finished", "results": results["phases"]}
+    assert "1 unit reused" in status_markdown(snap)
+    assert reuse_note({"phases": {"kd": {"units": {"0": {"test_acc": 0.5}}}}}) == ""

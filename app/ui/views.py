@@ -14,6 +14,7 @@ import plotly.graph_objects as go
 from app.config import ASSETS
 from app.pairing import spec_of
 from app.plan import Plan
+from app import render
 from app.profile import flops as count_flops, param_count, size_mb
 from app.render import (COLORS, COMPARE_HEADERS, COMPARE_WIDTHS, KIND_COLORS, LABELS, PHASES,  # noqa: F401
                         accuracy_figure, channel_figure, compare_note, compare_rows, divergence_rows, empty_figure,
@@ -132,6 +133,10 @@ def status_markdown(snap: Snapshot | None) -> str:
         parts.append("joined: the same settings were already queued or training — started by another visitor")
     elif (snap.get("following") or 0) > 1:
         parts.append(f"{snap['following'] - 1} other visitor{'s' if snap['following'] > 2 else ''} joined it")
+    reused = render.reused_units({"phases": snap.get("results") or {}})
+    if reused:
+        parts.append(f"{len(reused)} unit{'s' if len(reused) > 1 else ''} reused from earlier runs with the same "
+                     "settings (not retrained)")
     if state == "queued":
         parts.append(f"position {snap['queue_position']} in the queue")
         if snap.get("queue_wait_s") is not None:
