@@ -123,6 +123,7 @@ ENV: dict[tuple[str, str], str] = {
     ("queue", "max_queue"): "INDISTILL_MAX_QUEUE",
     ("queue", "max_runs_per_address"): "INDISTILL_MAX_RUNS_PER_ADDRESS",
     ("queue", "max_queue_minutes_per_address"): "INDISTILL_MAX_QUEUE_MINUTES_PER_ADDRESS",
+    ("retention", "max_per_address"): "INDISTILL_MAX_KEPT_PER_ADDRESS",
 }
 
 # group → (where it is enforced, {field: (what, unit) or (what, unit, where)}); unit: bytes, MB, s, min,

@@ -549,6 +549,10 @@ class JobManager:
         with self.lock:
             job.holders.discard(owner)
             left = len(job.holders)
+            if left == 0:  # under the lock: no Start can join a run that is being stopped
+                job.cancel_event.set()
+            elif owner == job.owner:
+                job.address = None  # followers keep it going: it no longer counts against the owner's address
         if left == 0:
             job.cancel()
         else:

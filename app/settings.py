@@ -41,6 +41,8 @@ VARIABLES: dict[str, Variable] = {v.name: v for v in (
     Variable("INDISTILL_MAX_JOBS", "int", 1, "runs training at once", minimum=1),
     Variable("INDISTILL_MAX_QUEUE", "int", 30, "runs waiting in the queue (public mode)", minimum=0),
     Variable("INDISTILL_MAX_RUNS_PER_ADDRESS", "int", 2, "live runs of one client address (public mode)", minimum=1),
+    Variable("INDISTILL_MAX_KEPT_PER_ADDRESS", "int", 20,
+             "run folders kept per client address, the oldest ended deleted first (public mode)", minimum=1),
     Variable("INDISTILL_MAX_QUEUE_MINUTES_PER_ADDRESS", "float", 30.0,
              "estimated minutes of queued work of one client address (public mode)", minimum=0),
     Variable("INDISTILL_SHARING", "flag", True, "join identical live runs and reuse stored units"),

@@ -223,3 +223,13 @@ def test_the_page_and_the_api_keep_their_keys_through_the_one_function(tmp_path)
         assert os.stat(s.runs_root / name).st_mode & 0o777 == 0o600
     source = (UI / "layout.py").read_text() + (UI / "api.py").read_text()
     assert "token_bytes" not in source and "token_hex(16)" not in source and "O_EXCL" not in source
+
+
+def test_a_class_behind_one_address_can_keep_more_run_folders(tmp_path, monkeypatch):
+    """INDISTILL_MAX_KEPT_PER_ADDRESS reaches the retention a public server enforces."""
+    monkeypatch.setenv("INDISTILL_MAX_KEPT_PER_ADDRESS", "60")
+    limits = Limits.from_env()
+    assert limits.retention.max_per_address == 60
+    from app.ui import handlers as ui
+    s = ui.configure(runs_root=tmp_path / "runs", public=True, limits=limits)
+    assert s.manager.retention.max_per_address == 60

@@ -134,6 +134,33 @@ def test_identical_starts_join_one_run_and_each_follower_leaves_only_itself(publ
     assert job.state == "cancelled"
 
 
+def test_a_run_the_owner_left_stops_counting_for_its_address_and_a_closed_tab_leaves(public_studio, held):
+    """The owner's Cancel while a visitor follows: the run goes on for the follower but no longer spends the
+    owner address's live-run cap; the follower's tab closing (session end) leaves it, and a run nobody
+    follows stops."""
+    manager = public_studio.manager
+    owner, _, _ = ui.start(None, *controls(), request=request_from("10.0.0.1"))
+    follower, _, joined = ui.start(None, *controls(), request=request_from("10.0.0.2"))
+    job = manager.get(owner["run"])
+    assert joined.startswith("Joined") and job.address is not None
+    ui.cancel(owner)
+    assert job.live and job.address is None
+    ui.end_session(follower)
+    assert job.cancel_event.is_set()
+    job.thread.join(20)
+    assert job.state == "cancelled"
+
+
+def test_the_last_leave_stops_the_run_before_anyone_can_join_it(public_studio, held):
+    """No Start lands in a run being stopped: once its last follower leaves, an identical Start starts anew."""
+    manager = public_studio.manager
+    owner, _, _ = ui.start(None, *controls(), request=request_from("10.0.0.1"))
+    first = manager.get(owner["run"])
+    manager.leave(first, ui.owner(owner))
+    again, _, message = ui.start(None, *controls(), request=request_from("10.0.0.2"))
+    assert message.startswith("Started run") and again["run"] != first.id
+
+
 def test_a_joined_run_costs_no_queue_and_a_session_holds_one_live_run(public_studio, held):
     public_studio.manager.max_queue = 1
     first, _, _ = ui.start(None, *controls(student_epochs=1), request=request_from("10.0.0.1"))

@@ -100,8 +100,9 @@ def upload(server, name: str, data: bytes, address: str) -> httpx.Response:
 
 def test_no_input_fetches_a_url_over_plain_http(server, trap, fetching_gradio):
     """A FileData naming the trap, as the picture of /retrieve (both ``path`` and ``url``), through the
-    queued and the direct route, and even in a text input of /start: refused by the app's rule with
-    its message; neither Gradio's downloader nor the trap is reached."""
+    queued route, and even in a text input of /start: refused by the app's rule with its message (the
+    direct route is closed to queued endpoints on a public server); neither Gradio's downloader nor
+    the trap is reached."""
     url, hits = trap
     answers = [call(server, "retrieve", [file_data(url, url), 3, "cosine", "", ""]),
                call(server, "retrieve", [file_data(url), 3, "cosine", "", ""]),
@@ -110,7 +111,9 @@ def test_no_input_fetches_a_url_over_plain_http(server, trap, fetching_gradio):
                         timeout=60)
     for kind, data in answers:
         assert kind == "error" and URL_REFUSED in data["error"] and url in data["error"], data
-    assert URL_REFUSED in direct.text
+    # a public server serves queued endpoints through the queue only (api_open off): the direct route
+    # refuses the call outright, before any input is processed
+    assert direct.status_code == 404 and "join the queue" in direct.text
     assert hits == [] and fetching_gradio == []
 
 

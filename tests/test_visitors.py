@@ -23,14 +23,35 @@ def test_trusted_proxy_uses_the_hop_it_appended():
     assert behind_proxy({"SPACE_ID": "x/y"}) and not behind_proxy({"SPACE_ID": "x/y", "INDISTILL_TRUST_PROXY": "0"})
 
 
-def test_ipv6_counts_per_64_and_mapped_ipv4_as_ipv4():
+def test_ipv6_counts_per_56_and_mapped_ipv4_as_ipv4():
     env = {}
     a = address_of(request(host="2001:db8::1"), env)
     b = address_of(request(host="2001:db8::ffff:2"), env)
-    assert a == b == "2001:db8::/64"
+    assert a == b == "2001:db8::/56"
     assert address_of(request(host="::ffff:192.0.2.5"), env) == "192.0.2.5"
 
 
-def test_digest_hides_the_address():
+def test_digest_hides_the_address_under_the_servers_key(tmp_path):
+    """Stable for one server, different on another (keyed), never the address itself."""
+    import hashlib
+
+    from app.ui import handlers as ui
+    ui.configure(runs_root=tmp_path / "a")
     d = address_digest("198.51.100.7")
-    assert len(d) == 16 and "198" not in d and d != address_digest("198.51.100.8")
+    assert len(d) == 16 and "198" not in d and d != address_digest("198.51.100.8") and d == address_digest("198.51.100.7")
+    assert d != hashlib.sha256(b"indistill-address:198.51.100.7").hexdigest()[:16]  # not an unkeyed hash
+    ui.configure(runs_root=tmp_path / "b")
+    assert address_digest("198.51.100.7") != d
+
+
+def test_a_forged_first_header_line_does_not_win_over_the_proxys_own_line():
+    """A proxy that adds its own X-Forwarded-For line after the client's: the proxy's last hop counts."""
+    from starlette.datastructures import Headers
+    headers = Headers(raw=[(b"x-forwarded-for", b"6.6.6.6"), (b"x-forwarded-for", b"9.9.9.9")])
+    req = SimpleNamespace(client=SimpleNamespace(host="127.0.0.1"), headers=headers)
+    assert address_of(req, {"INDISTILL_TRUST_PROXY": "1"}) == "9.9.9.9"
+
+
+def test_one_ipv6_customer_prefix_is_one_visitor():
+    env = {}
+    assert address_of(request(host="2001:db8:0:1::5"), env) == address_of(request(host="2001:db8:0:2::5"), env)

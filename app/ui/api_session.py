@@ -14,6 +14,7 @@ import json
 from .visitors import address_digest, address_of
 
 MAX_BODY = 1 << 20           # a larger body is passed on untouched (Gradio answers it)
+ROUTES = ("/gradio_api/run/", "/gradio_api/api/")   # Gradio's unqueued call and its alias
 PREFIX = "api-"
 
 
@@ -28,7 +29,7 @@ class ApiSessionPerAddress:
         self.app = app
 
     async def __call__(self, scope, receive, send) -> None:
-        if scope["type"] != "http" or scope["method"] != "POST" or "/gradio_api/run/" not in scope["path"]:
+        if scope["type"] != "http" or scope["method"] != "POST" or not any(route in scope["path"] for route in ROUTES):
             return await self.app(scope, receive, send)
         chunks, size, more = [], 0, True
         while more:
@@ -44,7 +45,7 @@ class ApiSessionPerAddress:
         body = b"".join(chunks)
         try:
             data = json.loads(body)
-        except ValueError:
+        except (ValueError, RecursionError):
             data = None
         if isinstance(data, dict) and not data.get("session_hash"):
             from starlette.requests import Request

@@ -79,7 +79,8 @@ def launch(**kwargs):
     kwargs["app_kwargs"] = shared_api_sessions(kwargs.get("app_kwargs"))
     if worker.backend() == "process":  # the fork server imports torch and the engine now, not at the first Start
         threading.Thread(target=worker.prestart, daemon=True).start()
-    demo.queue(default_concurrency_limit=8)
+    # public: /run/<name> may not bypass the queue for queued endpoints (start, cancel, retrieve); status is unqueued
+    demo.queue(default_concurrency_limit=8, api_open=not s.public)
     demo.launch(server_name=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"),
                 server_port=int(os.environ.get("GRADIO_SERVER_PORT", "7860")),
                 max_file_size=f"{s.limits.server.max_file_mb if s.public else LOCAL_MAX_FILE_MB}mb",

@@ -148,7 +148,12 @@ def open_run_in(session: dict, run_id: Any) -> tuple[dict, str]:
 
 
 def end_session(session: Any) -> None:
-    """The tab closed or the session expired: delete its uploaded dataset."""
+    """The tab closed or the session expired: stop following a run it joined (a run nobody follows
+    stops) and delete its uploaded dataset. A run the session started itself goes on (it reopens by id)."""
     if isinstance(session, dict) and isinstance(session.get("secret"), str) and SECRET.fullmatch(session["secret"]):
+        manager, me = studio().manager, owner(session)
+        joined = manager.held_by(me)
+        if joined is not None and joined.owner != me:
+            manager.leave(joined, me)
         if studio().manager.live_job_of(owner(session)) is None:  # another tab's run may still read it
             shutil.rmtree(studio().uploads / owner(session)[:16], ignore_errors=True)

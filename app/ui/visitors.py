@@ -10,6 +10,7 @@ appended, which a client cannot forge).
 from __future__ import annotations
 
 import hashlib
+import hmac
 import ipaddress
 from typing import Any
 
@@ -25,7 +26,7 @@ def behind_proxy(env: dict | None = None) -> bool:
 
 
 def _canonical(text: str) -> str | None:
-    """An IP address in one spelling (IPv6 grouped by /64: one host holds a whole /64), or None."""
+    """An IP address in one spelling (IPv6 grouped by /56: one home or cloud customer holds a /56), or None."""
     try:
         ip = ipaddress.ip_address(text.strip().strip("[]"))
     except ValueError:
@@ -33,7 +34,7 @@ def _canonical(text: str) -> str | None:
     if ip.version == 6:
         if ip.ipv4_mapped is not None:
             return str(ip.ipv4_mapped)
-        return str(ipaddress.ip_network(f"{ip}/64", strict=False).network_address) + "/64"
+        return str(ipaddress.ip_network(f"{ip}/56", strict=False).network_address) + "/56"
     return str(ip)
 
 
@@ -47,8 +48,10 @@ def address_of(request: Any, env: dict | None = None) -> str:
         return LOCAL
     if behind_proxy(env):
         headers = getattr(request, "headers", None) or {}
-        try:
-            forwarded = headers.get("x-forwarded-for", "")
+        try:  # every line of the header: a proxy may add its own line after the client's forged one
+            lines = headers.getlist("x-forwarded-for") if hasattr(headers, "getlist") else \
+                [headers.get("x-forwarded-for", "")]
+            forwarded = ",".join(line for line in lines if isinstance(line, str))
         except Exception:  # noqa: BLE001 - a header object of an unexpected type
             forwarded = ""
         if isinstance(forwarded, str) and forwarded:
@@ -60,5 +63,10 @@ def address_of(request: Any, env: dict | None = None) -> str:
 
 
 def address_digest(address: str) -> str:
-    """A short digest of an address: what run folders and logs keep (never the address itself)."""
-    return hashlib.sha256(f"indistill-address:{address}".encode()).hexdigest()[:16]
+    """A short keyed digest of an address: what run folders keep (never the address itself). Keyed with
+    this server's secret (``.address-key`` in the runs folder), so it can be neither recomputed nor
+    reversed by a stranger (IPv4 has only 2³² addresses)."""
+    from .keys import server_secret
+    from .studio import studio
+    key = server_secret(studio().runs_root, ".address-key", 32)
+    return hmac.new(key, address.encode(), hashlib.sha256).hexdigest()[:16]
