@@ -132,14 +132,6 @@ class StoredUnit:
     extras: dict[str, Path] = field(default_factory=dict)   # other files stored with it (e.g. "warmup")
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 class UnitStore:
     """Finished units by key, in a shared namespace and private ones (``scope``)."""
 
@@ -164,7 +156,7 @@ class UnitStore:
             try:
                 path = folder / info["path"]
                 if path.parent.parent != folder or not path.is_file() or path.stat().st_size != info["bytes"] \
-                        or _sha256(path) != info["sha256"]:
+                        or file_digest(path) != info["sha256"]:
                     return None
             except (KeyError, TypeError, OSError, ValueError):
                 return None
@@ -219,7 +211,7 @@ class UnitStore:
                 for name, src in sources.items():
                     dst = tmp / f"{name}.pt"
                     shutil.copyfile(src, dst)
-                    files[name] = {"bytes": dst.stat().st_size, "sha256": _sha256(dst)}
+                    files[name] = {"bytes": dst.stat().st_size, "sha256": file_digest(dst)}
                 entry = folder / f"{key}-{secrets.token_hex(6)}"
                 os.replace(tmp, entry)
             except BaseException:
@@ -253,41 +245,42 @@ class UnitStore:
         return [p for p in spaces if p.is_dir()]
 
     def _evict(self) -> None:
-        """Drop the least recently used entries past the caps; sweep leftovers of failed writes."""
+        """Drop the least recently used entries past the caps; sweep leftovers of failed writes and
+        emptied private namespaces. Sized from the file system (an entry's folders are named
+        ``<key>-<hex>``): no record is parsed, so a put costs a listing, not a read of every record."""
         entries, now = [], time.time()
         for space in self._namespaces():
-            referenced = set()
-            for record_path in space.glob("*.json"):
-                record = read_json(record_path)
+            listing = list(space.iterdir())
+            folders: dict[str, list[Path]] = {}
+            for p in listing:
+                if p.is_dir() and not p.name.startswith(".tmp-"):
+                    folders.setdefault(p.name.rsplit("-", 1)[0], []).append(p)
+            for record_path in (p for p in listing if p.suffix == ".json"):
                 try:
                     mtime = record_path.stat().st_mtime
+                    size = record_path.stat().st_size + sum(f.stat().st_size for d in folders.get(record_path.stem, [])
+                                                            for f in d.iterdir())
                 except OSError:
                     continue
-                if record is None:
-                    if now - mtime > STALE_S:
-                        record_path.unlink(missing_ok=True)
-                    continue
-                size = record_path.stat().st_size
-                for info in (record.get("files") or {}).values():
-                    try:
-                        path = space / info["path"]
-                        referenced.add(path.parent.name)
-                        size += path.stat().st_size
-                    except (KeyError, TypeError, OSError):
-                        pass
-                entries.append((mtime, size, record_path, record))
-            for leftover in space.iterdir():
+                entries.append((mtime, size, record_path, folders.pop(record_path.stem, [])))
+            for leftover in [d for ds in folders.values() for d in ds] + [p for p in listing if p.name.startswith(".tmp-")]:
                 try:
-                    stale = now - leftover.stat().st_mtime > STALE_S
+                    if now - leftover.stat().st_mtime > STALE_S:
+                        shutil.rmtree(leftover, ignore_errors=True)
                 except OSError:
                     continue
-                if leftover.is_dir() and leftover.name not in referenced and stale:
-                    shutil.rmtree(leftover, ignore_errors=True)
         entries.sort(key=lambda e: e[0])
         count, total = len(entries), sum(e[1] for e in entries)
-        for _mtime, size, record_path, record in entries:
+        for _mtime, size, record_path, entry_folders in entries:
             if count <= self.max_entries and total <= self.max_bytes:
                 break
             record_path.unlink(missing_ok=True)
-            self._remove_files(record, record_path.parent)
+            for folder in entry_folders:
+                shutil.rmtree(folder, ignore_errors=True)
             count, total = count - 1, total - size
+        scopes = self.root / SCOPES
+        for space in (scopes.iterdir() if scopes.is_dir() else ()):
+            try:
+                space.rmdir()  # only an emptied namespace goes (a visitor long gone)
+            except OSError:
+                pass

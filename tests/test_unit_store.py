@@ -237,3 +237,18 @@ def test_the_page_says_which_units_were_reused_and_from_which_run():
     snap = {"id": "r", "state": "finished", "results": results["phases"]}
     assert "1 unit reused" in status_markdown(snap)
     assert reuse_note({"phases": {"kd": {"units": {"0": {"test_acc": 0.5}}}}}) == ""
+
+
+def test_an_evicted_private_namespace_leaves_no_folder_behind(tmp_path):
+    """Each visitor's upload scope is its own folder: once its entries are evicted, the folder goes too,
+    so the store's listing does not grow with every visitor a server has seen."""
+    store = UnitStore(tmp_path / "units", max_entries=1)
+    ckpt = small_checkpoint(tmp_path / "m.pt")
+    store.put(f"{1:064x}", {}, ckpt, "run-1", "kd-s0", scope="visitor-a")
+    assert len(list((tmp_path / "units" / "scopes").iterdir())) == 1
+    os.utime(next((tmp_path / "units" / "scopes").glob("*/*.json")), (time.time() - 60, time.time() - 60))
+    store.put(f"{2:064x}", {}, ckpt, "run-2", "kd-s0")
+    assert list((tmp_path / "units" / "scopes").iterdir()) == []
+    assert store.get(f"{2:064x}") is not None and store.get(f"{1:064x}", scope="visitor-a") is None
+    assert [p.name for p in (tmp_path / "units" / "shared").iterdir() if p.is_dir()] \
+        and len([p for p in (tmp_path / "units" / "shared").iterdir() if p.is_dir()]) == 1

@@ -312,3 +312,14 @@ def test_api_polls_without_a_session_share_one_state_per_address(server):
     assert set(holder.session_data) - before == {shared_hash("203.0.113.1"), shared_hash("203.0.113.2")}
     httpx.post(f"{server.url}/gradio_api/run/status", json={"data": ["", ""], "session_hash": "mine12345"})
     assert "mine12345" in holder.session_data
+
+
+def test_a_datasets_decoded_cache_counts_against_its_space(tmp_path):
+    """Runs on an upload write decoded tensors beside it (<home>/<token>/cache): the space caps count them,
+    not only the archive's size recorded at extraction."""
+    import json as _json
+    home = tmp_path / "home"
+    (home / "tok" / "cache").mkdir(parents=True)
+    (home / datasets.VISITOR).write_text(_json.dumps({"address": "a", "bytes": 100}))
+    (home / "tok" / "cache" / "decoded.pt").write_bytes(b"x" * 1000)
+    assert datasets._visitor(home) == {"address": "a", "bytes": 1100}

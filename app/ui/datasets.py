@@ -31,6 +31,8 @@ VISITOR = "visitor.json"              # in a dataset's home: {"address": digest 
 _LOCK = threading.Lock()
 _ACTIVE: dict[str, float] = {}        # home name → when its visitor was last seen
 _RESERVED: dict[str, tuple[str | None, int]] = {}   # home name → (address, bytes) of an extraction under way
+_PRUNE = {"next": 0.0}                # when _ACTIVE may next be pruned (at most every PRUNE_S)
+PRUNE_S = 10.0
 
 
 def _home_name(session: dict) -> str:
@@ -44,7 +46,8 @@ def mark_active(session: Any) -> None:
         now, active_s = time.time(), studio().limits.datasets.active_s
         with _LOCK:
             _ACTIVE[_home_name(session)] = now
-            if len(_ACTIVE) > FORGET_AFTER:
+            if len(_ACTIVE) > FORGET_AFTER and now >= _PRUNE["next"]:  # a scan at most every PRUNE_S, not per poll
+                _PRUNE["next"] = now + PRUNE_S
                 for name in [n for n, t in _ACTIVE.items() if now - t > active_s]:
                     del _ACTIVE[name]
 
@@ -58,11 +61,13 @@ def _upload_bytes(folder: Path) -> int:
 
 
 def _visitor(home: Path) -> dict:
-    """What a dataset's home records; its size walked when it records none (an older server's)."""
+    """What a dataset's home records, with what it holds now: the extracted tree (recorded once) plus the
+    decoded-data caches its runs wrote since (``<home>/<token>/cache``, a few files each); the whole
+    size walked when it records none (an older server's)."""
     try:
         meta = json.loads((home / VISITOR).read_text())
         if isinstance(meta, dict) and isinstance(meta.get("bytes"), int):
-            return meta
+            return {**meta, "bytes": meta["bytes"] + sum(_upload_bytes(c) for c in home.glob("*/cache"))}
     except (OSError, ValueError):
         pass
     return {"address": None, "bytes": _upload_bytes(home)}
@@ -72,11 +77,13 @@ def _mb(n: int) -> str:
     return f"{n / 1e6:,.0f} MB" if n < 10 ** 9 else f"{n / 1e9:g} GB"
 
 
-def _make_room(s, name: str, address: str | None, need: int) -> str | None:
+def _make_room(s, name: str, address: str | None, need: int, doomed: list[Path]) -> str | None:
     """Reserve ``need`` bytes for home ``name`` (under ``_LOCK``), evicting the oldest datasets of
-    visitors who have gone if the space is full; the refusal naming the cap otherwise."""
+    visitors who have gone if the space is full; the refusal naming the cap otherwise. An evicted home is
+    only renamed here (``doomed``: the caller deletes it once the lock is released, so no status poll
+    waits for a deletion)."""
     now, caps = time.time(), s.limits.datasets
-    homes = sorted((p for p in s.uploads.iterdir() if p.is_dir() and p.name != name),
+    homes = sorted((p for p in s.uploads.iterdir() if p.is_dir() and p.name != name and not p.name.startswith(".")),
                    key=lambda p: p.stat().st_mtime) if s.uploads.is_dir() else []
     held = {p: _visitor(p) for p in homes}
     reserved = [r for n, r in _RESERVED.items() if n != name]
@@ -93,7 +100,10 @@ def _make_room(s, name: str, address: str | None, need: int) -> str | None:
         if used + need <= caps.total_bytes:
             break
         if home.name not in busy and home.name not in _RESERVED and not _active(home.name, now, caps.active_s):
-            shutil.rmtree(home, ignore_errors=True)
+            try:
+                doomed.append(home.rename(home.with_name(f".evicted-{home.name}-{secrets.token_hex(4)}")))
+            except OSError:
+                continue
             used -= held[home]["bytes"]
     if used + need > caps.total_bytes:
         return (f"**Upload refused:** the server's space for uploaded datasets is full ({_mb(used)} held by visitors "
@@ -125,8 +135,11 @@ def upload_dataset(session: Any, file, request: gr.Request = None):
     try:
         report = inspect_archive(path, limits)   # headers only: what extraction may write, at most
         need = sum(img.size for img in report.images)
+        doomed: list[Path] = []
         with _LOCK:
-            refusal = _make_room(s, name, address, need)
+            refusal = _make_room(s, name, address, need, doomed)
+        for home_gone in doomed:
+            shutil.rmtree(home_gone, ignore_errors=True)
         if refusal:
             return session, refusal, gr.skip()
         try:
