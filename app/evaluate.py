@@ -11,7 +11,6 @@ from typing import Callable
 
 import torch
 from torch import nn
-from torch.utils.flop_counter import FlopCounterMode
 
 from .augment import eval_batch_for, eval_batches
 from .data import Dataset, Split
@@ -20,30 +19,13 @@ from .features import FeatureTap, Outputs
 from . import losses
 from . import stats
 from .metrics import information_with_labels, retrieval_metrics
+from .profile import forward_flops
 
 Check = Callable[[], None]
-_FLOPS: dict[tuple, float] = {}
 
 
 def _no_check() -> None:
     pass
-
-
-@torch.no_grad()
-def forward_flops(model: nn.Module, image_shape: tuple[int, ...]) -> float:
-    """FLOPs of one image's forward pass through ``model`` (counted once per architecture,
-    parameter count and image shape; the model must be in eval mode)."""
-    key = (getattr(model, "arch", type(model).__name__), sum(p.numel() for p in model.parameters()), tuple(image_shape))
-    if key not in _FLOPS:
-        p = next(model.parameters(), None)
-        x = torch.zeros(1, *image_shape, device=p.device if p is not None else "cpu")
-        counter = FlopCounterMode(display=False)
-        with counter:
-            model(x)
-        if len(_FLOPS) >= 256:
-            _FLOPS.clear()
-        _FLOPS[key] = float(counter.get_total_flops())
-    return _FLOPS[key]
 
 
 def batch_size_for(model: nn.Module, split: Split) -> int:

@@ -23,14 +23,28 @@ def size_mb(model: nn.Module) -> float:
     return sum(t.numel() * t.element_size() for t in tensors) / 1e6
 
 
+_FLOPS: dict[tuple, float] = {}
+
+
 @torch.no_grad()
+def forward_flops(model: nn.Module, image_shape: tuple[int, ...]) -> float:
+    """FLOPs of one image's forward pass through ``model`` in eval mode, on its own device
+    (``torch.utils.flop_counter``: 2 per MAC), counted once per architecture, parameter count and shape."""
+    key = (getattr(model, "arch", type(model).__name__), sum(p.numel() for p in model.parameters()), tuple(image_shape))
+    if key not in _FLOPS:
+        p = next(model.parameters(), None)
+        counter = FlopCounterMode(display=False)
+        with counter:
+            model(torch.zeros(1, *image_shape, device=p.device if p is not None else "cpu"))
+        if len(_FLOPS) >= 256:
+            _FLOPS.clear()
+        _FLOPS[key] = float(counter.get_total_flops())
+    return _FLOPS[key]
+
+
 def flops(model: nn.Module, input_size: int = 32) -> int:
-    """FLOPs of one forward pass on one image (``torch.utils.flop_counter``: 2 per MAC)."""
-    m = copy.deepcopy(model).cpu().eval()
-    counter = FlopCounterMode(display=False)
-    with counter:
-        m(torch.zeros(1, 3, input_size, input_size))
-    return int(counter.get_total_flops())
+    """FLOPs of one forward pass on one square RGB image (a CPU copy in eval mode: ``model`` is untouched)."""
+    return int(forward_flops(copy.deepcopy(model).cpu().eval(), (3, input_size, input_size)))
 
 
 def _sync(device: torch.device) -> None:
