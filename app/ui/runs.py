@@ -23,7 +23,7 @@ from app.runner import JobRefused
 
 from . import datasets, views
 from .form import CONTROL_KEYS, config_from, param_specs, values_from
-from .sessions import access, address_of_request, open_run_in, owner, remembered, session_of, view_of
+from .sessions import access, address_of_request, open_run_in, owner, remembered, session_of, view_of, viewer_of
 from .studio import shown, studio
 
 LOG_TAIL = 80
@@ -287,9 +287,8 @@ def status_dict(session: Any) -> dict:
     session = session_of(session)
     job, results, refusal = access(session)
     if job is not None:  # live or recent: read the job's facts without copying its curves
-        out, me = job.summary(), owner(session)
-        return {**out, "read_only": me not in job.holders if job.live else job.owner != me,
-                "joined": me in job.joiners, "error": shown(out["error"] or "") or None}
+        out = job.summary()
+        return {**out, **viewer_of(job, session), "error": shown(out["error"] or "") or None}
     if results is None:
         return {"run": session.get("run"), "state": None, "message": refusal or "no run yet"}
     snap = runfolder.snapshot_from_results(session["run"], results)  # the one read of results.json

@@ -102,16 +102,19 @@ def access(session: dict):
     return None, results, ""
 
 
+def viewer_of(job, session: dict) -> dict:
+    """How this session sees ``job``: ``read_only`` (a live run: unless it follows it; an ended one:
+    unless it started it) and ``joined`` (it joined a run another visitor started)."""
+    me = owner(session)
+    return {"read_only": me not in job.holders if job.live else job.owner != me, "joined": me in job.joiners}
+
+
 def view_of(session: dict) -> tuple[dict | None, str]:
     """(snapshot, refusal) of the run on show, if this session may see it (:func:`access`); the snapshot
     says whether it is read-only for this session and whether the session joined it."""
     job, results, refusal = access(session)
     if job is not None:
-        snap = job.snapshot()
-        me = owner(session)
-        snap["read_only"] = me not in job.holders if job.live else job.owner != me
-        snap["joined"] = me in job.joiners
-        return snap, ""
+        return job.snapshot() | viewer_of(job, session), ""
     if results is not None:
         return runfolder.snapshot_from_results(session["run"], results), ""
     return None, refusal
